@@ -1,0 +1,1 @@
+"""Bit-exact host emulation of ESP-DL's integer kernels."""

@@ -1,0 +1,116 @@
+"""Plan and run a graph: every node is prepared once for concrete input shapes, then run many times.
+
+Shapes are propagated by the kernels themselves (value-info shapes in streaming exports are often
+stale), dtypes and exponents come from the model's value info.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import ChunkwiseError, ShapeError, UnsupportedError
+from ..ir.graph import Graph, Node
+from ..limits import check_alloc
+from .registry import Ctx, Prepared, Spec, get_kernel
+from .rounding import rounding_mode
+
+
+@dataclass
+class Step:
+    node: Node
+    prepared: Prepared
+    inputs: list[str]
+    outputs: list[str]
+
+
+class Plan:
+    """A graph prepared for one set of input shapes and one target."""
+
+    def __init__(self, graph: Graph, target: str, input_shapes: dict[str, tuple[int, ...]]):
+        self.graph = graph
+        self.target = target
+        self.mode = rounding_mode(target)
+        self.specs: dict[str, Spec] = {}
+        self.steps: list[Step] = []
+        self.consts: dict[str, np.ndarray] = {}
+        for name, t in graph.initializers.items():
+            self.specs[name] = Spec(name, tuple(t.dims), t.dtype, tuple(t.exponents), t.data)
+            if t.data is not None:
+                self.consts[name] = t.data
+        for v in graph.inputs:
+            if v.name in graph.initializers:
+                continue
+            if v.name not in input_shapes:
+                raise ShapeError(f"no shape for input {v.name!r}")
+            self.specs[v.name] = Spec(v.name, tuple(input_shapes[v.name]), v.dtype, tuple(v.exponents))
+        for node in graph.nodes:
+            self._prepare(node)
+        for v in graph.outputs:
+            if v.name not in self.specs:
+                raise ChunkwiseError(f"graph output {v.name!r} is produced by no node")
+
+    def _prepare(self, node: Node) -> None:
+        ctx = Ctx(self.target, self.mode, node)
+        ins = []
+        for i, name in enumerate(node.inputs):
+            if not name:
+                ins.append(Spec("", None, "undefined"))
+                continue
+            if name not in self.specs:
+                raise ChunkwiseError(f"node {node.name!r} ({node.op_type}): input {i} {name!r} is not produced "
+                                     "by any earlier node, input or initializer")
+            ins.append(self.specs[name])
+        outs = []
+        for name in node.outputs:
+            vi = self.graph.info(name)
+            outs.append(Spec(name, None, vi.dtype if vi else "undefined", tuple(vi.exponents) if vi else ()))
+        prepare = get_kernel(node, ctx)
+        try:
+            prepared = prepare(node, ctx, ins, outs)
+        except ChunkwiseError:
+            raise
+        except (ValueError, IndexError, KeyError, TypeError) as e:
+            raise UnsupportedError(f"cannot prepare: {e}", node=node.name, op=node.op_type) from e
+        if len(prepared.shapes) != len(node.outputs):
+            raise UnsupportedError(f"kernel produced {len(prepared.shapes)} outputs, node has {len(node.outputs)}",
+                                   node=node.name, op=node.op_type)
+        for k, (name, shape) in enumerate(zip(node.outputs, prepared.shapes)):
+            dtype = prepared.dtypes[k] if prepared.dtypes else outs[k].dtype
+            size = int(np.prod(shape, dtype=np.int64)) * (np.dtype(dtype).itemsize if dtype != "undefined" else 1)
+            check_alloc(size, f"output {name!r} of node {node.name!r}")
+            self.specs[name] = Spec(name, tuple(int(s) for s in shape), dtype, outs[k].exps)
+        self.steps.append(Step(node, prepared, list(node.inputs), list(node.outputs)))
+
+    # ---- running -------------------------------------------------------------------------
+    def reset(self) -> None:
+        for s in self.steps:
+            if s.prepared.reset is not None:
+                s.prepared.reset()
+
+    def run(self, feeds: dict[str, np.ndarray], keep: bool = False) -> dict[str, np.ndarray]:
+        """Run on validated integer feeds. ``keep`` returns every intermediate value too."""
+        values: dict[str, np.ndarray] = dict(self.consts)
+        values.update(feeds)
+        for s in self.steps:
+            args = [values[i] if i else None for i in s.inputs]
+            outs = s.prepared.run(*args)
+            for name, arr in zip(s.outputs, outs):
+                spec = self.specs[name]
+                if arr.shape != spec.shape:
+                    raise ChunkwiseError(
+                        f"internal error: node {s.node.name!r} ({s.node.op_type}) produced {arr.shape} "
+                        f"for {name!r}, planned {spec.shape}")
+                values[name] = arr
+        if keep:
+            return {k: v for k, v in values.items() if k not in self.consts}
+        return {v.name: values[v.name] for v in self.graph.outputs}
+
+    @property
+    def macs(self) -> int:
+        return sum(s.prepared.macs for s in self.steps)
+
+    @property
+    def state_bytes(self) -> int:
+        return sum(s.prepared.state_bytes for s in self.steps)

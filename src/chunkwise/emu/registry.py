@@ -1,0 +1,113 @@
+"""Operator registry: one small kernel per op, prepared once per input shape.
+
+A kernel is a function ``prepare(node, ctx, ins, outs) -> Prepared`` registered with
+:func:`kernel`. ``ins`` are :class:`Spec` of the node's inputs (shape, dtype, exponents and, for
+initializers, the constant array); ``outs`` give each output's dtype and exponents (from the
+model's value info). ``prepare`` validates every attribute and shape, computes output shapes, does
+all constant work (weight reshapes, tables), and returns a ``run(*arrays) -> tuple`` that does only
+arithmetic. Unsupported attributes raise :class:`UnsupportedError` naming the node.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from ..errors import UnsupportedError
+from ..ir.graph import Node
+
+KERNELS: dict[str, Callable] = {}
+
+
+@dataclass(frozen=True)
+class Spec:
+    name: str
+    shape: tuple[int, ...] | None
+    dtype: str
+    exps: tuple[int, ...] = ()
+    const: np.ndarray | None = None
+
+    @property
+    def exp(self) -> int:
+        if len(self.exps) != 1:
+            raise ValueError(f"{self.name!r} has {len(self.exps)} exponents, expected one")
+        return int(self.exps[0])
+
+    @property
+    def is_const(self) -> bool:
+        return self.const is not None
+
+
+@dataclass
+class Prepared:
+    shapes: list[tuple[int, ...]]
+    run: Callable
+    reset: Callable | None = None
+    dtypes: list[str] | None = None  # override output dtypes when the value info does not say
+    macs: int = 0
+    state_bytes: int = 0
+    info: dict = field(default_factory=dict)
+
+
+@dataclass
+class Ctx:
+    """What a kernel may know besides its inputs: the target and its rounding rule."""
+
+    target: str
+    mode: int
+    node: Node | None = None
+
+    def fail(self, message: str, supported=None) -> UnsupportedError:
+        n = self.node
+        return UnsupportedError(message, node=n.name if n else None, op=n.op_type if n else None,
+                                supported=supported)
+
+    def attr(self, name: str, default=None):
+        return self.node.attr(name, default)
+
+    def quant_type(self) -> str:
+        q = self.node.attr("quant_type", "S8")
+        return q
+
+    def require(self, cond: bool, message: str, supported=None) -> None:
+        if not cond:
+            raise self.fail(message, supported)
+
+
+def kernel(*op_types: str):
+    """Register ``prepare`` for one or more op types."""
+
+    def deco(fn):
+        for op in op_types:
+            KERNELS[op] = fn
+        return fn
+
+    return deco
+
+
+def supported_ops() -> list[str]:
+    _load_all()
+    return sorted(KERNELS)
+
+
+_loaded = False
+
+
+def _load_all() -> None:
+    global _loaded
+    if _loaded:
+        return
+    from . import ops  # noqa: F401  (registers every kernel module)
+
+    _loaded = True
+
+
+def get_kernel(node: Node, ctx: Ctx) -> Callable:
+    _load_all()
+    fn = KERNELS.get(node.op_type)
+    if fn is None:
+        raise UnsupportedError("operator is not supported by the emulator", node=node.name, op=node.op_type,
+                               supported=sorted(KERNELS))
+    return fn
