@@ -68,7 +68,7 @@ class Model:
                 warnings.warn(
                     f"{path or 'model'} does not record its target; guessed {self.target} from the "
                     f"{self.target_source}. Pass target=... (CLI: --target) to be sure.",
-                    TargetGuessWarning, stacklevel=3,
+                    TargetGuessWarning, stacklevel=4,
                 )
         self._plans: dict = {}
 
@@ -76,9 +76,7 @@ class Model:
     @classmethod
     def load(cls, path: str | Path, *, key=None, model=None, target: str | None = None) -> "Model":
         graph, info = read_file(path, key=container.parse_key(key), model=model)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore" if target else "default", TargetGuessWarning)
-            return cls(graph, target=target, path=str(path), info=info)
+        return cls(graph, target=target, path=str(path), info=info)
 
     def save(self, path: str | Path, *, key=None) -> None:
         write_file(self.graph, path, container.parse_key(key))
@@ -158,7 +156,7 @@ class Model:
         return {k: t.data for k, t in self.graph.test_inputs.items()}
 
     def session(self) -> "Session":
-        from .stream import Session
+        from .emu.session import Session
 
         return Session(self)
 

@@ -41,8 +41,14 @@ def compare(name: str, got: np.ndarray, want: np.ndarray) -> OutputCheck:
             return OutputCheck(name, got.shape, str(got.dtype), False, int(max(got.size, want.size)),
                                float("inf"), [])
     if got.dtype.kind == "f" or want.dtype.kind == "f":
-        diff = np.abs(got.astype(np.float64) - want.astype(np.float64))
-        bad = ~(diff <= FLOAT_ATOL)
+        g64, w64 = got.astype(np.float64), want.astype(np.float64)
+        with np.errstate(invalid="ignore"):
+            diff = np.abs(g64 - w64)
+        # As ESP-DL's TensorBase::compare_elements: NaN equals NaN only; equal infinities match.
+        gnan, wnan = np.isnan(g64), np.isnan(w64)
+        same_inf = np.isinf(g64) & (g64 == w64)
+        bad = (gnan != wnan) | (~gnan & ~wnan & ~same_inf & ~(diff <= FLOAT_ATOL))
+        diff = np.where(gnan & wnan | same_inf, 0.0, diff)
     else:
         diff = np.abs(got.astype(np.int64) - want.astype(np.int64))
         bad = diff != 0

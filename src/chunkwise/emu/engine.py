@@ -52,7 +52,7 @@ class Plan:
                 raise ChunkwiseError(f"graph output {v.name!r} is produced by no node")
 
     def _prepare(self, node: Node) -> None:
-        ctx = Ctx(self.target, self.mode, node)
+        ctx = Ctx(self.target, self.mode, node, self.graph)
         ins = []
         for i, name in enumerate(node.inputs):
             if not name:

@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import UnsupportedError
-from ..ir.graph import Node
+from ..ir.graph import Graph, Node, Tensor
 
 KERNELS: dict[str, Callable] = {}
 
@@ -58,6 +58,14 @@ class Ctx:
     target: str
     mode: int
     node: Node | None = None
+    graph: "Graph | None" = None
+
+    def initializer(self, name: str) -> "Tensor":
+        """An initializer named by an attribute (e.g. the ``lut`` table of an activation)."""
+        t = self.graph.initializers.get(name) if self.graph is not None else None
+        if t is None or t.data is None:
+            raise self.fail(f"initializer {name!r} named by an attribute is missing")
+        return t
 
     def fail(self, message: str, supported=None) -> UnsupportedError:
         n = self.node

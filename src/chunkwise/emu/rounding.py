@@ -118,3 +118,64 @@ def requantize(x: np.ndarray, shift: int, dtype: str, mode: int) -> np.ndarray:
     else:
         q = q + (r >= half)
     return saturate(q, dtype)
+
+
+@njit(cache=True, inline="always")
+def round_f32(x, mode: int) -> float:
+    """ESP-DL ``tool::round(float)`` of a float32 value ``x`` (``dl/tool/src/dl_tool.cpp``).
+
+    Half-even: ``fcvt.w.s ..., rne`` on esp32p4. Half-up: ``floorf(value + 0.5)``, where the sum is
+    formed in double and narrowed back to float before ``floorf`` (so it can round up once more).
+    """
+    if mode == HALF_EVEN:
+        return np.rint(np.float32(x))
+    return np.floor(np.float32(np.float64(x) + 0.5))
+
+
+@njit(cache=True, inline="always")
+def round_f64(x: float, mode: int) -> float:
+    """ESP-DL ``tool::round(double)``: half-up is ``floor(v + 0.5)``; half-even is a software routine
+    (no fcvt) that truncates ``v +- 0.5`` toward zero and treats results within 1e-6 of an integer
+    as ties (so a value just above ``k + 0.5`` can round down to an even ``k``)."""
+    if mode != HALF_EVEN:
+        return np.floor(x + 0.5)
+    r = x - 0.5 if x < 0 else x + 0.5
+    ip = np.trunc(r)
+    if abs(r - ip) < 1e-6 and (np.int64(ip) & 1) != 0:
+        ip = ip + 1.0 if x < 0 else ip - 1.0
+    return ip
+
+
+@njit(cache=True, inline="always")
+def round_f32_sat(x, mode: int, lo: int, hi: int) -> np.int64:
+    """ESP-DL's ``truncate(out, tool::round(float x))`` for a float32 ``x``, as an int64 in [lo, hi].
+
+    esp32p4 / esp32s31: ``fcvt.w.s rne`` (half to even; NaN -> int max, so ``hi`` after clipping).
+    Other targets: ``(int)floorf(x + 0.5)``: the sum is a double rounded to float before the floor,
+    so e.g. 0.49999997f rounds to 1 there (a real difference from ``floor(x + 0.5)`` in double).
+    """
+    if x != x:
+        return np.int64(hi)
+    xd = np.float64(x)
+    if mode == HALF_EVEN:
+        r = np.rint(xd)
+    else:
+        r = np.floor(np.float64(np.float32(xd + 0.5)))
+    if r < lo:
+        return np.int64(lo)
+    if r > hi:
+        return np.int64(hi)
+    return np.int64(r)
+
+
+def round_saturate(x: np.ndarray, dtype: str, mode: int) -> np.ndarray:
+    """Float array -> integers: ``tool::round`` by the target's rule, then ``tool::truncate`` to ``dtype``.
+
+    Values beyond the int32 range saturate (RISC-V ``fcvt.w.s`` does so on esp32p4); NaN becomes the
+    positive limit, as ``fcvt.w.s`` returns 2**31 - 1 for it. Used by kernels whose ESP-DL C code
+    computes in float32 (Div, Mod, Pow, LeakyRelu, QuantizeLinear).
+    """
+    v = np.asarray(x, dtype=np.float64)
+    v = np.where(np.isnan(v), np.inf, v)
+    lo, hi = qrange(dtype)
+    return np.clip(round_array(np.clip(v, -2.0**31, 2.0**31), mode), lo, hi).astype(dtype)

@@ -1,0 +1,373 @@
+"""Offline model -> streaming model: StreamingCache insertion with no hand-written table.
+
+Pipeline (each step a named pass, checked after it runs):
+
+1. ``analyse``: where time lives in every tensor; which edges need caches (see :mod:`.timeaxis`).
+2. ``insert_caches``: a StreamingCache on each edge that needs past frames (hoisted above
+   Transposes so that ESP-DL's flat memcpy concatenation is a concatenation along time).
+3. ``zero_time_padding``: the frame-axis padding of window ops and folded Pads becomes 0.
+4. ``rewrite_slices``: tail slices take the last K frames of what they get; pass-through and
+   right-chop slices keep every frame.
+5. ``rewrite_reshapes``: shape constants carry the chunk's frame count.
+6. ``set_chunk_shapes``: graph input shapes become the chunk; value infos get the planned shapes.
+
+Then (unless disabled) the result is verified bit-exactly against the offline graph on seeded
+random input, and carries test values: the first chunk and its output from a fresh state.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ShapeError, StreamingError, VerificationError
+from ..ir.graph import Graph, Node, Tensor, ValueInfo, make_attribute
+from .passes import PassResult, fresh_name, run_passes
+from .timeaxis import INT64_MAX, Cache, Decision, _slice_params, analyse, pad_values
+
+
+@dataclass
+class TableEntry:
+    """A manual cache, as in ESP-PPQ's ``insert_streaming_cache_on_var`` records."""
+
+    var_name: str
+    window_size: int
+    op_name: str | None = None
+    frame_axis: int | None = None
+
+
+@dataclass
+class StreamReport:
+    chunk: int
+    frame_axis: int
+    caches: list[dict] = field(default_factory=list)
+    state_bytes: int = 0
+    macs_per_chunk: int = 0
+    offline_macs: int = 0
+    offline_frames: int = 0
+    delay_frames: int = 0
+    latency_frames: int = 0
+    outputs: dict[str, str] = field(default_factory=dict)
+    passes: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    verification: dict | None = None
+
+    def as_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+    def render(self) -> str:
+        lines = [f"chunk: {self.chunk} frames on axis {self.frame_axis} "
+                 f"(offline model: {self.offline_frames} frames)"]
+        if self.caches:
+            lines.append("caches:")
+            w = max(len(c["node"]) for c in self.caches)
+            for c in self.caches:
+                lines.append(f"  {c['node']:<{w}}  {c['frames']:>3} frames  {c['bytes']:>6} B   {c['reason']}")
+        else:
+            lines.append("caches: none (every op is frame-local)")
+        lines.append(f"state: {self.state_bytes} bytes")
+        ratio = self.macs_per_chunk / self.offline_macs if self.offline_macs else 0.0
+        lines.append(f"MACs per chunk: {self.macs_per_chunk:,} (offline model: {self.offline_macs:,}; {ratio:.3f}x)")
+        lines.append(f"algorithmic latency: {self.latency_frames} frames (chunk {self.chunk} + lookahead "
+                     f"{self.delay_frames})")
+        for o, kind in self.outputs.items():
+            lines.append(f"output {o}: {kind}")
+        for n in self.notes:
+            lines.append(f"note: {n}")
+        if self.verification is not None:
+            v = self.verification
+            lines.append(f"verified: {'bit-exact' if v['bit_exact'] else 'MISMATCH'} over {v['chunks']} chunks "
+                         f"of seeded random input")
+        return "\n".join(lines)
+
+
+def load_table(path: str | Path) -> list[TableEntry]:
+    try:
+        raw = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise StreamingError(f"cannot read table {path}: {e}") from None
+    if isinstance(raw, dict):
+        raw = raw.get("entries", raw.get("streaming_table", []))
+    out = []
+    for i, r in enumerate(raw):
+        if not isinstance(r, dict) or "var_name" not in r or "window_size" not in r:
+            raise StreamingError(f"table entry {i} needs var_name and window_size: {r!r}")
+        out.append(TableEntry(str(r["var_name"]), int(r["window_size"]), r.get("op_name"), r.get("frame_axis")))
+    return out
+
+
+# ---- passes -----------------------------------------------------------------------------------------
+
+
+def _quant_type(graph: Graph, name: str) -> str:
+    vi = graph.info(name)
+    if vi is not None and vi.dtype == "int16":
+        return "S16"
+    if vi is not None and vi.dtype == "float32":
+        return "F32"
+    return "S8"
+
+
+def _cache_node(graph: Graph, src: str, frames: int, axis: int, consumer: str) -> tuple[Node, str]:
+    out = fresh_name(graph, f"{src}_{consumer}_SCache_out")
+    node = Node("StreamingCache", fresh_name(graph, f"{src}_{consumer}_SCache"), [src], [out])
+    node.set_attr("frame_axis", int(axis))
+    node.set_attr("quant_type", _quant_type(graph, src))
+    node.set_attr("window_size", int(frames + 1))
+    vi = graph.info(src)
+    graph.value_info[out] = ValueInfo(out, vi.dtype if vi else "int8", None, tuple(vi.exponents) if vi else ())
+    return node, out
+
+
+def _hoist(graph: Graph, c: Cache, shapes, time) -> tuple[str, int, int]:
+    """Move a cache up through Transposes/unary ops until time is the outermost non-unit axis."""
+    node = graph.node(c.node)
+    idx, axis = c.index, c.axis
+    consumers = graph.consumers()
+    producers = graph.producers()
+    while True:
+        src = node.inputs[idx]
+        shp = shapes[src]
+        if int(np.prod(shp[:axis], dtype=np.int64)) == 1:
+            return node.name, idx, axis
+        prod = producers.get(src)
+        if prod is None or prod.op_type not in ("Transpose", "Relu", "Sigmoid", "Tanh", "LUT", "Identity") \
+                or len(consumers.get(src, [])) != 1:
+            raise StreamingError(
+                f"cannot stream node {c.node!r}: its cache would sit on {src!r} whose frame axis {axis} is not "
+                f"outermost (shape {list(shp)}); ESP-DL's StreamingCache concatenates flat memory")
+        node, idx, axis = prod, 0, time[prod.inputs[0]].axis
+
+
+def insert_caches(graph: Graph, d: Decision, shapes, chunk: int, report: StreamReport) -> PassResult:
+    if not d.caches:
+        return PassResult(graph, False, "no window op needs past frames")
+    for c in d.caches:
+        if c.delay_line or not c.hoist:
+            name, idx, axis = c.node, c.index, c.axis
+        else:
+            name, idx, axis = _hoist(graph, c, shapes, d.time)
+        consumer = graph.node(name)
+        src = consumer.inputs[idx]
+        cnode, out = _cache_node(graph, src, c.frames, axis, consumer.name)
+        pos = graph.nodes.index(consumer)
+        new_nodes = [cnode]
+        if c.delay_line:
+            frames = chunk // d.time[src].rate
+            sl_out = fresh_name(graph, f"{src}_{consumer.name}_delayed")
+            starts = _const_tensor(graph, f"{sl_out}_starts", [0])
+            ends = _const_tensor(graph, f"{sl_out}_ends", [frames])
+            axes = _const_tensor(graph, f"{sl_out}_axes", [axis])
+            sl = Node("Slice", fresh_name(graph, f"{src}_{consumer.name}_delay"), [out, starts, ends, axes],
+                      [sl_out])
+            sl.set_attr("quant_type", _quant_type(graph, src))
+            graph.value_info[sl_out] = ValueInfo(sl_out, graph.value_info[out].dtype, None,
+                                                 graph.value_info[out].exponents)
+            new_nodes.append(sl)
+            out = sl_out
+        graph.nodes[pos:pos] = new_nodes
+        consumer.inputs[idx] = out
+        report.caches.append({"node": cnode.name, "input": src, "consumer": consumer.name, "frames": c.frames,
+                              "axis": axis, "reason": c.reason, "bytes": 0})
+    return PassResult(graph, True, f"{len(d.caches)} caches")
+
+
+def _const_tensor(graph: Graph, base: str, values) -> str:
+    name = fresh_name(graph, base)
+    graph.initializers[name] = Tensor(name, "int64", (len(values),), np.array(values, dtype=np.int64), (0,),
+                                      None, "", "raw")
+    return name
+
+
+def zero_time_padding(graph: Graph, d: Decision, shapes) -> PassResult:
+    changed = False
+    for name, i in d.zero_time_pads.items():
+        node = graph.node(name)
+        pads = list(node.attr("pads") or [])
+        if not pads:
+            continue
+        nsp = len(pads) // 2
+        if pads[i] or pads[i + nsp]:
+            pads[i] = pads[i + nsp] = 0
+            node.set_attr("pads", pads, "ints")
+            changed = True
+    for name, (axis, _L) in d.pad_folds.items():
+        node = graph.node(name)
+        rank = len(shapes[node.inputs[0]])
+        pads = pad_values(graph, node, rank)
+        pads[axis] = 0
+        if len(node.inputs) > 1 and node.inputs[1]:
+            node.inputs[1] = _const_tensor(graph, f"{node.name}_pads_stream", pads)
+        else:
+            node.set_attr("pads", pads, "ints")
+        changed = True
+    return PassResult(graph, changed, "" if changed else "no padding on the frame axis")
+
+
+def rewrite_slices(graph: Graph, d: Decision, shapes) -> PassResult:
+    targets = {**{k: ("tail", v[0], v[1]) for k, v in d.tail_slices.items()},
+               **{k: ("pass", v, 0) for k, v in d.passthrough_slices.items()}}
+    if not targets:
+        return PassResult(graph, False, "no slice on the frame axis")
+    for name, (kind, axis, K) in targets.items():
+        node = graph.node(name)
+        rank = len(shapes[node.inputs[0]])
+        starts, ends, axes, steps = _slice_params(graph, node, rank)
+        j = axes.index(axis)
+        starts[j] = -K if kind == "tail" else 0
+        ends[j] = INT64_MAX
+        node.inputs[1] = _const_tensor(graph, f"{name}_starts_stream", starts)
+        node.inputs[2] = _const_tensor(graph, f"{name}_ends_stream", ends)
+    return PassResult(graph, True, f"{len(targets)} slices")
+
+
+def rewrite_reshapes(graph: Graph, d: Decision, shapes, chunk: int) -> PassResult:
+    if not d.reshapes:
+        return PassResult(graph, False, "no reshape keeps the frame axis")
+    for name, jx in d.reshapes.items():
+        node = graph.node(name)
+        shape = list(shapes[node.outputs[0]])
+        shape[jx] = chunk // d.time[node.outputs[0]].rate
+        node.inputs[1] = _const_tensor(graph, f"{name}_shape_stream", shape)
+    return PassResult(graph, True, f"{len(d.reshapes)} reshapes")
+
+
+# ---- the converter ----------------------------------------------------------------------------------
+
+
+def _offline_shapes(model) -> dict[str, tuple[int, ...]]:
+    shapes = {}
+    for v in model.graph.inputs:
+        if v.name in model.graph.initializers:
+            continue
+        if v.shape is None or not all(isinstance(s, int) for s in v.shape):
+            raise ShapeError(f"input {v.name!r} has no fixed shape; the offline model must declare one")
+        shapes[v.name] = tuple(v.shape)
+    plan = model.plan(shapes)
+    return {k: s.shape for k, s in plan.specs.items()}, plan
+
+
+def _apply_table(graph: Graph, entries: list[TableEntry], frame_axis: int
+                 ) -> tuple[dict[tuple[str, int], int], dict[tuple[str, int], int]]:
+    """(edge -> cached frames, edge -> frame axis) of the table's entries."""
+    manual: dict[tuple[str, int], int] = {}
+    axes: dict[tuple[str, int], int] = {}
+    consumers = graph.consumers()
+    for e in entries:
+        users = consumers.get(e.var_name)
+        if not users:
+            raise StreamingError(f"table entry: no node reads variable {e.var_name!r}")
+        if e.op_name:
+            users = [u for u in users if u.name == e.op_name]
+            if not users:
+                raise StreamingError(f"table entry: {e.op_name!r} does not read {e.var_name!r}")
+        for u in users:
+            for i, name in enumerate(u.inputs):
+                if name == e.var_name:
+                    if e.window_size < 2:
+                        raise StreamingError(f"table entry for {e.var_name!r}: window_size must be >= 2")
+                    manual[(u.name, i)] = e.window_size - 1
+                    axes[(u.name, i)] = frame_axis if e.frame_axis is None else int(e.frame_axis)
+    return manual, axes
+
+
+def stream(model, chunk: int, *, frame_axis: int = 1, table: list[TableEntry] | None = None,
+           allow_lookahead: bool = False, verify: bool = True, seed: int = 0, chunks_to_verify: int | None = None):
+    """Convert an offline quantized model into a streaming one. Returns ``(streaming_model, report)``."""
+    from ..model import Model
+
+    if chunk < 1:
+        raise StreamingError(f"chunk must be >= 1 frame, got {chunk}")
+    shapes, off_plan = _offline_shapes(model)
+    graph = model.graph.copy()
+    graph.test_inputs.clear()
+    graph.test_outputs.clear()
+    manual, manual_axes = _apply_table(graph, table or [], frame_axis)
+    d = analyse(graph, shapes, chunk, frame_axis, allow_lookahead, manual)
+    report = StreamReport(chunk=chunk, frame_axis=frame_axis, notes=list(d.notes))
+    for (node, idx), frames in manual.items():
+        d.caches.append(Cache(node, idx, frames, manual_axes[(node, idx)], "table entry", hoist=False))
+    delay = max((d.time[o.name].delay for o in graph.outputs if d.time.get(o.name) and d.time[o.name].streamed),
+                default=0)
+    report.delay_frames = delay
+    graph = run_passes(graph, [
+        ("insert_caches", lambda g: insert_caches(g, d, shapes, chunk, report)),
+        ("zero_time_padding", lambda g: zero_time_padding(g, d, shapes)),
+        ("rewrite_slices", lambda g: rewrite_slices(g, d, shapes)),
+        ("rewrite_reshapes", lambda g: rewrite_reshapes(g, d, shapes, chunk)),
+    ], report.passes)
+    for v in graph.inputs:
+        if v.name in graph.initializers:
+            continue
+        shp = list(v.shape)
+        if shp[frame_axis] % chunk and not allow_lookahead:
+            report.notes.append(f"offline input {v.name!r} has {shp[frame_axis]} frames, not a multiple of {chunk}")
+        shp[frame_axis] = chunk
+        v.shape = tuple(shp)
+    graph.metadata = dict(graph.metadata)
+    graph.metadata.setdefault("target", model.target)
+    smodel = Model(graph, target=model.target)
+    splan = smodel.plan({v.name: tuple(v.shape) for v in graph.inputs if v.name not in graph.initializers})
+    for name, spec in splan.specs.items():
+        vi = graph.info(name)
+        if vi is not None and name not in graph.initializers:
+            vi.shape = spec.shape
+    by_name = {c["node"]: c for c in report.caches}
+    for step in splan.steps:
+        if step.node.name in by_name:
+            by_name[step.node.name]["bytes"] = int(step.prepared.state_bytes)
+    report.state_bytes = splan.state_bytes
+    report.macs_per_chunk = splan.macs
+    report.offline_macs = off_plan.macs
+    report.offline_frames = int(next(iter(shapes[v.name] for v in model.graph.inputs
+                                          if v.name not in model.graph.initializers))[frame_axis])
+    report.latency_frames = chunk + delay
+    for o in graph.outputs:
+        t = d.time.get(o.name)
+        report.outputs[o.name] = "per-frame" if t is not None and t.streamed else "tail (fixed window)"
+    x = random_input(model, seed)
+    if verify:
+        from ..emu.streamcheck import verify_streaming
+
+        chk = verify_streaming(smodel, model, x, frame_axis=frame_axis, delay=delay, chunks=chunks_to_verify)
+        report.verification = chk.as_dict()
+        if not chk.bit_exact:
+            raise VerificationError(
+                f"the streaming model is not bit-exact with the offline model (first mismatch in chunk "
+                f"{chk.first_bad_chunk}, first differing node {chk.first_bad_node!r}); not written. "
+                "This is a converter bug or an unsupported pattern: please report it with the model")
+    _embed_test_values(smodel, x, chunk, frame_axis)
+    return smodel, report
+
+
+def random_input(model, seed: int) -> dict[str, np.ndarray]:
+    """Seeded integer input over most of each input's range (offline shape)."""
+    from ..emu.rounding import qrange
+
+    rng = np.random.default_rng(seed)
+    out = {}
+    for v in model.graph.inputs:
+        if v.name in model.graph.initializers:
+            continue
+        if v.dtype in ("int8", "int16"):
+            lo, hi = qrange(v.dtype)
+            out[v.name] = rng.integers(lo // 2, hi // 2 + 1, size=v.shape).astype(v.dtype)
+        else:
+            out[v.name] = rng.standard_normal(v.shape).astype(np.float32)
+    return out
+
+
+def _embed_test_values(smodel, x, chunk: int, frame_axis: int) -> None:
+    g = smodel.graph
+    first = {k: np.ascontiguousarray(np.take(v, range(chunk), axis=frame_axis)) for k, v in x.items()}
+    outs = smodel.session().push(first)
+    for k, v in first.items():
+        vi = g.info(k)
+        g.test_inputs[k] = Tensor(k, vi.dtype, tuple(v.shape), v, tuple(vi.exponents), None, "", "raw")
+    for k, v in outs.items():
+        vi = g.info(k)
+        g.test_outputs[k] = Tensor(k, vi.dtype if vi else str(v.dtype), tuple(v.shape), v,
+                                   tuple(vi.exponents) if vi else (), None, "", "raw")

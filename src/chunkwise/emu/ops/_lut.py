@@ -1,0 +1,89 @@
+"""Lookup-table helpers shared by every op that ESP-DL may run as a ``LUT`` module.
+
+ESP-DL (``dl_module_lut.hpp`` / ``dl_base_lut.cpp``):
+
+* int8: a 256-entry table at the *output* exponent; ``y = table[x + 128]``.
+* int16: a table of ``65536 / step + 1`` entries, ``step`` a power of two; the index is
+  ``round((x + 32768) / step)`` with the target's rounding (half-even on esp32p4/esp32s31,
+  half-up elsewhere); ``step == 1`` indexes ``table[x + 32768]`` directly.
+
+An op node names its table by the ``lut`` attribute (an initializer); ``lut_table`` fetches and
+checks it, ``apply_lut`` runs it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from ..rounding import HALF_EVEN
+
+
+def lut_table(ctx, dtype: str, out_exps=(), attr: str = "lut") -> tuple[np.ndarray, int] | None:
+    """``(table, step)`` of the node's ``lut`` attribute, or None when it has none.
+
+    Validates the table's dtype, size and (when both are known) that its exponent equals the
+    output's (ESP-DL asserts this in ``LUT::forward``).
+    """
+    name = ctx.attr(attr)
+    if name is None or name == "":
+        return None
+    if isinstance(name, bytes):
+        name = name.decode()
+    t = ctx.initializer(str(name))
+    table = np.asarray(t.data).ravel()
+    ctx.require(t.dtype == dtype, f"lut table {name!r} is {t.dtype}, the op computes {dtype}", supported=[dtype])
+    if dtype == "int8":
+        ctx.require(table.size == 256, f"int8 lut table {name!r} has {table.size} entries, expected 256")
+        step = 1
+    elif dtype == "int16":
+        n = table.size - 1
+        ctx.require(n >= 1 and 65536 % n == 0 and (65536 // n) & (65536 // n - 1) == 0,
+                    f"int16 lut table {name!r} has {table.size} entries; expected 65536/step + 1 "
+                    "with step a power of two")
+        step = 65536 // n
+        if step == 1:
+            ctx.require(table.size >= 65536, f"int16 lut table {name!r} has {table.size} entries")
+    else:
+        raise ctx.fail(f"lut tables are int8 or int16, not {dtype}", supported=["int8", "int16"])
+    if t.exponents and out_exps and len(t.exponents) == 1 and len(out_exps) == 1:
+        ctx.require(int(t.exponents[0]) == int(out_exps[0]),
+                    f"lut table exponent {t.exponents[0]} differs from output exponent {out_exps[0]}")
+    return np.ascontiguousarray(table.astype(dtype)), step
+
+
+@njit(cache=True)
+def _lut_s8(x, table, out):
+    for i in range(x.size):
+        out[i] = table[np.int64(x[i]) + 128]
+    return out
+
+
+@njit(cache=True)
+def _lut_s16(x, table, out, shift, mode):
+    for i in range(x.size):
+        v = np.int64(x[i]) + 32768
+        if shift == 0:
+            out[i] = table[v]
+            continue
+        idx = v >> shift
+        r = v - (idx << shift)
+        half = np.int64(1) << (shift - 1)
+        if mode == HALF_EVEN:
+            if r > half or (r == half and (idx & 1) != 0):
+                idx += 1
+        elif r >= half:
+            idx += 1
+        out[i] = table[idx]
+    return out
+
+
+def apply_lut(x: np.ndarray, table: np.ndarray, step: int, mode: int) -> np.ndarray:
+    """Look every element of ``x`` up in ``table`` (ESP-DL ``lut_s8`` / ``lut_s16_nearest_neighbor``)."""
+    flat = np.ascontiguousarray(x).ravel()
+    out = np.empty(flat.shape, dtype=table.dtype)
+    if table.dtype == np.int8:
+        _lut_s8(flat, table, out)
+    else:
+        _lut_s16(flat, table, out, int(step).bit_length() - 1, mode)
+    return out.reshape(x.shape)

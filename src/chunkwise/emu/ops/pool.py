@@ -1,0 +1,214 @@
+"""AveragePool, GlobalAveragePool and MaxPool (1-D NWC and 2-D NHWC).
+
+ESP-DL (``dl/base/dl_base_pool2d.hpp`` ``avg_pool_shell``, ``dl/base/dl_base_avg_pool2d.cpp``
+``avgpool2d_hwc``; ``CONFIG_ACCURATE_INFER`` is 1 in ``dl/dl_define_private.hpp``, so every target
+runs the C path)::
+
+    s      = sum of the window's elements inside the input        # int32, padding adds nothing
+    scale  = float32(1 / (kH * kW)) * 2**(e_in - e_out)             # always the FULL kernel area
+    y      = saturate(round_f32(float32(s) * scale))                # float32 product, tool::round
+
+so the divisor is the full kernel area whatever ``count_include_pad`` says (the chip behaves as
+``count_include_pad=1``). GlobalAveragePool is the same with the kernel = the whole input.
+
+MaxPool (``dl_base_max_pool2d.cpp``): the maximum over the window's elements inside the input; the
+integers are copied, no requantization (the chip ignores any exponent difference).
+
+ESP-DL ignores ``ceil_mode``, ``dilations`` and ``auto_pad``; models that need them are rejected.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from ..registry import Prepared, kernel
+from ..rounding import qrange, round_f32
+
+
+@njit(cache=True)
+def _avg_pool(x, out, kh, kw, sh, sw, pt, pl, scale, lo, hi, mode):
+    n_, h_, w_, c_ = x.shape
+    _, oh_, ow_, _ = out.shape
+    acc = np.zeros(c_, dtype=np.int64)
+    for n in range(n_):
+        for oh in range(oh_):
+            h0 = oh * sh - pt
+            for ow in range(ow_):
+                w0 = ow * sw - pl
+                acc[:] = 0
+                for i in range(kh):
+                    ih = h0 + i
+                    if ih < 0 or ih >= h_:
+                        continue
+                    for j in range(kw):
+                        iw = w0 + j
+                        if iw < 0 or iw >= w_:
+                            continue
+                        for c in range(c_):
+                            acc[c] += x[n, ih, iw, c]
+                for c in range(c_):
+                    v = round_f32(np.float32(np.float32(acc[c]) * scale), mode)
+                    if v < lo:
+                        v = lo
+                    elif v > hi:
+                        v = hi
+                    out[n, oh, ow, c] = v
+    return out
+
+
+@njit(cache=True)
+def _max_pool(x, out, kh, kw, sh, sw, pt, pl):
+    n_, h_, w_, c_ = x.shape
+    _, oh_, ow_, _ = out.shape
+    for n in range(n_):
+        for oh in range(oh_):
+            h0 = oh * sh - pt
+            for ow in range(ow_):
+                w0 = ow * sw - pl
+                first = True
+                for i in range(kh):
+                    ih = h0 + i
+                    if ih < 0 or ih >= h_:
+                        continue
+                    for j in range(kw):
+                        iw = w0 + j
+                        if iw < 0 or iw >= w_:
+                            continue
+                        if first:
+                            for c in range(c_):
+                                out[n, oh, ow, c] = x[n, ih, iw, c]
+                            first = False
+                        else:
+                            for c in range(c_):
+                                if x[n, ih, iw, c] > out[n, oh, ow, c]:
+                                    out[n, oh, ow, c] = x[n, ih, iw, c]
+    return out
+
+
+def _ints(v, n, default, what, ctx):
+    if v is None:
+        return [default] * n
+    v = [int(a) for a in v]
+    ctx.require(len(v) == n, f"{what} {v} has {len(v)} values for a {n}-D pool")
+    return v
+
+
+def pool_geometry(ctx, shape):
+    """Validated (n, H, W, C), kernel (kh, kw), strides, pads (top, left, bottom, right), output (oh, ow)."""
+    node = ctx.node
+    ctx.require(shape is not None and len(shape) in (3, 4),
+                f"input shape {shape}; pools take NWC (3-D) or NHWC (4-D) activations")
+    nsp = len(shape) - 2
+    ks = node.attr("kernel_shape")
+    ctx.require(ks is not None, "kernel_shape is required")
+    ks = _ints(ks, nsp, 1, "kernel_shape", ctx)
+    strides = _ints(node.attr("strides"), nsp, 1, "strides", ctx)
+    pads = _ints(node.attr("pads"), 2 * nsp, 0, "pads", ctx)
+    dil = _ints(node.attr("dilations"), nsp, 1, "dilations", ctx)
+    auto_pad = node.attr("auto_pad", "NOTSET") or "NOTSET"
+    ctx.require(auto_pad in ("NOTSET", ""), f"auto_pad={auto_pad!r}", supported=["NOTSET (explicit pads)"])
+    ctx.require(all(d == 1 for d in dil), f"dilations {dil} (ESP-DL pools have no dilation)",
+                supported=["dilations of 1"])
+    ctx.require(int(node.attr("storage_order", 0) or 0) == 0, "storage_order=1", supported=["storage_order=0"])
+    ctx.require(all(k >= 1 for k in ks) and all(s >= 1 for s in strides), f"kernel {ks} / strides {strides}")
+    ctx.require(all(p >= 0 for p in pads), f"negative pads {pads}")
+    if nsp == 1:
+        n, w, c = shape
+        h, kh, kw, sh, sw = 1, 1, ks[0], 1, strides[0]
+        pt, pl, pb, pr = 0, pads[0], 0, pads[1]
+    else:
+        n, h, w, c = shape
+        (kh, kw), (sh, sw) = ks, strides
+        pt, pl, pb, pr = pads
+    ctx.require(pt < kh and pb < kh and pl < kw and pr < kw,
+                f"pads {pads} must be smaller than the kernel {ks} (a window would see only padding)")
+    oh = (h + pt + pb - kh) // sh + 1
+    ow = (w + pl + pr - kw) // sw + 1
+    ctx.require(oh >= 1 and ow >= 1 and h + pt + pb >= kh and w + pl + pr >= kw,
+                f"kernel {ks} does not fit the padded input {list(shape[1:-1])}")
+    if int(node.attr("ceil_mode", 0) or 0):
+        oh_c = -(-(h + pt + pb - kh) // sh) + 1
+        ow_c = -(-(w + pl + pr - kw) // sw) + 1
+        ctx.require((oh_c, ow_c) == (oh, ow), "ceil_mode=1 changes the output size; ESP-DL always floors",
+                    supported=["ceil_mode=0"])
+    return (n, h, w, c), (kh, kw), (sh, sw), (pt, pl, pb, pr), (oh, ow)
+
+
+def _out_shape(shape, oh, ow):
+    n, c = shape[0], shape[-1]
+    return (n, ow, c) if len(shape) == 3 else (n, oh, ow, c)
+
+
+def _check_dtype(ctx, x, out):
+    ctx.require(x.dtype in ("int8", "int16"), f"input dtype {x.dtype}", supported=["int8", "int16"])
+    ctx.require(out.dtype == x.dtype, f"output dtype {out.dtype} differs from input {x.dtype}")
+
+
+def _avg_scale(area: int, e_in: int, e_out: int) -> np.float32:
+    """float32(1/area) * 2**(e_in - e_out), as DL_SCALE(e_in) * (1.f/area) * DL_RESCALE(e_out)."""
+    inv = np.float32(np.float32(1.0) / np.float32(area))
+    return np.float32(np.float32(np.float32(2.0 ** e_in) * inv) * np.float32(2.0 ** -e_out))
+
+
+def _prepare_avg(ctx, x, out, geo):
+    (n, h, w, c), (kh, kw), (sh, sw), (pt, pl, pb, pr), (oh, ow) = geo
+    _check_dtype(ctx, x, out)
+    e_in, e_out = x.exp, out.exp
+    ctx.require(abs(e_in) < 31 and abs(e_out) < 31, f"exponents {e_in}/{e_out} out of ESP-DL's range")
+    scale = _avg_scale(kh * kw, e_in, e_out)
+    lo, hi = qrange(x.dtype)
+    dtype = np.dtype(x.dtype)
+    mode = ctx.mode
+    out_shape = _out_shape(x.shape, oh, ow)
+
+    def run(xa, *_):
+        o = np.empty((n, oh, ow, c), dtype=dtype)
+        _avg_pool(xa.reshape(n, h, w, c), o, kh, kw, sh, sw, pt, pl, scale, lo, hi, mode)
+        return (o.reshape(out_shape),)
+
+    return Prepared([out_shape], run, macs=n * oh * ow * c * kh * kw)
+
+
+@kernel("AveragePool")
+def prepare_average_pool(node, ctx, ins, outs):
+    ctx.require(len(ins) == 1, f"{len(ins)} inputs, AveragePool takes one")
+    geo = pool_geometry(ctx, ins[0].shape)
+    cip = int(node.attr("count_include_pad", 0) or 0)
+    ctx.require(cip in (0, 1), f"count_include_pad={cip}", supported=["0", "1"])
+    # Either way the chip divides by the full kernel area (count_include_pad=1 semantics); with
+    # count_include_pad=0 and padding its border outputs differ from ONNX's: we emulate the chip.
+    return _prepare_avg(ctx, ins[0], outs[0], geo)
+
+
+@kernel("GlobalAveragePool")
+def prepare_global_average_pool(node, ctx, ins, outs):
+    ctx.require(len(ins) == 1, f"{len(ins)} inputs, GlobalAveragePool takes one")
+    shape = ins[0].shape
+    ctx.require(shape is not None and len(shape) in (3, 4),
+                f"input shape {shape}; pools take NWC (3-D) or NHWC (4-D) activations")
+    if len(shape) == 3:
+        n, w, c = shape
+        h = 1
+    else:
+        n, h, w, c = shape
+    geo = ((n, h, w, c), (h, w), (1, 1), (0, 0, 0, 0), (1, 1))
+    return _prepare_avg(ctx, ins[0], outs[0], geo)
+
+
+@kernel("MaxPool")
+def prepare_max_pool(node, ctx, ins, outs):
+    ctx.require(len(ins) == 1, f"{len(ins)} inputs, MaxPool takes one")
+    ctx.require(len(outs) == 1, "MaxPool with an Indices output", supported=["one output"])
+    x, out = ins[0], outs[0]
+    (n, h, w, c), (kh, kw), (sh, sw), (pt, pl, pb, pr), (oh, ow) = pool_geometry(ctx, x.shape)
+    _check_dtype(ctx, x, out)
+    dtype = np.dtype(x.dtype)
+    out_shape = _out_shape(x.shape, oh, ow)
+
+    def run(xa, *_):
+        o = np.empty((n, oh, ow, c), dtype=dtype)
+        _max_pool(xa.reshape(n, h, w, c), o, kh, kw, sh, sw, pt, pl)
+        return (o.reshape(out_shape),)
+
+    return Prepared([out_shape], run, macs=n * oh * ow * c * kh * kw)

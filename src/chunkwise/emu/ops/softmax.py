@@ -1,0 +1,118 @@
+"""Softmax and LogSoftmax (``dl_module_softmax.hpp``, ``dl_module_log_softmax.hpp``).
+
+The output is float32 for every quant_type. Along ``axis`` (of the tensor as ESP-DL stores it),
+slice by slice, in float32 and in ESP-DL's order:
+
+* S8: ``e = T[x + 128]`` with ``T[i] = expf(2**e_in * (i - 128))`` (no max subtraction);
+  Softmax ``e / sum(e)``; LogSoftmax ``2**e_in * x - logf(sum(e))``.
+* S16 (``f = 2**e_in * x``) and F32 (``f = x``): ``m = max(f)``; Softmax ``expf(f - m) / sum``;
+  LogSoftmax ``(f - m) - logf(sum(expf(f - m)))``.
+
+Sums run sequentially in float32 from index 0.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from ..registry import Prepared, kernel
+from ._fmath import expf, logf
+from .activation import dl_scale, quant_dtype
+
+
+@njit(cache=True)
+def _softmax_lut(x, table, out, log, scale):
+    """x [outer, len, inner] int8; out float32 of the same shape."""
+    outer, n, inner = x.shape
+    for o in range(outer):
+        for k in range(inner):
+            s = np.float32(0.0)
+            for i in range(n):
+                s = np.float32(s + table[np.int64(x[o, i, k]) + 128])
+            if log:
+                ls = logf(s)
+                for i in range(n):
+                    out[o, i, k] = np.float32(scale * np.float32(x[o, i, k])) - ls
+            else:
+                for i in range(n):
+                    out[o, i, k] = table[np.int64(x[o, i, k]) + 128] / s
+    return out
+
+
+@njit(cache=True)
+def _softmax_float(f, out, log):
+    """f [outer, len, inner] float32 (already dequantized); out float32."""
+    outer, n, inner = f.shape
+    for o in range(outer):
+        for k in range(inner):
+            m = f[o, 0, k]
+            for i in range(1, n):
+                v = f[o, i, k]
+                if m < v:  # DL_MAX(m, v)
+                    m = v
+            s = np.float32(0.0)
+            if log:
+                for i in range(n):
+                    s = np.float32(s + expf(np.float32(f[o, i, k] - m)))
+                ls = logf(s)
+                for i in range(n):
+                    out[o, i, k] = np.float32(f[o, i, k] - m) - ls
+            else:
+                for i in range(n):
+                    e = expf(np.float32(f[o, i, k] - m))
+                    out[o, i, k] = e
+                    s = np.float32(s + e)
+                for i in range(n):
+                    out[o, i, k] = out[o, i, k] / s
+    return out
+
+
+@kernel("Softmax", "LogSoftmax")
+def prepare_softmax(node, ctx, ins, outs):
+    log = node.op_type == "LogSoftmax"
+    ctx.require(len(ins) == 1, f"{len(ins)} inputs; {node.op_type} has one")
+    x = ins[0]
+    dt = quant_dtype(ctx, x)
+    ctx.require(len(outs) == 1, f"{len(outs)} outputs; {node.op_type} has one")
+    ctx.require(outs[0].dtype in ("float32", "undefined"),
+                f"output dtype {outs[0].dtype}: ESP-DL's {node.op_type} writes float32", supported=["float32"])
+    shape = tuple(x.shape)
+    rank = len(shape)
+    axis = int(node.attr("axis", -1))
+    if rank == 0:
+        def run0(xa, *_):
+            return (np.full((), 0.0 if log else 1.0, dtype=np.float32),)
+
+        return Prepared([shape], run0, dtypes=["float32"])
+    ctx.require(-rank <= axis < rank, f"axis {axis} out of range for rank {rank}")
+    axis = axis % rank
+    outer = int(np.prod(shape[:axis], dtype=np.int64))
+    n = int(shape[axis])
+    inner = int(np.prod(shape[axis + 1:], dtype=np.int64))
+    ctx.require(n >= 1, "empty softmax axis")
+    view = (outer, n, inner)
+    if dt == "int8":
+        ctx.require(len(x.exps) == 1, "input needs one (per-tensor) exponent")
+        scale = dl_scale(x.exp)
+        i = np.arange(256, dtype=np.int64) - 128
+        table = np.array([np.float32(np.exp(np.float64(np.float32(scale * np.float32(v))))) for v in i],
+                         dtype=np.float32)
+
+        def run(xa, *_):
+            out = np.empty(view, dtype=np.float32)
+            _softmax_lut(np.ascontiguousarray(xa).reshape(view), table, out, log, scale)
+            return (out.reshape(shape),)
+    else:
+        if dt == "int16":
+            ctx.require(len(x.exps) == 1, "input needs one (per-tensor) exponent")
+        scale = dl_scale(x.exp) if dt == "int16" else None
+
+        def run(xa, *_):
+            f = np.ascontiguousarray(xa).reshape(view)
+            f = (f.astype(np.float32) * scale) if scale is not None else f.astype(np.float32)
+            out = np.empty(view, dtype=np.float32)
+            _softmax_float(f, out, log)
+            return (out.reshape(shape),)
+
+    return Prepared([shape], run, dtypes=["float32"])

@@ -1,0 +1,280 @@
+"""Calibration: float activations from onnxruntime over all samples -> power-of-two exponents.
+
+Methods (per-tensor, symmetric, as ESP-PPQ for ESP-DL):
+
+* ``kl`` (default): ESP-PPQ's histogram KL search (``32 * 2**(bits-1)`` bins of |x|), scale rounded to a
+  power of two half up in log2.
+* ``minmax``: scale = max|x| / (qmax + 0.5), rounded up to a power of two (no clipping ever).
+* ``percentile``: like minmax on the 99.99th percentile of |x|.
+* ``mse``: the power of two that minimises the expected squared error over the histogram.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ShapeError, UnsupportedError
+from .prepare import FGraph, to_onnx
+
+METHODS = ("kl", "minmax", "percentile", "mse")
+PERCENTILE = 99.99
+MIN_SCALE = 2.0 ** -24
+
+
+# ---- calibration data ---------------------------------------------------------------------------
+
+def load_calib(calib, inputs: list[tuple[str, tuple[int, ...]]]) -> dict[str, np.ndarray]:
+    """Normalise CALIB to ``{input name: float32 [N, ...shape without batch]}``.
+
+    Accepts an .npy ([N, ...]), an .npz (one array per input), a directory of .npy files (one sample
+    each, sorted by name), an array or a dict of arrays.
+    """
+    names = [n for n, _ in inputs]
+    if isinstance(calib, (str, Path)):
+        p = Path(calib)
+        if p.is_dir():
+            files = sorted(p.glob("*.npy"))
+            if not files:
+                raise ShapeError(f"calibration directory {p} has no .npy files")
+            if len(names) != 1:
+                raise ShapeError(f"a directory of .npy samples only works for one input; the model has {names}")
+            n0, shp = inputs[0]
+            samples = []
+            for f in files:
+                a = np.load(f, allow_pickle=False)
+                if a.shape == tuple(shp):
+                    a = a[0]
+                samples.append(a)
+            data = {n0: _stack(samples, n0, shp, str(p))}
+        elif p.suffix == ".npz":
+            with np.load(p, allow_pickle=False) as z:
+                arrs = {k: z[k] for k in z.files}
+            if len(names) == 1 and len(arrs) == 1 and names[0] not in arrs:
+                arrs = {names[0]: next(iter(arrs.values()))}
+            data = arrs
+        elif p.suffix == ".npy":
+            if not p.exists():
+                raise ShapeError(f"calibration file {p} not found")
+            data = np.load(p, allow_pickle=False)
+        else:
+            raise ShapeError(f"calibration data {p}: give an .npy, an .npz or a directory of .npy files")
+    else:
+        data = calib
+    if isinstance(data, np.ndarray) or not isinstance(data, dict):
+        if len(names) != 1:
+            raise ShapeError(f"the model has inputs {names}: give a dict / .npz with one array per input")
+        data = {names[0]: np.asarray(data)}
+    missing = [n for n in names if n not in data]
+    if missing:
+        raise ShapeError(f"calibration data lacks input(s) {missing}; it has {sorted(data)}")
+    out = {}
+    count = None
+    for n, shp in inputs:
+        a = np.asarray(data[n])
+        want = tuple(shp[1:])
+        if a.shape == tuple(shp):  # a single sample with batch 1
+            a = a[None, 0]
+        elif a.ndim == len(shp) + 1 and a.shape[1] == 1 and a.shape[2:] == want:
+            a = a[:, 0]
+        if a.ndim != len(want) + 1 or a.shape[1:] != want:
+            raise ShapeError(f"calibration data for input {n!r} has shape {list(a.shape)}; expected "
+                             f"[N, {', '.join(map(str, want))}] (N samples of the input shape without batch)")
+        if a.dtype.kind not in "fiu":
+            raise ShapeError(f"calibration data for input {n!r} has dtype {a.dtype}; give numbers")
+        if a.shape[0] == 0:
+            raise ShapeError(f"calibration data for input {n!r} has no samples")
+        if count is not None and a.shape[0] != count:
+            raise ShapeError(f"calibration inputs have different sample counts ({count} vs {a.shape[0]})")
+        count = a.shape[0]
+        if not np.all(np.isfinite(a)):
+            raise ShapeError(f"calibration data for input {n!r} contains NaN or infinity")
+        out[n] = a.astype(np.float32)
+    return out
+
+
+def _stack(samples, name, shp, where):
+    want = tuple(shp[1:])
+    for i, s in enumerate(samples):
+        if s.shape != want:
+            raise ShapeError(f"{where}: sample {i} has shape {list(s.shape)}; input {name!r} needs {list(want)}")
+    return np.stack(samples)
+
+
+# ---- float runs ---------------------------------------------------------------------------------
+
+class FloatRunner:
+    """onnxruntime over the prepared float graph, exposing every float intermediate."""
+
+    def __init__(self, fg: FGraph):
+        import onnxruntime as ort
+        import onnx
+
+        self.names = []
+        for n in fg.nodes:
+            for o in n.outputs:
+                if o and fg.dtypes.get(o, onnx.TensorProto.FLOAT) == onnx.TensorProto.FLOAT:
+                    self.names.append(o)
+        model = to_onnx(fg, self.names)
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        so.intra_op_num_threads = 1
+        so.inter_op_num_threads = 1
+        self.sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        self.out_names = [o.name for o in self.sess.get_outputs()]
+        self.inputs = [n for n, _ in fg.inputs]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        res = self.sess.run(None, feeds)
+        out = dict(zip(self.out_names, res))
+        out.update(feeds)
+        return out
+
+
+def iter_samples(data: dict[str, np.ndarray]):
+    n = next(iter(data.values())).shape[0]
+    for i in range(n):
+        yield {k: v[i:i + 1] for k, v in data.items()}
+
+
+# ---- statistics ---------------------------------------------------------------------------------
+
+def hist_bins(bits: int) -> int:
+    return 32 * (1 << (bits - 1))
+
+
+class Stats:
+    """max|x| per value (pass 1), then histograms of |x| per (value, bits) (pass 2)."""
+
+    def __init__(self, names: list[str], bits_needed: tuple[int, ...]):
+        self.names = names
+        self.bits = bits_needed
+        self.maxabs = {n: 0.0 for n in names}
+        self.hist: dict[tuple[str, int], np.ndarray] = {}
+
+    def observe_max(self, acts: dict[str, np.ndarray]) -> None:
+        for n in self.names:
+            a = acts.get(n)
+            if a is not None and a.size:
+                self.maxabs[n] = max(self.maxabs[n], float(np.max(np.abs(a))))
+
+    def observe_hist(self, acts: dict[str, np.ndarray]) -> None:
+        for n in self.names:
+            a = acts.get(n)
+            if a is None or not a.size:
+                continue
+            for b in self.bits:
+                bins = hist_bins(b)
+                top = self.maxabs[n]
+                if top <= 0:
+                    continue
+                step = top / bins
+                idx = np.minimum((np.abs(a.astype(np.float64)) / step).astype(np.int64), bins - 1)
+                h = np.bincount(idx.ravel(), minlength=bins)
+                key = (n, b)
+                if key in self.hist:
+                    self.hist[key] += h
+                else:
+                    self.hist[key] = h
+
+    def exponent(self, name: str, bits: int, method: str) -> int:
+        top = self.maxabs.get(name, 0.0)
+        qmax = (1 << (bits - 1)) - 1
+        if top <= 0:
+            return _pow2_exp(MIN_SCALE, up=True)
+        if method == "minmax":
+            return _pow2_exp(2 * top / (2 * qmax + 1), up=True)
+        h = self.hist.get((name, bits))
+        if h is None:
+            return _pow2_exp(2 * top / (2 * qmax + 1), up=True)
+        step = top / len(h)
+        if method == "kl":
+            return _kl_exponent(h.astype(np.float64), step, bits)
+        if method == "percentile":
+            c = np.cumsum(h)
+            k = int(np.searchsorted(c, c[-1] * PERCENTILE / 100.0))
+            clip = (k + 1) * step
+            return _pow2_exp(2 * clip / (2 * qmax + 1), up=True)
+        if method == "mse":
+            return _mse_exponent(h.astype(np.float64), step, bits)
+        raise UnsupportedError(f"calibration method {method!r}", supported=list(METHODS))
+
+
+def _pow2_exp(scale: float, *, up: bool) -> int:
+    scale = max(scale, MIN_SCALE)
+    l2 = math.log2(scale)
+    return int(math.ceil(l2)) if up else int(math.floor(l2 + 0.5))
+
+
+def _kl_exponent(hist: np.ndarray, step: float, bits: int) -> int:
+    """ESP-PPQ's symmetric KL search over clip ranges in multiples of the quantized level count."""
+    nb = len(hist)
+    q = 1 << (bits - 1)
+    hist = hist.copy()
+    hist[: int(nb * 0.002)] = 0
+    hist[int(nb * 0.002)] = 1
+    total = hist.sum()
+    best, best_range = None, q
+    for rng in range(q, nb + q - 1, q):
+        p = hist[:rng].copy()
+        p[rng - 1] += hist[rng:].sum()
+        p = p / total
+        ratio = rng // q
+        qh = hist[:rng].reshape(q, ratio)
+        pos = qh > 0
+        cnt = np.maximum(pos.sum(axis=1, keepdims=True), 1)
+        qh = np.repeat(qh.sum(axis=1, keepdims=True) / cnt, ratio, axis=1) * pos
+        s = qh.sum()
+        qh = (qh / s).ravel() if s > 0 else qh.ravel()
+        mask = p > 0
+        with np.errstate(divide="ignore", invalid="ignore"):
+            kl = float(np.sum(p[mask] * np.log(p[mask] / np.where(qh[mask] > 0, qh[mask], 1e-12))))
+        if best is None or kl < best:
+            best, best_range = kl, rng
+    scale = best_range * step / q
+    return _pow2_exp(scale, up=False)
+
+
+def _mse_exponent(hist: np.ndarray, step: float, bits: int) -> int:
+    qmax = (1 << (bits - 1)) - 1
+    centers = (np.arange(len(hist)) + 0.5) * step
+    top = len(hist) * step
+    e_hi = _pow2_exp(2 * top / (2 * qmax + 1), up=True)
+    best, best_e = None, e_hi
+    for e in range(e_hi - 6, e_hi + 1):
+        s = 2.0 ** e
+        clip = qmax * s
+        err = np.where(centers > clip, (centers - clip) ** 2, s * s / 12.0)
+        v = float(np.sum(err * hist))
+        if best is None or v < best - 1e-12 * abs(best):
+            best, best_e = v, e
+    return best_e
+
+
+def collect(runner: FloatRunner, data: dict[str, np.ndarray], bits_needed: tuple[int, ...], method: str,
+            progress: bool = False) -> Stats:
+    if method not in METHODS:
+        raise UnsupportedError(f"calibration method {method!r}", supported=list(METHODS))
+    names = list(runner.inputs) + [n for n in runner.out_names if n not in runner.inputs]
+    st = Stats(names, bits_needed)
+    n = next(iter(data.values())).shape[0]
+    passes = 1 if method == "minmax" else 2
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=n * passes, desc="calibrating", unit="sample")
+    for p in range(passes):
+        for feeds in iter_samples(data):
+            acts = runner.run(feeds)
+            if p == 0:
+                st.observe_max(acts)
+            else:
+                st.observe_hist(acts)
+            if bar is not None:
+                bar.update(1)
+    if bar is not None:
+        bar.close()
+    return st

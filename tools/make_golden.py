@@ -1,0 +1,194 @@
+"""Generate per-operator golden .espdl models with ESP-PPQ (the reference) and copy a compact subset
+into ``tests/fixtures/golden``.
+
+The golden models come from ESP-DL's own operator test generator
+(``tools/ops_test/gen_test_cases.py`` with ``config/op_cfg.toml`` in an esp-dl checkout). This script
+only *drives* that generator, one operator per process (as ESP-DL's CI does), and then picks the
+smallest cases of each operator as committed fixtures. Every generated model embeds a test input and
+the expected outputs (``export_test_values=True``), i.e. what ``model->test()`` checks on a chip.
+
+ESP-PPQ and torch are NOT dependencies of chunkwise: they live in a separate dev venv.
+
+Reproduce exactly (versions used for the committed fixtures)::
+
+    python3.11 -m venv /work/ppqvenv
+    /work/ppqvenv/bin/pip install torch==2.13.0          # CPU wheel (+cpu); install torch FIRST
+    /work/ppqvenv/bin/pip install esp-ppq==1.3.12 onnx onnxruntime numpy
+    /work/ppqvenv/bin/pip install -e .                    # chunkwise, only for --check
+    # esp-ppq 1.3.12 pulled: onnx 1.19.1, onnxruntime 1.31.1, onnxsim 0.7.3, onnxscript 0.7.2, numpy 2.4.6
+
+    /work/ppqvenv/bin/python tools/make_golden.py --esp-dl /path/to/esp-dl \\
+        --targets esp32s3,c --bits 8,16 --out /work/golden-out \\
+        --fixtures tests/fixtures/golden --jobs 2
+
+``--esp-dl`` is the root of an esp-dl checkout (the folder holding ``tools/ops_test``). Output:
+``OUT/<target>_s<bits>/<Op>/<case>_s<bits>.espdl`` (+ ESP-PPQ's .info/.json/.onnx), logs in
+``OUT/logs/``, a summary in ``OUT/summary.json``. ESP-DL's generator seeds torch with 42 at import,
+so one op per process gives a reproducible random stream per operator.
+
+Only the fixture step (no ESP-PPQ needed, any Python >= 3.11)::
+
+    python tools/make_golden.py --no-generate --out /work/golden-out --fixtures tests/fixtures/golden
+
+Then check with the emulator: ``python tools/golden_report.py tests/fixtures/golden``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import tomllib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+DEFAULT_TARGETS = "esp32s3,c"
+DEFAULT_BITS = "8,16"
+MAX_FIXTURE_BYTES = 4 * 1024 * 1024
+
+
+def ops_test_dir(esp_dl: Path) -> Path:
+    for cand in (esp_dl / "tools" / "ops_test", esp_dl / "esp-dl" / "tools" / "ops_test", esp_dl):
+        if (cand / "gen_test_cases.py").is_file() and (cand / "config" / "op_cfg.toml").is_file():
+            return cand
+    raise SystemExit(f"no tools/ops_test/gen_test_cases.py under {esp_dl}")
+
+
+def config_ops(ops_dir: Path) -> dict:
+    with open(ops_dir / "config" / "op_cfg.toml", "rb") as f:
+        return tomllib.load(f)["ops_test"]
+
+
+def run_one(python: str, ops_dir: Path, out: Path, target: str, bits: int, op: str, timeout: float,
+            skip_existing: bool) -> dict:
+    suite = f"{target}_s{bits}"
+    dest = out / suite
+    logs = out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    log = logs / f"{suite}_{op}.log"
+    existing = sorted((dest / op).glob("*.espdl")) if (dest / op).is_dir() else []
+    if skip_existing and existing and (logs / f"{suite}_{op}.ok").exists():
+        return {"suite": suite, "op": op, "rc": 0, "files": len(existing), "seconds": 0.0, "skipped": True}
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    cmd = [python, "gen_test_cases.py", "-c", "config/op_cfg.toml", "-o", str(dest),
+           "-t", target, "-b", str(bits), "--ops", op]
+    t0 = time.time()
+    with open(log, "w") as fh:
+        fh.write(" ".join(cmd) + "\n")
+        fh.flush()
+        try:
+            rc = subprocess.run(cmd, cwd=ops_dir, stdout=fh, stderr=subprocess.STDOUT, env=env,
+                                timeout=timeout).returncode
+        except subprocess.TimeoutExpired:
+            rc = "timeout"
+    files = sorted((dest / op).glob("*.espdl")) if (dest / op).is_dir() else []
+    if rc == 0:
+        (logs / f"{suite}_{op}.ok").write_text("")
+    res = {"suite": suite, "op": op, "rc": rc, "files": len(files), "seconds": round(time.time() - t0, 1)}
+    if rc != 0:
+        tail = log.read_text(errors="replace").strip().splitlines()[-3:]
+        res["error"] = " | ".join(tail)[-400:]
+    print(f"[{suite}] {op}: rc={rc} files={len(files)} {res['seconds']}s", flush=True)
+    return res
+
+
+def generate(args, ops_dir: Path, out: Path) -> list[dict]:
+    cfg = config_ops(ops_dir)
+    ops = [o for o in args.ops.split(",") if o] if args.ops else list(cfg)
+    unknown = [o for o in ops if o not in cfg]
+    if unknown:
+        raise SystemExit(f"ops not in op_cfg.toml: {unknown}")
+    jobs = []
+    for target in args.targets.split(","):
+        for bits in (int(b) for b in args.bits.split(",")):
+            for op in ops:
+                if f"int{bits}" not in cfg[op].get("quant_bits", []):
+                    continue
+                jobs.append((target, bits, op))
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as ex:
+        results = list(ex.map(lambda j: run_one(args.python, ops_dir, out, *j, args.timeout,
+                                                args.skip_existing), jobs))
+    summary = out / "summary.json"
+    old = json.loads(summary.read_text()) if summary.exists() else []
+    keep = {(r["suite"], r["op"]): r for r in old}
+    keep.update({(r["suite"], r["op"]): r for r in results})
+    summary.write_text(json.dumps(sorted(keep.values(), key=lambda r: (r["suite"], r["op"])), indent=1))
+    return results
+
+
+def pick_fixtures(out: Path, fixtures: Path, suites: list[str], per_op: int, op_budget: int,
+                  max_file: int) -> None:
+    """Copy, per suite and op, the smallest cases: always the smallest one (if <= max_file), then more
+    (up to per_op) while the op's total stays within op_budget bytes. Only the .espdl is copied."""
+    total = 0
+    for suite in suites:
+        src = out / suite
+        if not src.is_dir():
+            print(f"no {src}, skipped")
+            continue
+        dst_suite = fixtures / suite
+        if dst_suite.exists():
+            shutil.rmtree(dst_suite)
+        for op_dir in sorted(p for p in src.iterdir() if p.is_dir()):
+            cands = sorted(op_dir.glob("*.espdl"), key=lambda p: (p.stat().st_size, p.name))
+            chosen, used = [], 0
+            for p in cands:
+                size = p.stat().st_size
+                if not chosen and size <= max_file:
+                    chosen.append(p)
+                    used += size
+                elif chosen and len(chosen) < per_op and used + size <= op_budget:
+                    chosen.append(p)
+                    used += size
+            if not chosen:
+                continue
+            (dst_suite / op_dir.name).mkdir(parents=True, exist_ok=True)
+            for p in chosen:
+                shutil.copy2(p, dst_suite / op_dir.name / p.name)
+            total += used
+    size = sum(p.stat().st_size for p in fixtures.rglob("*") if p.is_file())
+    print(f"fixtures: {size / 1024:.0f} KiB under {fixtures}")
+    if size > MAX_FIXTURE_BYTES:
+        print(f"WARNING: fixtures exceed {MAX_FIXTURE_BYTES // 1024} KiB; lower --per-op/--op-budget")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--esp-dl", type=Path, help="esp-dl checkout (holding tools/ops_test)")
+    ap.add_argument("--targets", default=DEFAULT_TARGETS, help="comma list: esp32p4,esp32s3,c")
+    ap.add_argument("--bits", default=DEFAULT_BITS, help="comma list: 8,16")
+    ap.add_argument("--ops", default="", help="comma list of op_cfg.toml operators (default: all)")
+    ap.add_argument("--out", type=Path, required=True, help="scratch output folder")
+    ap.add_argument("--fixtures", type=Path, help="copy a compact subset here (tests/fixtures/golden)")
+    ap.add_argument("--python", default=sys.executable, help="interpreter that has esp-ppq and torch")
+    ap.add_argument("--jobs", type=int, default=1, help="operators generated in parallel")
+    ap.add_argument("--timeout", type=float, default=1800, help="seconds per operator")
+    ap.add_argument("--skip-existing", action="store_true", help="skip ops already generated OK")
+    ap.add_argument("--no-generate", action="store_true", help="only pick fixtures from --out")
+    ap.add_argument("--per-op", type=int, default=2, help="max fixture cases per suite/op")
+    ap.add_argument("--op-budget", type=int, default=12000, help="bytes per suite/op beyond the first case")
+    ap.add_argument("--max-file", type=int, default=64000, help="largest single fixture file (bytes)")
+    args = ap.parse_args()
+
+    out = args.out.resolve()
+    if not args.no_generate:
+        if args.esp_dl is None:
+            ap.error("--esp-dl is required unless --no-generate")
+        ops_dir = ops_test_dir(args.esp_dl.resolve())
+        results = generate(args, ops_dir, out)
+        bad = [r for r in results if r["rc"] != 0]
+        print(f"generated {sum(r['files'] for r in results)} models; {len(bad)} operator runs failed")
+        for r in bad:
+            print(f"  FAILED {r['suite']}/{r['op']}: rc={r['rc']} ({r['files']} files) {r.get('error', '')}")
+    if args.fixtures:
+        suites = [f"{t}_s{b}" for t in args.targets.split(",") for b in args.bits.split(",")]
+        pick_fixtures(out, args.fixtures.resolve(), suites, args.per_op, args.op_budget, args.max_file)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
