@@ -169,13 +169,19 @@ def round_f32_sat(x, mode: int, lo: int, hi: int) -> np.int64:
 
 
 def round_saturate(x: np.ndarray, dtype: str, mode: int) -> np.ndarray:
-    """Float array -> integers: ``tool::round`` by the target's rule, then ``tool::truncate`` to ``dtype``.
+    """Vectorised :func:`round_f32_sat`: float32 values -> ``truncate(tool::round(x))`` in ``dtype``.
 
-    Values beyond the int32 range saturate (RISC-V ``fcvt.w.s`` does so on esp32p4); NaN becomes the
-    positive limit, as ``fcvt.w.s`` returns 2**31 - 1 for it. Used by kernels whose ESP-DL C code
-    computes in float32 (Div, Mod, Pow, LeakyRelu, QuantizeLinear).
+    Half-even is ``fcvt.w.s rne``; half-up is ``(int)floorf(x + 0.5)`` with the sum narrowed to float
+    before the floor. Values beyond the int32 range saturate; NaN becomes the positive limit (what
+    ``fcvt.w.s`` returns). ``x`` must hold float32 values (the kernels compute them in float32).
     """
-    v = np.asarray(x, dtype=np.float64)
-    v = np.where(np.isnan(v), np.inf, v)
+    v = np.asarray(x, dtype=np.float32).astype(np.float64)
+    nan = np.isnan(v)
+    v = np.where(nan, 0.0, v)
+    if mode == HALF_EVEN:
+        r = np.rint(v)
+    else:
+        r = np.floor((v + 0.5).astype(np.float32).astype(np.float64))
     lo, hi = qrange(dtype)
-    return np.clip(round_array(np.clip(v, -2.0**31, 2.0**31), mode), lo, hi).astype(dtype)
+    r = np.where(nan, hi, r)
+    return np.clip(r, lo, hi).astype(dtype)

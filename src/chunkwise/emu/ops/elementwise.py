@@ -1,0 +1,487 @@
+"""Element-wise arithmetic and activations: Add, Sub, Mul, Div, Mod, Pow, Max, Min, Neg, Relu,
+LeakyRelu, PRelu, Clip.
+
+Facts (ESP-DL ``dl/base/dl_base_<op>.cpp``, ``dl/module/include/dl_module_<op>.hpp``):
+
+* Broadcasting is numpy's, but ESP-DL first merges neighbouring axes that broadcast the same way
+  (``dl_base_elemwise.cpp: get_elemwise_operation_args``) and supports at most 4 merged axes; more
+  is an error here. The merged last axis (``output_d0``) and each input's (``input*_d0``) choose the
+  kernel: SIMD assembly when ``output_d0 >= 16 / sizeof(T)`` on esp32p4/esp32s31/esp32s3, the C
+  code otherwise, and the ``n_1`` / ``1_n`` variants when an input's ``d0`` is 1.
+* Add, Sub, Max, Min, Neg work on the raw integers and ignore exponents (saturating); ESP-PPQ
+  normally inserts RequantizeLinear so that they agree, but not always (see ``info``).
+* Mul: ``y = round(a * b * 2**(e_a + e_b - e_y))``. SIMD: exact product, shifted with the target's
+  rounding. C: the product goes through float32 first (``float out = temp * scale``), which loses
+  bits for int16 products above 2**24.
+* Div, Mod, Pow, LeakyRelu compute in float32 and round with ``tool::round``; emulated operation
+  by operation in float32 (numpy float32 arithmetic is IEEE single, as the chips' FPUs).
+* int8 Relu / LeakyRelu / PRelu / Clip with a ``lut`` attribute are run by ESP-DL's LUT module:
+  ``y = table[x + 128]``. int16 ignores the attribute.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..registry import Prepared, kernel
+from ..rounding import qrange, requantize, round_saturate
+from ._lut import apply_lut, lut_table
+
+INT_TYPES = ("int8", "int16")
+QUANT_TYPES = {"S8": "int8", "S16": "int16", "F32": "float32"}
+#: targets whose ESP-DL build has PIE SIMD kernels (CONFIG_PIE_V1_BOOST / CONFIG_PIE_V2_BOOST)
+SIMD_TARGETS = ("esp32p4", "esp32s31", "esp32s3")
+
+
+# ---- shared validation ----------------------------------------------------------------------------
+def compute_dtype(ctx, spec, allowed=INT_TYPES + ("float32",)) -> str:
+    """The dtype an op computes in: the input's, checked against ``quant_type`` when present."""
+    dt = spec.dtype
+    ctx.require(dt in allowed, f"input dtype {dt}", supported=list(allowed))
+    q = ctx.attr("quant_type")
+    if q:
+        q = q.decode() if isinstance(q, bytes) else str(q)
+        ctx.require(q in QUANT_TYPES, f"quant_type {q!r}", supported=sorted(QUANT_TYPES))
+        ctx.require(QUANT_TYPES[q] == dt, f"quant_type {q} does not match input dtype {dt}")
+    return dt
+
+
+def one_exp(ctx, spec, what: str) -> int:
+    ctx.require(len(spec.exps) == 1, f"{what} {spec.name!r} needs one (per-tensor) exponent, "
+                                     f"has {len(spec.exps)}")
+    return int(spec.exps[0])
+
+
+def out_exp(ctx, outs, dtype: str) -> int:
+    """Output exponent (0 for float outputs, which carry none or a dummy)."""
+    if dtype == "float32":
+        return 0
+    return one_exp(ctx, outs[0], "output")
+
+
+def check_out_dtype(ctx, outs, dtype: str) -> None:
+    od = outs[0].dtype
+    ctx.require(od in ("undefined", dtype), f"output dtype {od} differs from the computed {dtype}")
+
+
+def esp_merge(s0, s1, so):
+    """ESP-DL's axis merging (``get_elemwise_operation_args``): returns the merged shapes."""
+    dims = len(so)
+    a = [1] * (dims - len(s0)) + [int(v) for v in s0]
+    b = [1] * (dims - len(s1)) + [int(v) for v in s1]
+    o = [int(v) for v in so]
+    merged = dims
+    for i in range(dims):
+        j = i + 1
+        while j < dims:
+            if a[i] == b[i] and a[j] == b[j]:
+                a[i] *= a[j]
+                b[i] *= b[j]
+                o[i] *= o[j]
+                a[j] = b[j] = o[j] = 1
+            elif a[i] == 1 and a[j] == 1:
+                b[i] *= b[j]
+                o[i] *= o[j]
+                b[j] = o[j] = 1
+            elif b[i] == 1 and b[j] == 1:
+                a[i] *= a[j]
+                o[i] *= o[j]
+                a[j] = o[j] = 1
+            else:
+                break
+            j += 1
+        if j == dims:
+            merged = i + 1
+            break
+    return a[:merged], b[:merged], o[:merged]
+
+
+class Broadcast:
+    """Validated broadcast of two inputs, with the facts ESP-DL's kernel choice depends on."""
+
+    def __init__(self, ctx, s0, s1):
+        s0, s1 = tuple(int(v) for v in s0), tuple(int(v) for v in s1)
+        rank = max(len(s0), len(s1))
+        p0 = (1,) * (rank - len(s0)) + s0
+        p1 = (1,) * (rank - len(s1)) + s1
+        out = []
+        for k, (x, y) in enumerate(zip(p0, p1)):
+            ctx.require(x == y or x == 1 or y == 1,
+                        f"input shapes {list(s0)} and {list(s1)} do not broadcast (axis {k}: {x} vs {y})")
+            out.append(max(x, y))
+        self.shape = tuple(out)
+        ctx.require(rank >= 1, "both inputs are scalars (0-D); ESP-DL's element-wise loops need >= 1 axis",
+                    supported=["inputs of rank >= 1"])
+        m0, m1, mo = esp_merge(p0, p1, self.shape)
+        ctx.require(len(mo) <= 4,
+                    f"input shapes {list(s0)} and {list(s1)} merge to {len(mo)} broadcast axes "
+                    f"({mo}); ESP-DL's element-wise kernels support at most 4",
+                    supported=["broadcasts that merge to <= 4 axes"])
+        self.merged = (m0, m1, mo)
+        self.d0, self.in0_d0, self.in1_d0 = mo[-1], m0[-1], m1[-1]
+        self.size0 = int(np.prod(s0, dtype=np.int64))
+        self.size1 = int(np.prod(s1, dtype=np.int64))
+
+    def simd(self, ctx, dtype: str) -> bool:
+        """True when ESP-DL runs the PIE assembly kernel (``output_d0 >= 16 / sizeof(T)``)."""
+        return ctx.target in SIMD_TARGETS and self.d0 >= 16 // np.dtype(dtype).itemsize
+
+
+def binary_inputs(ctx, ins, n=2):
+    ctx.require(len(ins) == n and all(s.name for s in ins),
+                f"takes exactly {n} inputs, got {len([s for s in ins if s.name])}",
+                supported=[f"{n} inputs"])
+    for s in ins:
+        ctx.require(s.shape is not None, f"input {s.name!r} has no known shape")
+    return ins[0], ins[1]
+
+
+def _exps_note(ctx, ins, outs, dtype):
+    """ESP-DL ignores exponents in Add/Sub/Max/Min/Neg: record when they disagree."""
+    if dtype == "float32":
+        return {}
+    e = [tuple(s.exps) for s in ins] + [tuple(outs[0].exps)]
+    if len(set(e)) > 1:
+        return {"note": f"exponents {e} differ; ESP-DL computes on the raw integers regardless"}
+    return {}
+
+
+# ---- Add / Sub / Max / Min --------------------------------------------------------------------------
+_RAW_BINARY = {
+    "Add": np.add,
+    "Sub": np.subtract,
+    "Max": np.maximum,
+    "Min": np.minimum,
+}
+
+
+@kernel("Add", "Sub", "Max", "Min")
+def prepare_raw_binary(node, ctx, ins, outs):
+    a, b = binary_inputs(ctx, ins)
+    dtype = compute_dtype(ctx, a)
+    ctx.require(b.dtype == dtype, f"inputs have dtypes {a.dtype} and {b.dtype}")
+    check_out_dtype(ctx, outs, dtype)
+    if dtype != "float32":
+        one_exp(ctx, a, "input")
+        one_exp(ctx, b, "input")
+        out_exp(ctx, outs, dtype)
+    bc = Broadcast(ctx, a.shape, b.shape)
+    fn = _RAW_BINARY[node.op_type]
+    shape = bc.shape
+
+    if dtype == "float32":
+        def run(x, y):
+            return (np.ascontiguousarray(np.broadcast_to(fn(x, y), shape), dtype=np.float32),)
+    else:
+        lo, hi = qrange(dtype)
+
+        def run(x, y):
+            r = fn(x.astype(np.int32), y.astype(np.int32))
+            return (np.ascontiguousarray(np.broadcast_to(np.clip(r, lo, hi).astype(dtype), shape)),)
+
+    return Prepared([shape], run, info=_exps_note(ctx, ins, outs, dtype))
+
+
+# ---- Mul ----------------------------------------------------------------------------------------------
+@kernel("Mul")
+def prepare_mul(node, ctx, ins, outs):
+    a, b = binary_inputs(ctx, ins)
+    dtype = compute_dtype(ctx, a)
+    ctx.require(b.dtype == dtype, f"inputs have dtypes {a.dtype} and {b.dtype}")
+    check_out_dtype(ctx, outs, dtype)
+    bc = Broadcast(ctx, a.shape, b.shape)
+    shape = bc.shape
+    if dtype == "float32":
+        def run(x, y):
+            return (np.ascontiguousarray(np.broadcast_to(np.multiply(x, y, dtype=np.float32), shape)),)
+        return Prepared([shape], run)
+    shift = out_exp(ctx, outs, dtype) - one_exp(ctx, a, "input") - one_exp(ctx, b, "input")
+    via_float = not bc.simd(ctx, dtype)  # C code: int product -> float32 -> * 2**-shift -> round
+    mode = ctx.mode
+
+    def run(x, y):
+        p = np.multiply(x.astype(np.int64), y.astype(np.int64))
+        if via_float:
+            p = p.astype(np.float32).astype(np.int64)  # float32 values of int products are integers
+        return (np.ascontiguousarray(np.broadcast_to(requantize(p, shift, dtype, mode), shape)),)
+
+    return Prepared([shape], run, macs=int(np.prod(shape, dtype=np.int64)),
+                    info={"path": "c-float32" if via_float else "simd"})
+
+
+# ---- Div ----------------------------------------------------------------------------------------------
+def _pow2_f32(e: int) -> np.float32:
+    return np.float32(2.0 ** e)
+
+
+@kernel("Div")
+def prepare_div(node, ctx, ins, outs):
+    a, b = binary_inputs(ctx, ins)
+    dtype = compute_dtype(ctx, a)
+    ctx.require(b.dtype == dtype, f"inputs have dtypes {a.dtype} and {b.dtype}")
+    check_out_dtype(ctx, outs, dtype)
+    bc = Broadcast(ctx, a.shape, b.shape)
+    shape = bc.shape
+    if dtype == "float32":
+        # dl_base_div.cpp float: n_1 multiplies by 1/b, 1_n and n_n divide.
+        n_1 = bc.in1_d0 == 1
+
+        def run(x, y):
+            x = x.astype(np.float32)
+            y = y.astype(np.float32)
+            with np.errstate(all="ignore"):
+                r = x * (np.float32(1.0) / y) if n_1 else x / y
+            return (np.ascontiguousarray(np.broadcast_to(r, shape), dtype=np.float32),)
+        return Prepared([shape], run)
+
+    ea, eb = one_exp(ctx, a, "input"), one_exp(ctx, b, "input")
+    eo = out_exp(ctx, outs, dtype)
+    ctx.require(abs(ea - eb - eo) < 100, f"exponents {ea}, {eb}, {eo} are out of float32 range")
+    rescale = _pow2_f32(ea - eb - eo)  # output_rescale * input0_scale / input1_scale (all powers of 2)
+    # Kernel choice, elemwise_div(): int8 tests input0_d0 first, int16 input1_d0 first.
+    if dtype == "int8":
+        variant = "1_n" if bc.in0_d0 == 1 else ("n_1" if bc.in1_d0 == 1 else "n_n")
+        lut = bc.size0 == 1 or bc.size1 == 1  # get_elemwise_div_args builds a table (int8 only)
+    else:
+        variant = "n_1" if bc.in1_d0 == 1 else ("1_n" if bc.in0_d0 == 1 else "n_n")
+        lut = False
+    lo, hi = qrange(dtype)
+    mode = ctx.mode
+
+    def run(x, y):
+        xb, yb = np.broadcast_arrays(x, y)
+        xf = xb.astype(np.float32)
+        yf = yb.astype(np.float32)
+        with np.errstate(all="ignore"):
+            if variant == "n_1":
+                q = xf * (rescale / yf)  # rescale = output_rescale / input1[0]; input0 * rescale
+            elif variant == "1_n":
+                q = (xf * rescale) / yf  # rescale = input0[0] * output_rescale; rescale / input1
+            else:
+                q = (xf * rescale) / yf  # input0 * rescale / input1, left to right
+        r = round_saturate(np.where(yb == 0, 0.0, q), dtype, mode).astype(np.int64)
+        sat = np.where(xb > 0, hi, lo)
+        if lut and variant == "1_n":
+            # create_div_lut (input0 scalar): entry for input1 == 0 is 127 if input0 > 0 else -128,
+            # and the table is used for every element, so input0 == 0 gives 0 except there.
+            r = np.where(yb == 0, sat, np.where(xb == 0, 0, r))
+        else:
+            r = np.where(xb == 0, 0, np.where(yb == 0, sat, r))
+        return (np.ascontiguousarray(r.astype(dtype)),)
+
+    return Prepared([shape], run, info={"variant": variant, "lut": lut})
+
+
+# ---- Mod / Pow (float32 math on dequantized values) ----------------------------------------------------
+@kernel("Mod", "Pow")
+def prepare_mod_pow(node, ctx, ins, outs):
+    a, b = binary_inputs(ctx, ins)
+    dtype = compute_dtype(ctx, a)
+    ctx.require(b.dtype == dtype, f"inputs have dtypes {a.dtype} and {b.dtype}")
+    check_out_dtype(ctx, outs, dtype)
+    if node.op_type == "Mod":
+        fmod = int(ctx.attr("fmod", 0) or 0)
+        # ESP-DL reads the attribute but always computes fmodf (C semantics, sign of the dividend).
+        ctx.require(fmod == 1 or dtype != "float32",
+                    "fmod=0 on float32 (ESP-DL computes fmodf regardless)", supported=["fmod=1"])
+    bc = Broadcast(ctx, a.shape, b.shape)
+    shape = bc.shape
+    is_mod = node.op_type == "Mod"
+
+    def f32op(x, y):
+        with np.errstate(all="ignore"):
+            if is_mod:
+                return np.where(y != 0, np.fmod(x, np.where(y != 0, y, np.float32(1))), np.float32(0))
+            return np.power(x, y, dtype=np.float32)
+
+    if dtype == "float32":
+        def run(x, y):
+            xb, yb = np.broadcast_arrays(x.astype(np.float32), y.astype(np.float32))
+            return (np.ascontiguousarray(f32op(xb, yb), dtype=np.float32),)
+        return Prepared([shape], run)
+
+    sa, sb = _pow2_f32(one_exp(ctx, a, "input")), _pow2_f32(one_exp(ctx, b, "input"))
+    rescale = _pow2_f32(-out_exp(ctx, outs, dtype))
+    mode = ctx.mode
+
+    def run(x, y):
+        xb, yb = np.broadcast_arrays(x, y)
+        r = f32op(xb.astype(np.float32) * sa, yb.astype(np.float32) * sb).astype(np.float32)
+        with np.errstate(all="ignore"):
+            r = r * rescale
+        return (np.ascontiguousarray(round_saturate(r, dtype, mode)),)
+
+    return Prepared([shape], run)
+
+
+# ---- unary ops -------------------------------------------------------------------------------------------
+def unary_input(ctx, ins):
+    ctx.require(len(ins) >= 1 and ins[0].name, "missing input")
+    ctx.require(ins[0].shape is not None, "input has no known shape")
+    return ins[0]
+
+
+def lut_or_none(ctx, x, outs, dtype):
+    """ESP-DL's deserializers build a LUT module for int8 ops that carry a ``lut`` table."""
+    if dtype != "int8" or not ctx.attr("lut"):
+        return None
+    got = lut_table(ctx, "int8", outs[0].exps)
+    if got is None:
+        return None
+    table, step = got
+    shape = tuple(x.shape)
+    mode = ctx.mode
+
+    def run(xa, *_):
+        return (apply_lut(xa, table, step, mode),)
+
+    return Prepared([shape], run, info={"lut": True})
+
+
+@kernel("Neg")
+def prepare_neg(node, ctx, ins, outs):
+    x = unary_input(ctx, ins)
+    dtype = compute_dtype(ctx, x)
+    check_out_dtype(ctx, outs, dtype)
+    shape = tuple(x.shape)
+    if dtype == "float32":
+        return Prepared([shape], lambda xa: (np.negative(xa).astype(np.float32),))
+    one_exp(ctx, x, "input")
+    out_exp(ctx, outs, dtype)
+    lo, hi = qrange(dtype)
+
+    def run(xa):  # INT_MIN -> INT_MAX; the lut attribute is ignored (dl_module_neg.hpp)
+        return (np.clip(-xa.astype(np.int32), lo, hi).astype(dtype),)
+
+    return Prepared([shape], run, info=_exps_note(ctx, ins[:1], outs, dtype))
+
+
+@kernel("Relu")
+def prepare_relu(node, ctx, ins, outs):
+    x = unary_input(ctx, ins)
+    dtype = compute_dtype(ctx, x)
+    check_out_dtype(ctx, outs, dtype)
+    lut = lut_or_none(ctx, x, outs, dtype)
+    if lut is not None:
+        return lut
+    shape = tuple(x.shape)
+    if dtype == "float32":
+        return Prepared([shape], lambda xa: (np.where(xa >= 0, xa, np.float32(0)).astype(np.float32),))
+    shift = out_exp(ctx, outs, dtype) - one_exp(ctx, x, "input")
+    mode = ctx.mode
+
+    def run(xa):  # exact in float32: round(x * 2**-shift) for x >= 0, else 0
+        return (requantize(np.maximum(xa, 0), shift, dtype, mode),)
+
+    return Prepared([shape], run)
+
+
+@kernel("LeakyRelu")
+def prepare_leaky_relu(node, ctx, ins, outs):
+    x = unary_input(ctx, ins)
+    dtype = compute_dtype(ctx, x)
+    check_out_dtype(ctx, outs, dtype)
+    lut = lut_or_none(ctx, x, outs, dtype)
+    if lut is not None:
+        return lut
+    alpha = np.float32(ctx.attr("alpha", 0.01))
+    ctx.require(np.isfinite(alpha), f"alpha={alpha}")
+    shape = tuple(x.shape)
+    if dtype == "float32":
+        return Prepared([shape], lambda xa: (np.where(xa >= 0, xa, xa * alpha).astype(np.float32),))
+    scale = _pow2_f32(one_exp(ctx, x, "input") - out_exp(ctx, outs, dtype))
+    mode = ctx.mode
+
+    def run(xa):
+        t = xa.astype(np.float32) * scale  # temp * output_scale: exact
+        return (round_saturate(np.where(xa >= 0, t, t * alpha), dtype, mode),)
+
+    return Prepared([shape], run)
+
+
+@kernel("PRelu")
+def prepare_prelu(node, ctx, ins, outs):
+    x = unary_input(ctx, ins)
+    dtype = compute_dtype(ctx, x)
+    check_out_dtype(ctx, outs, dtype)
+    lut = lut_or_none(ctx, x, outs, dtype)
+    if lut is not None:
+        return lut
+    ctx.require(len(ins) >= 2 and ins[1].name, "missing slope input")
+    s = ins[1]
+    ctx.require(s.is_const, "slope must be a constant initializer")
+    ctx.require(s.dtype == dtype, f"slope dtype {s.dtype} differs from input {dtype}")
+    shape = tuple(x.shape)
+    ctx.require(len(shape) == 4, f"input rank {len(shape)}; ESP-DL's PRelu takes NHWC (4-D) input",
+                supported=["4-D NHWC input"])
+    c = shape[-1]
+    alpha = np.asarray(s.const).ravel()
+    ctx.require(alpha.size in (1, c), f"slope has {alpha.size} values for {c} channels",
+                supported=["one slope", "one slope per channel"])
+    if dtype == "float32":
+        al = np.broadcast_to(alpha.astype(np.float32), (c,))
+        return Prepared([shape], lambda xa, *_: (np.where(xa >= 0, xa, xa * al).astype(np.float32),))
+    e_in, e_out = one_exp(ctx, x, "input"), out_exp(ctx, outs, dtype)
+    e_alpha = one_exp(ctx, s, "slope")
+    act_shift = e_out - e_in - e_alpha
+    al = np.ascontiguousarray(np.broadcast_to(alpha.astype(np.int64), (c,)))
+    mode = ctx.mode
+    lo, hi = qrange(dtype)
+    # int8 on esp32p4/esp32s31/esp32s3: SIMD kernels round both parts with the target's rule and
+    # rescale positives to the output exponent. int16 (no esp32p4 kernel; EE.VPRELU.S16 on esp32s3)
+    # and the C target: prelu_11c, positives copied unchanged, negatives (x * alpha) >> shift (floor).
+    simd = dtype == "int8" and ctx.target in SIMD_TARGETS
+
+    def run(xa, *_):
+        xi = xa.astype(np.int64)
+        if simd:
+            neg = requantize(xi * al, act_shift, dtype, mode)
+            pos = requantize(xi, e_out - e_in, dtype, mode)
+            return (np.where(xi < 0, neg, pos).astype(dtype),)
+        p = xi * al
+        neg = p >> act_shift if act_shift > 0 else p << (-act_shift)
+        return (np.where(xi < 0, np.clip(neg, lo, hi), xi).astype(dtype),)
+
+    return Prepared([shape], run, info={"path": "simd" if simd else "c"})
+
+
+@kernel("Clip")
+def prepare_clip(node, ctx, ins, outs):
+    x = unary_input(ctx, ins)
+    dtype = compute_dtype(ctx, x)
+    check_out_dtype(ctx, outs, dtype)
+    lut = lut_or_none(ctx, x, outs, dtype)
+    if lut is not None:
+        return lut
+    shape = tuple(x.shape)
+    bounds = []
+    for k in (1, 2):
+        if len(ins) > k and ins[k].name:
+            b = ins[k]
+            ctx.require(b.dtype == dtype, f"{'min' if k == 1 else 'max'} dtype {b.dtype} differs from {dtype}")
+            ctx.require(b.shape is not None and int(np.prod(b.shape, dtype=np.int64)) >= 1,
+                        f"{'min' if k == 1 else 'max'} is empty")
+            bounds.append(k)
+    if dtype == "float32":
+        def run(xa, *args):
+            mn = args[0] if 1 in bounds else None
+            mx = args[1] if 2 in bounds and len(args) > 1 else None
+            r = xa
+            if mn is not None:
+                r = np.maximum(r, np.float32(np.asarray(mn).ravel()[0]))
+            if mx is not None:
+                r = np.minimum(r, np.float32(np.asarray(mx).ravel()[0]))
+            return (np.asarray(r, dtype=np.float32),)
+        return Prepared([shape], run)
+    shift = out_exp(ctx, outs, dtype) - one_exp(ctx, x, "input")
+    lo, hi = qrange(dtype)
+    mode = ctx.mode
+
+    def run(xa, *args):
+        # min/max are read as raw integers of the input type (get_element<T>(0)), then
+        # round(clip(x) * 2**(e_in - e_out)).
+        mn = int(np.asarray(args[0]).ravel()[0]) if 1 in bounds else lo
+        mx = int(np.asarray(args[1]).ravel()[0]) if 2 in bounds else hi
+        return (requantize(np.clip(xa.astype(np.int64), mn, mx), shift, dtype, mode),)
+
+    return Prepared([shape], run)

@@ -1,0 +1,736 @@
+"""Quantized graph construction with ESP-DL's conventions, as ESP-PPQ (1.3.x) exports them.
+
+Pipeline on the prepared float graph (:mod:`.prepare`):
+
+1. ESP-DL rewrites: ``x * sigmoid(x)`` -> ``Swish``; a ``Relu`` right after a Conv/Gemm becomes the
+   conv's ``activation`` (ESP-PPQ fuses only Relu; ESP-DL's Conv knows Linear/ReLU/LeakyReLU/PReLU,
+   ``dl/dl_define.hpp``).
+2. Exponents (ESP-PPQ's ESPDL quantization setting): activations are per-tensor power-of-two from
+   calibration; a Relu/Clip after an op with a single reader shares that op's output exponent; passive
+   ops (MaxPool, Reshape, Flatten, Slice, Pad, Transpose, Squeeze, Unsqueeze, ...) pass their input
+   exponent through; Add/Sub/Concat inputs take the output exponent ("align to output") and a producer
+   whose only reader is that op is calibrated to it directly; any input whose exponent or bit width still
+   differs from what its reader expects gets a ``RequantizeLinear`` in front of that reader.
+3. Layout: NCHW/NCW -> NHWC/NWC for conv-like ops, ``Transpose`` only where an op needs the original
+   order (Gemm, Flatten, Reshape, Slice, Pad, ...); Transpose chains are fused and identities removed.
+4. Parameters: weights per output channel on esp32p4/esp32s31 and per tensor on esp32s3/c (min-max,
+   power of two rounded up), bias at ``e_in + e_w`` as int32 (int8) / int64 (int16) clamped to the
+   platform's bias width, weight layouts ``(N/16)HWC16`` / ``(N/8)HWC8`` (``_UNALIGNED``), ``NHWC`` /
+   ``HWCN`` on c; LUTs for int8 activations (attribute ``lut`` -> initializer ``<Op>_lut_<i>``), int16
+   activations as op ``LUT`` with ``int16_lut_step`` and ``original_op_type`` (Relu/Clip/PRelu keep their
+   op and get a full 65536-entry table).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..emu.rounding import TARGETS, qrange, quantize as q_quantize, round_array
+from ..errors import UnsupportedError
+from ..ir.graph import Graph, Node, Tensor, ValueInfo, make_attribute
+from .prepare import FGraph, FNode
+
+INT16_LUT_STEP = 32
+PER_CHANNEL_TARGETS = ("esp32p4", "esp32s31")
+BIAS_BITS = {("esp32p4", 8): 32, ("esp32s31", 8): 32, ("esp32s3", 8): 20, ("c", 8): 32,
+             ("esp32p4", 16): 40, ("esp32s31", 16): 40, ("esp32s3", 16): 40, ("c", 16): 64}
+
+CONV_LAYOUT_OPS = {"Conv", "AveragePool", "MaxPool", "GlobalAveragePool", "GlobalMaxPool"}
+LUT_OPS = {"Relu", "Sigmoid", "Tanh", "Swish", "LeakyRelu", "HardSigmoid", "HardSwish", "Elu", "Exp", "Log",
+           "Sqrt", "Neg", "Clip", "PRelu"}
+ELEMENTWISE_UNARY = LUT_OPS | {"RequantizeLinear"}
+ADD_LIKE_OPS = {"Add", "Sub", "Mul", "Div"}
+ALIGN_TO_OUTPUT_OPS = {"Add", "Sub", "Concat"}
+PASSIVE_OPS = {"MaxPool", "GlobalMaxPool", "Reshape", "Flatten", "Identity", "Slice", "Pad", "Split", "Transpose",
+               "Squeeze", "Unsqueeze"}
+ORIGIN_LAYOUT_OPS = {"Gemm", "Flatten", "Reshape", "Transpose", "Slice", "Pad", "Squeeze", "Unsqueeze"}
+INT16_NATIVE_LUT = {"Relu", "Clip", "PRelu"}
+
+SUPPORTED = sorted(CONV_LAYOUT_OPS | LUT_OPS | ADD_LIKE_OPS | ORIGIN_LAYOUT_OPS | {"Concat", "Swish"})
+
+
+# ---- float functions for LUTs (float32, as ESP-PPQ evaluates them in torch) ----------------------
+
+def _sigmoid(x):
+    return (1.0 / (1.0 + np.exp(-x.astype(np.float32)))).astype(np.float32)
+
+
+def lut_function(node: FNode, consts: dict[str, np.ndarray]):
+    a = node.attrs
+    op = node.op
+    if op == "Relu":
+        return lambda x: np.maximum(x, 0)
+    if op == "Sigmoid":
+        return _sigmoid
+    if op == "Tanh":
+        return lambda x: np.tanh(x).astype(np.float32)
+    if op == "Swish":
+        return lambda x: (x * _sigmoid(x)).astype(np.float32)
+    if op == "LeakyRelu":
+        al = np.float32(a.get("alpha", 0.01))
+        return lambda x: np.where(x >= 0, x, x * al).astype(np.float32)
+    if op == "HardSigmoid":
+        al, be = np.float32(a.get("alpha", 0.2)), np.float32(a.get("beta", 0.5))
+        return lambda x: np.clip(x * al + be, 0, 1).astype(np.float32)
+    if op == "HardSwish":
+        return lambda x: (x * np.clip(x / np.float32(6) + np.float32(0.5), 0, 1)).astype(np.float32)
+    if op == "Elu":
+        al = np.float32(a.get("alpha", 1.0))
+        return lambda x: np.where(x > 0, x, al * (np.exp(x) - 1)).astype(np.float32)
+    if op == "Exp":
+        return lambda x: np.exp(x).astype(np.float32)
+    if op == "Log":
+        return lambda x: np.log(np.where(x > 0, x, np.float32(np.nan))).astype(np.float32)
+    if op == "Sqrt":
+        return lambda x: np.sqrt(np.where(x >= 0, x, np.float32(np.nan))).astype(np.float32)
+    if op == "Neg":
+        return lambda x: -x
+    raise UnsupportedError("no table for this operator", node=node.name, op=op, supported=sorted(LUT_OPS))
+
+
+@dataclass
+class QInfo:
+    """Quantization decisions on the (rewritten) float graph."""
+
+    bits: dict[str, int] = field(default_factory=dict)      # node name -> 8 / 16
+    vbits: dict[str, int] = field(default_factory=dict)     # value -> 8 / 16
+    exp: dict[str, int] = field(default_factory=dict)       # value -> exponent
+
+
+# ---- 1. ESP-DL rewrites -------------------------------------------------------------------------
+
+def rewrite(fg: FGraph) -> dict[str, list[str]]:
+    """Swish and Relu fusion in place. Returns ``{new node name: [original node names]}``."""
+    origin: dict[str, list[str]] = {n.name: [n.name] for n in fg.nodes}
+    prods = fg.producers()
+    for sig in [n for n in fg.nodes if n.op == "Sigmoid"]:
+        x, s = sig.inputs[0], sig.outputs[0]
+        readers = fg.consumers(s)
+        if len(readers) != 1 or readers[0].op != "Mul" or fg.is_output(s):
+            continue
+        mul = readers[0]
+        if sorted(mul.inputs) != sorted([x, s]) or x == s:
+            continue
+        src = prods.get(x)
+        name = f"{src.name if src is not None else sig.name}/Swish"
+        i = fg.nodes.index(sig)
+        fg.nodes.remove(sig)
+        fg.nodes.remove(mul)
+        sw = FNode("Swish", name, [x], list(mul.outputs))
+        fg.nodes.insert(i, sw)
+        origin[name] = origin.pop(sig.name) + origin.pop(mul.name)
+    prods = fg.producers()
+    for relu in [n for n in fg.nodes if n.op == "Relu"]:
+        x = relu.inputs[0]
+        p = prods.get(x)
+        if p is None or p.op not in ("Conv", "Gemm") or p.attrs.get("activation"):
+            continue
+        if len(fg.consumers(x)) != 1 or fg.is_output(x):
+            continue
+        p.attrs["activation"] = "Relu"
+        p.outputs = list(relu.outputs)
+        fg.nodes.remove(relu)
+        origin[p.name] = origin[p.name] + origin.pop(relu.name)
+        prods = fg.producers()
+    return origin
+
+
+# ---- 2. exponents -------------------------------------------------------------------------------
+
+def downstream_ops(fg: FGraph, node: FNode) -> list[FNode]:
+    out = []
+    for o in node.outputs:
+        for c in fg.consumers(o):
+            if c not in out:
+                out.append(c)
+    return out
+
+
+def assign_exponents(fg: FGraph, bits_of: dict[str, int], calib_exp) -> QInfo:
+    """``calib_exp(value, bits) -> int`` gives the calibrated exponent of a float value."""
+    qi = QInfo(bits=dict(bits_of))
+    prods = fg.producers()
+    for name, _ in fg.inputs:
+        readers = fg.consumers(name)
+        qi.vbits[name] = bits_of[readers[0].name] if readers else 8
+    for n in fg.nodes:
+        for o in n.outputs:
+            qi.vbits[o] = bits_of[n.name]
+    tie: dict[str, str] = {}
+    for n in fg.nodes:
+        x = n.inputs[0] if n.inputs else ""
+        p = prods.get(x)
+        if n.op in ("Relu", "Clip") and p is not None and len(downstream_ops(fg, p)) == 1 \
+                and bits_of[p.name] == bits_of[n.name]:
+            tie[x] = n.outputs[0]
+        elif n.op in PASSIVE_OPS and p is not None and bits_of[p.name] == bits_of[n.name]:
+            for o in n.outputs:
+                tie[o] = x
+    for n in fg.nodes:
+        if n.op not in ALIGN_TO_OUTPUT_OPS:
+            continue
+        for u in n.inputs:
+            p = prods.get(u)
+            if u in fg.consts or p is None or p.op in PASSIVE_OPS:
+                continue
+            if downstream_ops(fg, p) == [n] and bits_of[p.name] == bits_of[n.name]:
+                tie[u] = n.outputs[0]
+
+    def resolve(v: str) -> str:
+        seen = [v]
+        while v in tie:
+            v = tie[v]
+            if v in seen:
+                raise UnsupportedError(f"exponent ties form a cycle through {seen}")
+            seen.append(v)
+        return v
+
+    values = [nm for nm, _ in fg.inputs] + [o for n in fg.nodes for o in n.outputs if o]
+    for v in values:
+        r = resolve(v)
+        qi.exp[v] = calib_exp(r, qi.vbits[r])
+    return qi
+
+
+def expected_input(fg: FGraph, qi: QInfo, node: FNode, u: str, calib_exp) -> tuple[int, int]:
+    """(exponent, bits) that ``node`` wants for its activation input ``u``."""
+    b = qi.bits[node.name]
+    if node.op in ALIGN_TO_OUTPUT_OPS:
+        return qi.exp[node.outputs[0]], b
+    if qi.vbits[u] == b:
+        return qi.exp[u], b
+    return calib_exp(u, b), b
+
+
+# ---- 3. layout ----------------------------------------------------------------------------------
+
+def _nhwc_perm(rank: int) -> list[int]:
+    return [0, 2, 3, 1] if rank == 4 else [0, 2, 1]
+
+
+def _identity(rank: int) -> list[int]:
+    return list(range(rank))
+
+
+def _inverse(perm: list[int]) -> list[int]:
+    return [perm.index(i) for i in range(len(perm))]
+
+
+def _compose(p1: list[int], p2: list[int]) -> list[int]:
+    """Perm of transpose(transpose(x, p1), p2)."""
+    return [p1[i] for i in p2]
+
+
+class Namer:
+    def __init__(self):
+        self.ops = 0
+        self.vars = 0
+
+    def op(self) -> str:
+        s = f"PPQ_Operation_{self.ops}"
+        self.ops += 1
+        return s
+
+    def var(self) -> str:
+        s = f"PPQ_Variable_{self.vars}"
+        self.vars += 1
+        return s
+
+
+def apply_layout(fg: FGraph, qi: QInfo, namer: Namer) -> dict[str, list[int]]:
+    """Choose NHWC/NWC perms, insert Transposes where needed. Returns value -> perm (of the ONNX shape)."""
+    perm: dict[str, list[int]] = {}
+    shapes = fg.shapes
+
+    def rank(v):
+        return len(shapes[v])
+
+    def insert_transpose(node: FNode, idx: int, p: list[int], want: list[int]) -> None:
+        u = node.inputs[idx]
+        out = namer.var()
+        t = FNode("Transpose", namer.op(), [u], [out], {"perm": list(p)})
+        fg.nodes.insert(fg.nodes.index(node), t)
+        qi.bits[t.name] = qi.vbits[u]
+        qi.vbits[out] = qi.vbits[u]
+        qi.exp[out] = qi.exp[u]
+        shapes[out] = shapes[u]  # the same logical tensor, stored in another order
+        perm[out] = list(want)
+        node.inputs[idx] = out
+
+    def require(node: FNode, idx: int, want: list[int]) -> None:
+        u = node.inputs[idx]
+        have = perm.get(u)
+        if have is None:
+            perm[u] = want
+        elif have != want:
+            insert_transpose(node, idx, _compose(_inverse(have), want), want)
+
+    def act_inputs(node):
+        return [i for i, u in enumerate(node.inputs) if u and u not in fg.consts]
+
+    for node in list(fg.nodes):
+        op = node.op
+        ins = act_inputs(node)
+        if op in CONV_LAYOUT_OPS:
+            r = rank(node.inputs[0])
+            if r not in (3, 4):
+                raise UnsupportedError(f"input of rank {r}", node=node.name, op=op, supported=["rank 3 (NCW)",
+                                                                                             "rank 4 (NCHW)"])
+            require(node, 0, _nhwc_perm(r))
+            for o in node.outputs:
+                perm[o] = _nhwc_perm(rank(o))
+        elif op in ELEMENTWISE_UNARY or op == "Swish":
+            u = node.inputs[0]
+            if u not in perm:
+                perm[u] = _identity(rank(u))
+            p = perm[u]
+            for o in node.outputs:
+                perm[o] = p
+            if op == "PRelu":
+                _permute_const(fg, node, 1, p, rank(node.outputs[0]))
+        elif op in ADD_LIKE_OPS:
+            ps = []
+            for i in ins:
+                u = node.inputs[i]
+                if u not in perm:
+                    perm[u] = _identity(rank(u))
+                ps.append(perm[u])
+            out_r = rank(node.outputs[0])
+            if len(ins) == 2 and len(ps[0]) != len(ps[1]):
+                for i in ins:
+                    require(node, i, _identity(rank(node.inputs[i])))
+                target = _identity(out_r)
+            else:
+                target = _choose_perm(ps, out_r)
+                if len(target) != out_r:
+                    for i in ins:
+                        require(node, i, _identity(rank(node.inputs[i])))
+                    target = _identity(out_r)
+                else:
+                    for i in ins:
+                        require(node, i, target)
+            for i, u in enumerate(node.inputs):
+                if u in fg.consts:
+                    _permute_const(fg, node, i, target, out_r)
+            perm[node.outputs[0]] = target
+        elif op == "Concat":
+            ps = []
+            for i in ins:
+                u = node.inputs[i]
+                if u not in perm:
+                    perm[u] = _identity(rank(u))
+                ps.append(perm[u])
+            if all(p == ps[0] for p in ps) and not any(u in fg.consts for u in node.inputs):
+                p = ps[0]
+                ax = int(node.attrs.get("axis", 0)) % len(p)
+                node.attrs["axis"] = p.index(ax)
+                perm[node.outputs[0]] = p
+            else:
+                for i in ins:
+                    require(node, i, _identity(rank(node.inputs[i])))
+                perm[node.outputs[0]] = _identity(rank(node.outputs[0]))
+        elif op in ORIGIN_LAYOUT_OPS:
+            for i in ins:
+                require(node, i, _identity(rank(node.inputs[i])))
+            for o in node.outputs:
+                perm[o] = _identity(rank(o))
+        else:
+            raise UnsupportedError("no layout rule", node=node.name, op=op, supported=SUPPORTED)
+    for name, _ in fg.inputs:
+        perm.setdefault(name, _identity(rank(name)))
+    fuse_transposes(fg, perm)
+    return perm
+
+
+def _choose_perm(ps: list[list[int]], r: int) -> list[int]:
+    nhwc = _nhwc_perm(r) if r in (3, 4) else None
+    if nhwc is not None and any(p == nhwc for p in ps) and not all(p == nhwc for p in ps):
+        return nhwc
+    for p in ps:
+        if p != _identity(len(p)):
+            return p
+    return ps[0]
+
+
+def _permute_const(fg: FGraph, node: FNode, idx: int, p: list[int], r: int) -> None:
+    """Broadcast-compatible re-layout of a constant operand read in perm ``p``."""
+    name = node.inputs[idx]
+    if not name or name not in fg.consts:
+        return
+    c = np.asarray(fg.consts[name])
+    if c.ndim == 0 or c.size == 1 or p == _identity(len(p)):
+        return
+    if c.ndim < r:
+        c = c.reshape((1,) * (r - c.ndim) + c.shape)
+    new = f"{name}_{'_'.join(map(str, p))}"
+    fg.consts[new] = np.ascontiguousarray(np.transpose(c, p))
+    node.inputs[idx] = new
+
+
+def fuse_transposes(fg: FGraph, perm: dict[str, list[int]]) -> None:
+    changed = True
+    while changed:
+        changed = False
+        for t in [n for n in fg.nodes if n.op == "Transpose"]:
+            if t not in fg.nodes:
+                continue
+            readers = fg.consumers(t.outputs[0])
+            if len(readers) == 1 and readers[0].op == "Transpose" and not fg.is_output(t.outputs[0]):
+                t2 = readers[0]
+                t.attrs["perm"] = _compose(list(t.attrs["perm"]), list(t2.attrs["perm"]))
+                t.outputs = list(t2.outputs)
+                fg.nodes.remove(t2)
+                changed = True
+        for t in [n for n in fg.nodes if n.op == "Transpose"]:
+            p = list(t.attrs["perm"])
+            if p == _identity(len(p)) and not fg.is_output(t.outputs[0]):
+                src, dst = t.inputs[0], t.outputs[0]
+                fg.nodes.remove(t)
+                for n in fg.nodes:
+                    n.inputs = [src if i == dst else i for i in n.inputs]
+                changed = True
+
+
+# ---- 4. requantize nodes ------------------------------------------------------------------------
+
+def insert_requantize(fg: FGraph, qi: QInfo, perm: dict[str, list[int]], namer: Namer, calib_exp) -> None:
+    for node in list(fg.nodes):
+        if node.op in ("Transpose", "RequantizeLinear"):
+            continue
+        for idx, u in enumerate(list(node.inputs)):
+            if not u or u in fg.consts:
+                continue
+            want_e, want_b = expected_input(fg, qi, node, _float_name(fg, u), calib_exp)
+            if (want_e, want_b) == (qi.exp[u], qi.vbits[u]):
+                continue
+            out = namer.var()
+            r = FNode("RequantizeLinear", namer.op(), [u], [out], {"_exp_in": qi.exp[u], "_exp_out": want_e})
+            fg.nodes.insert(fg.nodes.index(node), r)
+            qi.bits[r.name] = want_b
+            qi.vbits[out] = want_b
+            qi.exp[out] = want_e
+            fg.shapes[out] = fg.shapes[u]
+            perm[out] = perm[u]
+            node.inputs[idx] = out
+
+
+def _float_name(fg: FGraph, u: str) -> str:
+    """The calibrated float value behind ``u`` (through inserted Transposes)."""
+    prods = fg.producers()
+    while u.startswith("PPQ_Variable_") and u in prods and prods[u].op in ("Transpose", "RequantizeLinear"):
+        u = prods[u].inputs[0]
+    return u
+
+
+# ---- 5. parameters and the IR -------------------------------------------------------------------
+
+def _pow2_up(x: float, qmax: int) -> int:
+    s = max(2.0 * x / (2 * qmax + 1), 2.0 ** -24)
+    return int(np.ceil(np.log2(s)))
+
+
+def weight_exponents(w: np.ndarray, axis: int | None, bits: int) -> np.ndarray:
+    qmax = (1 << (bits - 1)) - 1
+    a = np.abs(w.astype(np.float64))
+    if axis is None:
+        return np.array([_pow2_up(float(a.max(initial=0.0)), qmax)])
+    a = np.moveaxis(a, axis, 0).reshape(a.shape[axis], -1)
+    return np.array([_pow2_up(float(v), qmax) for v in a.max(axis=1, initial=0.0)])
+
+
+def _quant_per_channel(w: np.ndarray, exps: np.ndarray, axis: int, dtype: str, mode: int) -> np.ndarray:
+    shape = [1] * w.ndim
+    shape[axis] = -1
+    e = exps.reshape(shape) if len(exps) > 1 else exps.reshape([1] * w.ndim)
+    scaled = w.astype(np.float64) * np.power(2.0, -e.astype(np.float64))
+    lo, hi = qrange(dtype)
+    return np.clip(round_array(scaled, mode), lo, hi).astype(dtype)
+
+
+def weight_layout(target: str, bits: int, cout: int, spatial: int, depthwise: bool) -> str:
+    if target == "c":
+        if depthwise:
+            return "HWCN" if spatial == 2 else "WCN"
+        return "NHWC" if spatial == 2 else "NWC"
+    a = 16 if bits == 8 else 8
+    s = f"(N/{a}){'HW' if spatial == 2 else 'W'}C{a}"
+    return s if cout % a == 0 else s + "_UNALIGNED"
+
+
+class Exporter:
+    def __init__(self, fg: FGraph, qi: QInfo, perm: dict[str, list[int]], target: str, namer: Namer):
+        self.fg, self.qi, self.perm, self.target, self.namer = fg, qi, perm, target, namer
+        self.mode = TARGETS[target]
+        self.luts: list[Tensor] = []
+        self.params: dict[str, Tensor] = {}
+        self.lut_count = 0
+
+    def dtype(self, bits: int) -> str:
+        return "int8" if bits == 8 else "int16"
+
+    def shape(self, v: str) -> tuple[int, ...]:
+        s = self.fg.shapes[v]
+        p = self.perm.get(v) or list(range(len(s)))
+        return tuple(int(s[i]) for i in p)
+
+    def vinfo(self, v: str) -> ValueInfo:
+        return ValueInfo(v, self.dtype(self.qi.vbits[v]), self.shape(v), (int(self.qi.exp[v]),))
+
+    def param(self, name: str, data: np.ndarray, dtype: str, exps, layout: str = "UNK") -> str:
+        data = np.ascontiguousarray(np.asarray(data).astype(dtype))
+        self.params[name] = Tensor(name=name, dtype=dtype, dims=tuple(int(d) for d in data.shape), data=data,
+                                   exponents=tuple(int(e) for e in exps), layout=layout,
+                                   doc_string=f"layout ==> {layout}")
+        return name
+
+    def int64_param(self, name: str) -> str:
+        return self.param(name, np.asarray(self.fg.consts[name]).astype(np.int64), "int64", [0])
+
+    def act_const(self, name: str, exp: int, bits: int, new_name: str | None = None) -> str:
+        c = np.asarray(self.fg.consts[name], dtype=np.float32)
+        q = q_quantize(c, exp, self.dtype(bits), self.mode)
+        return self.param(new_name or name, q, self.dtype(bits), [exp])
+
+    # ---- nodes ------------------------------------------------------------------------------
+    def build(self, graph_name: str, origin_inputs, outputs) -> Graph:
+        nodes = [self.node(n) for n in self.fg.nodes]
+        g = Graph(name=graph_name)
+        g.nodes = nodes
+        g.initializers = {t.name: t for t in self.luts}
+        g.initializers.update(self.params)
+        g.inputs = [self.vinfo(n) for n, _ in origin_inputs]
+        g.outputs = [self.vinfo(o) for o in outputs]
+        vi = {}
+        for n, _ in origin_inputs:
+            vi[n] = self.vinfo(n)
+        for n in self.fg.nodes:
+            for o in n.outputs:
+                if o:
+                    vi[o] = self.vinfo(o)
+        g.value_info = vi
+        g.ir_version = 8
+        g.metadata = {"target": self.target}
+        g.producer_name = "chunkwise"
+        return g
+
+    def node(self, n: FNode) -> Node:
+        qt = "S8" if self.qi.bits[n.name] == 8 else "S16"
+        op = n.op
+        attrs: dict = {"quant_type": qt}
+        inputs = list(n.inputs)
+        a = n.attrs
+        if op == "Conv":
+            inputs = self.conv_params(n)
+            nsp = len(self.fg.shapes[n.inputs[0]]) - 2
+            attrs.update(activation=a.get("activation", "Linear"), dilations=list(a.get("dilations", [1] * nsp)),
+                         group=int(a.get("group", 1)), kernel_shape=list(a.get("kernel_shape")),
+                         pads=list(a.get("pads", [0] * (2 * nsp))), strides=list(a.get("strides", [1] * nsp)))
+            if a.get("auto_pad", "NOTSET") not in ("NOTSET", ""):
+                raise UnsupportedError(f"auto_pad={a['auto_pad']}", node=n.name, op=op, supported=["explicit pads"])
+        elif op == "Gemm":
+            inputs = self.gemm_params(n)
+            attrs.update(activation=a.get("activation", "Linear"), alpha=1.0, beta=1.0, transB=0)
+        elif op in ("AveragePool", "MaxPool"):
+            nsp = len(self.fg.shapes[n.inputs[0]]) - 2
+            if a.get("auto_pad", "NOTSET") not in ("NOTSET", ""):
+                raise UnsupportedError(f"auto_pad={a['auto_pad']}", node=n.name, op=op, supported=["explicit pads"])
+            attrs.update(ceil_mode=int(a.get("ceil_mode", 0)), kernel_shape=list(a["kernel_shape"]),
+                         pads=list(a.get("pads", [0] * (2 * nsp))), strides=list(a.get("strides", [1] * nsp)))
+            if op == "AveragePool":
+                attrs["count_include_pad"] = int(a.get("count_include_pad", 0))
+            else:
+                attrs["dilations"] = list(a.get("dilations", [1] * nsp))
+        elif op in LUT_OPS:
+            op, attrs, inputs = self.lut_node(n, attrs)
+        elif op in ADD_LIKE_OPS:
+            inputs = self.binary_consts(n)
+        elif op == "Concat":
+            attrs["axis"] = int(a.get("axis", 0))
+        elif op == "Flatten":
+            attrs["axis"] = int(a.get("axis", 1))
+        elif op == "Reshape":
+            attrs["allowzero"] = int(a.get("allowzero", 0))
+            inputs = [inputs[0], self.int64_param(inputs[1])]
+        elif op == "Transpose":
+            attrs["perm"] = [int(v) for v in a["perm"]]
+        elif op in ("Slice", "Squeeze", "Unsqueeze"):
+            if "axes" in a:  # opset < 13
+                nm = f"{n.name}_axes"
+                self.fg.consts[nm] = np.array(a["axes"], np.int64)
+                inputs = inputs + [nm]
+            inputs = [inputs[0]] + [self.int64_param(i) if i else "" for i in inputs[1:]]
+        elif op == "Pad":
+            attrs["mode"] = a.get("mode", "constant")
+            ins = [inputs[0], self.int64_param(inputs[1])]
+            if len(inputs) > 2 and inputs[2]:
+                ins.append(self.act_const(inputs[2], self.qi.exp[n.inputs[0]], self.qi.bits[n.name]))
+            inputs = ins
+        elif op == "RequantizeLinear":
+            vs, vz = self.namer.var(), self.namer.var()
+            self.param(vs, np.array(2.0 ** (a["_exp_out"] - a["_exp_in"]), np.float32), "float32", [0])
+            self.param(vz, np.array(0), self.dtype(self.qi.bits[n.name]), [0])
+            inputs = [inputs[0], vs, vz]
+        elif op in ("GlobalAveragePool", "GlobalMaxPool"):
+            pass
+        else:
+            raise UnsupportedError("operator is not supported by the exporter", node=n.name, op=op,
+                                   supported=SUPPORTED)
+        node = Node(op, n.name, inputs, list(n.outputs))
+        for k in sorted(attrs):
+            v = attrs[k]
+            node.attrs[k] = make_attribute(v, "ints" if isinstance(v, list) else None)
+        return node
+
+    def lut_node(self, n: FNode, attrs: dict):
+        bits = self.qi.bits[n.name]
+        x = n.inputs[0]
+        e_in, e_out = self.qi.exp[x], self.qi.exp[n.outputs[0]]
+        inputs = [x]
+        if n.op == "Clip":
+            lo_hi = []
+            for k in (1, 2):
+                nm = n.inputs[k] if len(n.inputs) > k else ""
+                if not nm:
+                    lo_hi.append(None)
+                    continue
+                if nm not in self.fg.consts:
+                    raise UnsupportedError("Clip bounds must be constants", node=n.name, op="Clip")
+                self.act_const(nm, e_in, bits)
+                lo_hi.append(self.params[nm].data.astype(np.float32) * np.float32(2.0 ** e_in))
+                inputs.append(nm)
+            lo, hi = lo_hi
+
+            def fn(v, lo=lo, hi=hi):
+                if lo is not None:
+                    v = np.maximum(v, lo)
+                if hi is not None:
+                    v = np.minimum(v, hi)
+                return v.astype(np.float32)
+        elif n.op == "PRelu":
+            slope = np.asarray(self.fg.consts[n.inputs[1]], np.float32)
+            e_s = int(weight_exponents(slope, None, bits)[0])
+            self.act_const(n.inputs[1], e_s, bits)
+            inputs.append(n.inputs[1])
+            if slope.size != 1:
+                return "PRelu", attrs, inputs  # per-channel slope: no table
+            s = np.float32(self.params[n.inputs[1]].data.ravel()[0] * 2.0 ** e_s)
+
+            def fn(v, s=s):
+                return np.where(v >= 0, v, v * s).astype(np.float32)
+        else:
+            fn = lut_function(n, self.fg.consts)
+        if n.op == "LeakyRelu":
+            attrs["alpha"] = float(n.attrs.get("alpha", 0.01))
+        if n.op == "HardSigmoid":
+            attrs["alpha"] = float(n.attrs.get("alpha", 0.2))
+            attrs["beta"] = float(n.attrs.get("beta", 0.5))
+        if n.op == "Elu":
+            attrs["alpha"] = float(n.attrs.get("alpha", 1.0))
+        op = n.op
+        if bits == 8:
+            xs = np.arange(-128, 128, dtype=np.float32)
+        elif op in INT16_NATIVE_LUT:
+            xs = np.arange(-32768, 32768, dtype=np.float32)
+        else:
+            xs = np.arange(-32768, 32768 + INT16_LUT_STEP, INT16_LUT_STEP, dtype=np.float32)
+            attrs["int16_lut_step"] = INT16_LUT_STEP
+            attrs["original_op_type"] = op
+            op = "LUT"
+        with np.errstate(all="ignore"):
+            f = fn((xs * np.float32(2.0 ** e_in)).astype(np.float32))
+        f = np.nan_to_num(f.astype(np.float64), nan=0.0, posinf=1e30, neginf=-1e30)
+        table = q_quantize(f, e_out, self.dtype(bits), self.mode)
+        name = f"{n.op}_lut_{self.lut_count}"
+        self.lut_count += 1
+        self.luts.append(Tensor(name=name, dtype=self.dtype(bits), dims=(len(table),), data=table,
+                                exponents=(int(e_out),), layout=None, doc_string=""))
+        attrs["lut"] = name
+        return op, attrs, inputs
+
+    def binary_consts(self, n: FNode) -> list[str]:
+        bits = self.qi.bits[n.name]
+        out = []
+        for u in n.inputs:
+            if u in self.fg.consts:
+                c = np.asarray(self.fg.consts[u], np.float32)
+                if n.op in ("Add", "Sub"):
+                    e = self.qi.exp[n.outputs[0]]
+                else:
+                    e = int(weight_exponents(c, None, bits)[0])
+                out.append(self.act_const(u, e, bits))
+            else:
+                out.append(u)
+        return out
+
+    def bias(self, n: FNode, b_name: str, e: np.ndarray, cout: int) -> str:
+        bits = self.qi.bits[n.name]
+        b = np.asarray(self.fg.consts[b_name], np.float64).ravel()
+        if b.size != cout:
+            raise UnsupportedError(f"bias has {b.size} values for {cout} output channels", node=n.name, op=n.op)
+        width = BIAS_BITS[(self.target, bits)]
+        ee = np.broadcast_to(e, (cout,)).astype(np.float64)
+        v = round_array(b * np.power(2.0, -ee), self.mode)
+        lim = 2.0 ** (width - 1)
+        v = np.clip(v, -lim, lim - 1)
+        dtype = "int32" if bits == 8 else "int64"
+        return self.param(b_name, v.astype(dtype), dtype, [int(x) for x in e])
+
+    def conv_params(self, n: FNode) -> list[str]:
+        bits = self.qi.bits[n.name]
+        if len(n.inputs) < 2 or n.inputs[1] not in self.fg.consts:
+            raise UnsupportedError("Conv weight must be a constant", node=n.name, op="Conv")
+        w = np.asarray(self.fg.consts[n.inputs[1]], np.float32)  # [Cout, Cin/g, k...]
+        x = n.inputs[0]
+        cin = self.fg.shapes[x][1]
+        cout = w.shape[0]
+        group = int(n.attrs.get("group", 1))
+        nsp = w.ndim - 2
+        depthwise = group > 1
+        if depthwise and not (group == cin == cout and w.shape[1] == 1):
+            raise UnsupportedError(f"grouped conv with group={group}, {cin} in / {cout} out channels", node=n.name,
+                                   op="Conv", supported=["group=1", "depthwise (group = in = out channels)"])
+        if nsp not in (1, 2):
+            raise UnsupportedError(f"{nsp}-D conv", node=n.name, op="Conv", supported=["1-D", "2-D"])
+        per_ch = self.target in PER_CHANNEL_TARGETS
+        e_w = weight_exponents(w, 0 if per_ch else None, bits)
+        q = _quant_per_channel(w, e_w, 0, self.dtype(bits), self.mode)
+        if nsp == 2:
+            logical = q.transpose(2, 3, 0, 1) if depthwise else q.transpose(2, 3, 1, 0)
+        else:
+            logical = q.transpose(2, 0, 1) if depthwise else q.transpose(2, 1, 0)
+        layout = weight_layout(self.target, bits, cout, nsp, depthwise)
+        wname = self.param(n.inputs[1], logical, self.dtype(bits), e_w, layout)
+        ins = [x, wname]
+        e_in = self.qi.exp[x]
+        if len(n.inputs) > 2 and n.inputs[2]:
+            ins.append(self.bias(n, n.inputs[2], e_in + e_w, cout))
+        return ins
+
+    def gemm_params(self, n: FNode) -> list[str]:
+        bits = self.qi.bits[n.name]
+        a = n.attrs
+        if float(a.get("alpha", 1.0)) != 1.0 or float(a.get("beta", 1.0)) != 1.0 or int(a.get("transA", 0)):
+            raise UnsupportedError("Gemm with alpha/beta != 1 or transA", node=n.name, op="Gemm",
+                                   supported=["alpha=1, beta=1, transA=0"])
+        if n.inputs[1] not in self.fg.consts:
+            raise UnsupportedError("Gemm weight B must be a constant", node=n.name, op="Gemm")
+        if len(self.fg.shapes[n.inputs[0]]) != 2:
+            raise UnsupportedError(f"Gemm input of rank {len(self.fg.shapes[n.inputs[0]])}", node=n.name, op="Gemm",
+                                   supported=["rank 2 [1, K]"])
+        w = np.asarray(self.fg.consts[n.inputs[1]], np.float32)
+        if int(a.get("transB", 0)):
+            w = w.T
+        k, cout = w.shape
+        per_ch = self.target in PER_CHANNEL_TARGETS
+        e_w = weight_exponents(w, 1 if per_ch else None, bits)
+        q = _quant_per_channel(w, e_w, 1, self.dtype(bits), self.mode)
+        layout = weight_layout(self.target, bits, cout, 2, False)
+        wname = self.param(n.inputs[1], q.reshape(1, 1, k, cout), self.dtype(bits), e_w, layout)
+        ins = [n.inputs[0], wname]
+        if len(n.inputs) > 2 and n.inputs[2]:
+            if n.inputs[2] not in self.fg.consts:
+                raise UnsupportedError("Gemm bias C must be a constant", node=n.name, op="Gemm")
+            ins.append(self.bias(n, n.inputs[2], self.qi.exp[n.inputs[0]] + e_w, cout))
+        return ins
