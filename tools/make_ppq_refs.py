@@ -237,7 +237,9 @@ def build(name: str):
         torch.manual_seed(seed)
         m = TutorialTCN()
         # the tutorial's manual cache entries: the Slice keeps the last 3 frames of out_conv's output
-        table = [("/out_conv/Conv_output_0", m.output_frame_size - 1, None), ("PPQ_Variable_0", 1, "/Slice")]
+        # (+ a window-1 entry on the Slice output, whose layout Transpose auto-streaming can't place)
+        table = [("/out_conv/Conv_output_0", m.output_frame_size - 1, None), ("PPQ_Variable_0", 1, "/Slice"),
+                 ("/Slice_output_0", 1, None)]
         return (m, [1, 16, 24], [(t, b) for t in p4s3 for b in (8, 16)],
                 dict(shape=[1, 16, 3], table=table), seed)
     if name == "dscnn_kws":

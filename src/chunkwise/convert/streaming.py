@@ -214,7 +214,7 @@ def rewrite_slices(graph: Graph, d: Decision, shapes) -> PassResult:
         return PassResult(graph, False, "no slice on the frame axis")
     for name, (kind, axis, K) in targets.items():
         node = graph.node(name)
-        rank = len(shapes[node.inputs[0]])
+        rank = len(shapes[node.outputs[0]])  # its input may now be a cache output
         starts, ends, axes, steps = _slice_params(graph, node, rank)
         j = axes.index(axis)
         starts[j] = -K if kind == "tail" else 0

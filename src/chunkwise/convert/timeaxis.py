@@ -365,10 +365,10 @@ def _slice(graph, node, x, shapes, chunk, d, manual):
                            "(a right-chopped causal conv is recognised only directly after its Conv)")
     if x.delay:
         raise refuse(node, "a tail Slice after a lookahead layer would not see the newest frames")
-    if s0 == 0:
+    if s0 == 0 and starts[j] >= 0:  # [0, T): every frame, an identity on time
         d.passthrough_slices[node.name] = x.axis
         return x
-    K = e0 - s0
+    K = e0 - s0  # the last K frames (written as -K, or as T - K for this offline length)
     c = chunk // x.rate
     if (node.name, 0) not in manual and c < K:
         d.caches.append(Cache(node.name, 0, K - c, x.axis, f"tail slice of the last {K} frames"))

@@ -122,3 +122,24 @@ def packed_data(graph: Graph) -> dict[str, np.ndarray]:
     """Memory-order data for every packed weight (what the writer stores)."""
     return {name: pack(graph.initializers[name], role)
             for name, role in weight_roles(graph).items() if graph.initializers[name].data is not None}
+
+
+def weight_layout(rank: int, cout: int, dtype: str, target: str, depthwise: bool = False) -> str:
+    """The layout annotation ESP-PPQ gives a conv/gemm weight (``rank`` 3: 1-D conv, 4: 2-D conv or Gemm).
+
+    esp32p4 / esp32s3 / esp32s31 pack output channels in blocks of 16 (int8) or 8 (int16), with an
+    ``_UNALIGNED`` tail when ``cout`` is not a multiple; the ``c`` target keeps NHWC/NWC (HWCN/WCN for
+    depthwise).
+    """
+    if target == "c":
+        if rank == 3:
+            return "WCN" if depthwise else "NWC"
+        return "HWCN" if depthwise else "NHWC"
+    a = 16 if dtype == "int8" else 8
+    spatial = "WC" if rank == 3 else "HWC"
+    return f"(N/{a}){spatial}{a}" + ("" if cout % a == 0 else "_UNALIGNED")
+
+
+def layout_doc(layout: str | None) -> str:
+    """The doc_string ESP-PPQ writes for a tensor's layout."""
+    return f"layout ==> {layout or 'UNK'}"

@@ -83,6 +83,38 @@ class _Builder:
         return m
 
 
+def fit_batchnorm(model: onnx.ModelProto, samples: int = 16, seed: int = 1) -> onnx.ModelProto:
+    """Set every BatchNormalization's running mean/var to the statistics of its input on seeded noise.
+
+    Random weights with random BN statistics give heavy-tailed activations that no trained network
+    has; fitting the statistics (layer by layer, in graph order) makes the models behave like trained
+    ones (per-channel normalised pre-activations).
+    """
+    import onnxruntime as ort
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    x = calibration_data(m, samples, seed)
+    inits = {t.name: t for t in m.graph.initializer}
+    for bn in [n for n in m.graph.node if n.op_type == "BatchNormalization"]:
+        probe = onnx.ModelProto()
+        probe.CopyFrom(m)
+        del probe.graph.output[:]
+        probe.graph.output.append(helper.make_tensor_value_info(bn.input[0], TensorProto.FLOAT, None))
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        sess = ort.InferenceSession(probe.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        name = m.graph.input[0].name
+        acts = np.concatenate([sess.run(None, {name: x[i:i + 1]})[0] for i in range(samples)])
+        axes = tuple(i for i in range(acts.ndim) if i != 1)
+        mean, var = acts.mean(axis=axes), acts.var(axis=axes)
+        var = np.maximum(var, 0.25 * np.median(var))  # nearly dead channels: no huge gains
+        for idx, v in ((3, mean), (4, var)):
+            t = inits[bn.input[idx]]
+            t.CopyFrom(numpy_helper.from_array(v.astype(np.float32), t.name))
+    return m
+
+
 def _rename_output(b: _Builder, old: str, new: str) -> None:
     for n in b.nodes:
         for i, o in enumerate(n.output):
@@ -127,7 +159,8 @@ def build_tcn(seed: int = 0, *, in_channels: int = 16, frames: int = 24, hidden:
     x = b.node("Flatten", "/Flatten", [x], axis=1)
     x = b.gemm("linear", x, out_channels * out_frames, classes)
     _rename_output(b, x, "output")
-    return b.model("tcn", [("input", [1, in_channels, frames])], [("output", [1, classes])])
+    m = b.model("tcn", [("input", [1, in_channels, frames])], [("output", [1, classes])])
+    return fit_batchnorm(m) if batchnorm else m
 
 
 def build_dscnn(seed: int = 0, *, frames: int = 49, mfcc: int = 10, channels: int = 32, blocks: int = 2,
@@ -153,7 +186,7 @@ def build_dscnn(seed: int = 0, *, frames: int = 49, mfcc: int = 10, channels: in
     x = b.node("Flatten", "/Flatten", [x], axis=1)
     x = b.gemm("fc", x, channels, classes)
     _rename_output(b, x, "output")
-    return b.model("dscnn", [("input", [1, 1, frames, mfcc])], [("output", [1, classes])])
+    return fit_batchnorm(b.model("dscnn", [("input", [1, 1, frames, mfcc])], [("output", [1, classes])]))
 
 
 def build_cnn2d(seed: int = 0, *, size: int = 16, classes: int = 10) -> onnx.ModelProto:

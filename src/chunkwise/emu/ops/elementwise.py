@@ -183,6 +183,10 @@ def prepare_raw_binary(node, ctx, ins, outs):
 
 
 # ---- Mul ----------------------------------------------------------------------------------------------
+def _pow2_f32(e: int) -> np.float32:
+    return np.float32(2.0 ** e)
+
+
 @kernel("Mul")
 def prepare_mul(node, ctx, ins, outs):
     a, b = binary_inputs(ctx, ins)
@@ -197,22 +201,23 @@ def prepare_mul(node, ctx, ins, outs):
         return Prepared([shape], run)
     shift = out_exp(ctx, outs, dtype) - one_exp(ctx, a, "input") - one_exp(ctx, b, "input")
     via_float = not bc.simd(ctx, dtype)  # C code: int product -> float32 -> * 2**-shift -> round
+    ctx.require(abs(shift) < 100, f"exponents give a shift of {shift}")
+    scale = _pow2_f32(-shift)
     mode = ctx.mode
 
     def run(x, y):
         p = np.multiply(x.astype(np.int64), y.astype(np.int64))
-        if via_float:
-            p = p.astype(np.float32).astype(np.int64)  # float32 values of int products are integers
-        return (np.ascontiguousarray(np.broadcast_to(requantize(p, shift, dtype, mode), shape)),)
+        if via_float:  # c_impl_mul_*: float out = temp * scale; truncate(tool::round(out))
+            r = round_saturate(p.astype(np.float32) * scale, dtype, mode)
+        else:  # esp.vmulas.*.qacc (exact) + esp.srcmb.*.qacc (target rounding, saturation)
+            r = requantize(p, shift, dtype, mode)
+        return (np.ascontiguousarray(np.broadcast_to(r, shape)),)
 
     return Prepared([shape], run, macs=int(np.prod(shape, dtype=np.int64)),
                     info={"path": "c-float32" if via_float else "simd"})
 
 
 # ---- Div ----------------------------------------------------------------------------------------------
-def _pow2_f32(e: int) -> np.float32:
-    return np.float32(2.0 ** e)
-
 
 @kernel("Div")
 def prepare_div(node, ctx, ins, outs):
@@ -482,6 +487,8 @@ def prepare_clip(node, ctx, ins, outs):
         # round(clip(x) * 2**(e_in - e_out)).
         mn = int(np.asarray(args[0]).ravel()[0]) if 1 in bounds else lo
         mx = int(np.asarray(args[1]).ravel()[0]) if 2 in bounds else hi
-        return (requantize(np.clip(xa.astype(np.int64), mn, mx), shift, dtype, mode),)
+        xi = xa.astype(np.int64)
+        clipped = np.where(xi < mn, mn, np.where(xi > mx, mx, xi))  # DL_CLIP: the min test first
+        return (requantize(clipped, shift, dtype, mode),)
 
     return Prepared([shape], run)

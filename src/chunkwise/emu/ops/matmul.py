@@ -1,0 +1,151 @@
+"""MatMul (int8 / int16), constant or dynamic B, with ESP-DL's batch broadcasting.
+
+ESP-DL (``dl/module/include/dl_module_matmul.hpp``) runs every [M, K] x [K, N] product as a 1x1 conv
+with B as the filter, no bias, the module's fused activation::
+
+    y = saturate(act(shift_round(sum_k a[m, k] * b[k, n], e_out - e_a - e_b[n])))
+
+Shapes as ``MatMul::get_output_shape``: 1-D x 1-D -> [1]; 2-D x 2-D; 1-D x 2-D -> [N]; 2-D x 1-D ->
+[M]; 1-D x (>2-D) -> B's batch dims + [N]; (>2-D) x 1-D -> A's batch dims + [M]; otherwise up to
+rank 4, batch dims broadcast (each 1 or equal).
+
+The filter is read in the conv weight memory order. A constant B is stored packed and the reader
+hands us the logical array. A dynamic B is packed *by the graph*: ESP-PPQ inserts
+Reshape/Transpose(/Slice/Concat) nodes before the MatMul (``InsertPreNodeOfMatMulPattern``) so
+that the row-major memory of each [K, N] matrix is ``(N/a)HWCa[_UNALIGNED]`` (``a`` = 16 for int8,
+8 for int16) or ``[N][K]`` on the ``c`` target. We read it the same way the chip does.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from ...ir.layout import _order
+from ..registry import Prepared, kernel
+from ..rounding import qrange, shift_round
+
+ACTIVATIONS = ("Linear", "Relu")
+
+
+@njit(cache=True)
+def _matmul(a, b, ia, ib, out, shifts, relu, lo, hi, mode):
+    """a [Ba, M, K]; b [Bb, K, N]; batch t uses a[ia[t]], b[ib[t]] -> out [T, M, N]."""
+    t_, m_, n_ = out.shape
+    k_ = a.shape[2]
+    for t in range(t_):
+        aa = ia[t]
+        bb = ib[t]
+        for m in range(m_):
+            for n in range(n_):
+                acc = np.int64(0)
+                for k in range(k_):
+                    acc += np.int64(a[aa, m, k]) * np.int64(b[bb, k, n])
+                v = shift_round(acc, shifts[n], mode)
+                if relu and v < 0:
+                    v = 0
+                if v < lo:
+                    v = lo
+                elif v > hi:
+                    v = hi
+                out[t, m, n] = v
+    return out
+
+
+def _dynamic_order(target: str, dtype: str, k: int, n: int) -> np.ndarray | None:
+    """For each memory position of one packed [K, N] matrix, its flat row-major logical index."""
+    if n == 1:
+        return None  # every layout is plain for one output channel
+    if target == "c":
+        layout = "NHWC"
+    else:
+        a = 16 if dtype == "int8" else 8
+        layout = f"(N/{a})HWC{a}" + ("_UNALIGNED" if n % a else "")
+    return _order(layout, "conv", 1, k, n)
+
+
+def _broadcast_plan(ctx, sa, sb):
+    """(a3 shape, b3 shape, ia, ib, out shape) following MatMul::get_output_shape/forward_template."""
+    ra, rb = len(sa), len(sb)
+    ctx.require(ra >= 1 and rb >= 1, "MatMul of a scalar")
+    if ra == 1 and rb == 1:
+        ctx.require(sa[0] == sb[0], f"inner dimensions differ: {list(sa)} x {list(sb)}")
+        return (1, 1, sa[0]), (1, sb[0], 1), [0], [0], (1,)
+    k_a = sa[-1]
+    k_b = sb[0] if rb == 1 else sb[-2]
+    ctx.require(k_a == k_b, f"inner dimensions differ: {list(sa)} x {list(sb)}")
+    if rb == 1:
+        m = sa[-2]
+        batch = int(np.prod(sa[:-2], dtype=np.int64)) if ra > 2 else 1
+        return ((batch, m, k_a), (1, k_b, 1), list(range(batch)), [0] * batch, tuple(sa[:-1]))
+    n = sb[-1]
+    if ra == 1:
+        batch = int(np.prod(sb[:-2], dtype=np.int64)) if rb > 2 else 1
+        return ((1, 1, k_a), (batch, k_b, n), [0] * batch, list(range(batch)), tuple(sb[:-2]) + (n,))
+    rank = max(ra, rb)
+    ctx.require(rank <= 4, f"MatMul of rank {rank} operands {list(sa)} x {list(sb)}",
+                supported=["up to 4-D (ESP-DL)"])
+    m = sa[-2]
+    ba = [1] * (rank - ra) + list(sa[:-2])
+    bb = [1] * (rank - rb) + list(sb[:-2])
+    out_b = []
+    for x, y in zip(ba, bb):
+        ctx.require(x == y or x == 1 or y == 1, f"batch dimensions {list(sa[:-2])} and {list(sb[:-2])} "
+                                                "do not broadcast")
+        out_b.append(max(x, y))
+    idx = np.indices(out_b).reshape(len(out_b), -1).T if out_b else np.zeros((1, 0), dtype=np.int64)
+    ia, ib = [], []
+    for combo in idx:
+        ia.append(int(np.ravel_multi_index([c if d > 1 else 0 for c, d in zip(combo, ba)], ba)) if ba else 0)
+        ib.append(int(np.ravel_multi_index([c if d > 1 else 0 for c, d in zip(combo, bb)], bb)) if bb else 0)
+    na = int(np.prod(ba, dtype=np.int64)) if ba else 1
+    nb = int(np.prod(bb, dtype=np.int64)) if bb else 1
+    return (na, m, k_a), (nb, k_b, n), ia, ib, tuple(out_b) + (m, n)
+
+
+@kernel("MatMul")
+def prepare_matmul(node, ctx, ins, outs):
+    ctx.require(len(ins) == 2, f"{len(ins)} inputs, MatMul takes two")
+    a, b, out = ins[0], ins[1], outs[0]
+    ctx.require(a.dtype in ("int8", "int16"), f"input dtype {a.dtype}", supported=["int8", "int16"])
+    ctx.require(b.dtype == a.dtype, f"B dtype {b.dtype} differs from A {a.dtype}")
+    ctx.require(out.dtype == a.dtype, f"output dtype {out.dtype} differs from input {a.dtype}")
+    act = node.attr("activation", "Linear") or "Linear"
+    ctx.require(act in ACTIVATIONS, f"fused activation {act!r}", supported=list(ACTIVATIONS))
+    sa, sb = tuple(a.shape), tuple(b.shape)
+    a3, b3, ia, ib, out_shape = _broadcast_plan(ctx, sa, sb)
+    n = b3[2]
+    e_b = list(b.exps)
+    ctx.require(len(e_b) in (1, n), f"B has {len(e_b)} exponents for {n} columns")
+    if len(e_b) == 1:
+        e_b = e_b * n
+    shifts = np.array([out.exp - a.exp - e for e in e_b], dtype=np.int64)
+    lo, hi = qrange(a.dtype)
+    dtype = np.dtype(a.dtype)
+    ia_arr = np.array(ia, dtype=np.int64)
+    ib_arr = np.array(ib, dtype=np.int64)
+    relu = act == "Relu"
+    mode = ctx.mode
+    t, m = len(ia), a3[1]
+    order = None if b.is_const or len(sb) == 1 else _dynamic_order(ctx.target, b.dtype, b3[1], n)
+    b_const = None
+    if b.is_const:
+        b_const = np.ascontiguousarray(np.asarray(b.const).reshape(b3))
+
+    def logical_b(ba):
+        if b_const is not None:
+            return b_const
+        flat = np.ascontiguousarray(ba).reshape(b3[0], b3[1] * b3[2])
+        if order is None:
+            return flat.reshape(b3)
+        logical = np.empty_like(flat)
+        logical[:, order] = flat
+        return logical.reshape(b3)
+
+    def run(aa, ba):
+        o = np.empty((t, m, n), dtype=dtype)
+        _matmul(np.ascontiguousarray(aa).reshape(a3), logical_b(ba), ia_arr, ib_arr, o, shifts,
+                relu, lo, hi, mode)
+        return (o.reshape(out_shape),)
+
+    return Prepared([out_shape], run, macs=t * m * n * a3[2])

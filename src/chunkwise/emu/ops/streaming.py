@@ -1,0 +1,61 @@
+"""StreamingCache: the frame history of a streaming (chunk-by-chunk) model.
+
+ESP-DL (``dl_module_streaming_cache.hpp``)::
+
+    output shape = input shape with shape[frame_axis] += window_size - 1
+    cache        = window_size - 1 frames, same dtype and exponent as the input, zeros at start
+    forward:  output bytes = cache bytes ++ input bytes
+              cache bytes  = output bytes [input_bytes : input_bytes + cache_bytes]
+    reset():  cache := 0
+
+So the cache always keeps the *last* ``window_size - 1`` frames of the output, whatever the chunk
+length (a chunk longer than the cache simply replaces it with its own last frames). The copies are
+flat ``memcpy`` s of the whole tensor: that is a concatenation along ``frame_axis`` when every axis
+before it has size 1 (batch 1, ``frame_axis`` 1, as ESP-PPQ exports it); for other shapes the
+emulator copies flat too, as the chip does. The integers are copied unchanged (no exponent is
+consulted). ``window_size`` 1 would make a zero-length cache tensor, which ESP-DL asserts on.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..registry import Prepared, kernel
+from .shape import out_dtype
+
+
+@kernel("StreamingCache")
+def prepare_streaming_cache(node, ctx, ins, outs):
+    x = ins[0]
+    r = len(x.shape)
+    window = int(node.attr("window_size", 1))
+    axis = int(node.attr("frame_axis", 1))
+    ctx.require(window >= 2, f"window_size={window}: ESP-DL cannot allocate a cache of {window - 1} frames",
+                supported=["window_size >= 2"])
+    ctx.require(-r <= axis < r, f"frame_axis {axis} out of range for input rank {r}")
+    if axis < 0:
+        axis += r
+    ctx.require(not x.is_const, "StreamingCache input must be an activation")
+    dt = out_dtype(ctx, x, outs[0])
+    out_shape = list(int(s) for s in x.shape)
+    out_shape[axis] += window - 1
+    out_shape = tuple(out_shape)
+    cache_shape = list(out_shape)
+    cache_shape[axis] = window - 1
+    dtype = np.dtype(x.dtype)
+    cache = np.zeros(int(np.prod(cache_shape, dtype=np.int64)), dtype=dtype)  # flat, preallocated once
+    n_cache = cache.size
+    n_in = int(np.prod(x.shape, dtype=np.int64))
+
+    def run(xa, *_):
+        out = np.empty(n_cache + n_in, dtype=dtype)
+        out[:n_cache] = cache
+        out[n_cache:] = xa.reshape(-1)
+        cache[:] = out[n_in:n_in + n_cache]
+        return (out.reshape(out_shape),)
+
+    def reset():
+        cache.fill(0)
+
+    return Prepared([out_shape], run, reset=reset, dtypes=dt, state_bytes=int(cache.nbytes),
+                    info={"window_size": window, "frame_axis": axis, "cache_shape": tuple(cache_shape)})

@@ -1,0 +1,156 @@
+"""Float ONNX -> quantized ESP-DL model (``.espdl`` conventions of ESP-PPQ).
+
+>>> model = quantize("kws.onnx", "calib.npy", target="esp32p4")    # doctest: +SKIP
+>>> model.save("kws.espdl"); model.quant_report["output_sqnr_db"]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+
+from ..emu.rounding import TARGETS, quantize as q_quantize
+from ..errors import ShapeError, UnsupportedError
+from ..ir.graph import Tensor
+from .calibrate import METHODS, FloatRunner, collect, load_calib
+from .export import Exporter, Namer, apply_layout, assign_exponents, insert_requantize, rewrite
+from .prepare import FGraph, prepare
+from .report import ErrorAccumulator, plot_report
+
+__all__ = ["quantize", "plot_report", "METHODS", "REPORT_SAMPLES"]
+
+REPORT_SAMPLES = 4
+
+
+def _node_bits(fg: FGraph, origin: dict[str, list[str]], bits: int, int16_nodes) -> dict[str, int]:
+    names = {n for v in origin.values() for n in v}
+    wanted = [str(n) for n in int16_nodes]
+    unknown = [n for n in wanted if n not in names]
+    if unknown:
+        raise ShapeError(f"int16_nodes names unknown node(s) {unknown}; the model's nodes are "
+                         f"{sorted(names)[:20]}{' ...' if len(names) > 20 else ''}")
+    out = {}
+    for n in fg.nodes:
+        out[n.name] = 16 if bits == 16 or any(o in wanted for o in origin.get(n.name, [n.name])) else 8
+    return out
+
+
+def quantize(onnx_path_or_model, calib, *, target: str = "esp32p4", bits: int = 8, calib_method: str = "kl",
+             int16_nodes=(), test_input=None, progress: bool = False):
+    """Quantize a float ONNX model for ESP-DL and return a :class:`chunkwise.Model`.
+
+    ``calib``: an .npy ``[N, ...input shape without batch]``, an .npz (one array per input), a directory
+    of .npy samples, an array or a dict of arrays. ``int16_nodes``: ONNX node names kept in int16 in an
+    int8 model (mixed precision; RequantizeLinear nodes are inserted at the boundaries). ``test_input``
+    (default: the first calibration sample, in the ONNX layout) is run through the emulator and stored as
+    the model's test input/output. The model's ``quant_report`` holds per-layer SQNR / cosine similarity
+    against onnxruntime's float activations.
+    """
+    from ..model import Model
+
+    if target not in TARGETS:
+        raise UnsupportedError(f"target {target!r}", supported=sorted(TARGETS))
+    if bits not in (8, 16):
+        raise UnsupportedError(f"bits={bits}", supported=["8", "16"])
+    if calib_method not in METHODS:
+        raise UnsupportedError(f"calibration method {calib_method!r}", supported=list(METHODS))
+    if isinstance(int16_nodes, str):
+        int16_nodes = [int16_nodes]
+
+    fg = prepare(onnx_path_or_model)
+    data = load_calib(calib, fg.inputs)
+    runner = FloatRunner(fg)
+
+    fq = copy.deepcopy(fg)
+    origin = rewrite(fq)
+    bits_of = _node_bits(fq, origin, bits, int16_nodes)
+    needed = tuple(sorted(set(bits_of.values()) | {bits}))
+    stats = collect(runner, data, needed, calib_method, progress=progress)
+    memo: dict = {}
+
+    def calib_exp(v: str, b: int) -> int:
+        key = (v, b)
+        if key not in memo:
+            memo[key] = stats.exponent(v, b, calib_method)
+        return memo[key]
+
+    qi = assign_exponents(fq, bits_of, calib_exp)
+    namer = Namer()
+    perm = apply_layout(fq, qi, namer)
+    insert_requantize(fq, qi, perm, namer, calib_exp)
+    graph = Exporter(fq, qi, perm, target, namer).build(fg.name or "main_graph", fg.inputs, fq.outputs)
+    model = Model(graph, target=target)
+
+    # ---- test values ------------------------------------------------------------------------
+    if test_input is None:
+        feeds_f = {k: v[:1] for k, v in data.items()}
+    else:
+        feeds_f = load_calib(test_input, fg.inputs)
+        feeds_f = {k: v[:1] for k, v in feeds_f.items()}
+    mode = TARGETS[target]
+
+    def to_model_feeds(ff):
+        out = {}
+        for name, _ in fg.inputs:
+            vi = graph.info(name)
+            x = np.transpose(ff[name], perm[name])
+            out[name] = q_quantize(x, vi.exponent, vi.dtype, mode)
+        return out
+
+    qfeeds = to_model_feeds(feeds_f)
+    result = model.run(qfeeds)
+    for name, _ in fg.inputs:
+        vi = graph.info(name)
+        graph.test_inputs[name] = Tensor(name=name, dtype=vi.dtype, dims=tuple(qfeeds[name].shape),
+                                         data=qfeeds[name], exponents=vi.exponents)
+    for vi in graph.outputs:
+        a = np.ascontiguousarray(result[vi.name])
+        graph.test_outputs[vi.name] = Tensor(name=vi.name, dtype=str(a.dtype), dims=tuple(a.shape), data=a,
+                                             exponents=vi.exponents)
+
+    # ---- report -----------------------------------------------------------------------------
+    model.quant_report = _report(fg, fq, graph, model, runner, data, perm, feeds_f, target, bits, calib_method,
+                                 to_model_feeds)
+    return model
+
+
+def _float_source(fq: FGraph, v: str) -> str:
+    prods = fq.producers()
+    while v.startswith("PPQ_Variable_") and v in prods and prods[v].op in ("Transpose", "RequantizeLinear"):
+        v = prods[v].inputs[0]
+    return v
+
+
+def _report(fg, fq, graph, model, runner, data, perm, feeds_f, target, bits, method, to_model_feeds) -> dict:
+    acc = ErrorAccumulator()
+    n = next(iter(data.values())).shape[0]
+    samples = [feeds_f] + [{k: v[i:i + 1] for k, v in data.items()} for i in range(min(n, REPORT_SAMPLES))]
+    names = [v for v in graph.value_info if v not in graph.input_names]
+    for ff in samples:
+        fl = runner.run(ff)
+        got = model.run(to_model_feeds(ff), intermediates=True)
+        for v in names:
+            src = _float_source(fq, v)
+            if src not in fl or v not in got:
+                continue
+            ref = np.transpose(fl[src], perm[v]) if fl[src].ndim == len(perm[v]) else fl[src]
+            deq = model.dequantize(v, got[v])
+            if ref.shape != deq.shape:
+                continue
+            acc.add(v, ref, deq)
+    producers = fq.producers()
+    layers = []
+    for v in names:
+        if v not in acc.acc:
+            continue
+        p = producers.get(v)
+        vi = graph.info(v)
+        layers.append({"name": v, "node": p.name if p else "", "op": p.op if p else "", "exponent": vi.exponent,
+                       "bits": 8 if vi.dtype == "int8" else 16, **acc.result(v)})
+    outputs = {o: acc.result(o) for o in graph.output_names if o in acc.acc}
+    out_sqnr = min((r["sqnr_db"] for r in outputs.values()), default=None)
+    return {"target": target, "bits": bits, "calib_method": method, "samples": len(samples),
+            "calibration_samples": int(n), "layers": layers, "outputs": outputs,
+            "output_sqnr_db": None if out_sqnr is None or math.isnan(out_sqnr) else out_sqnr}

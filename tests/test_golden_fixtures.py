@@ -1,0 +1,91 @@
+"""Bit-exactness on the committed ESP-PPQ reference fixtures (no ../shared needed).
+
+- ``tests/fixtures/golden/<target>_s<bits>/<Op>/*.espdl``: per-operator models made by ESP-DL's own
+  operator test generator through ESP-PPQ (``tools/make_golden.py``);
+- ``tests/fixtures/ppq_refs/<model>/<target>_s<bits>.espdl``: small whole models quantized by ESP-PPQ
+  (``tools/make_ppq_refs.py``).
+
+Every such file embeds a test input and the outputs ESP-PPQ computed for it (what ESP-DL's
+``model->test()`` checks on the chip). The emulator must reproduce integer outputs exactly (float
+outputs within ESP-DL's own 2e-5). Operators the emulator does not implement yet FAIL here on purpose.
+``*_streaming.espdl`` exports carry no test values and are not run here.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import chunkwise
+from chunkwise.emu.check import check_test_values
+
+FIX = Path(__file__).resolve().parent / "fixtures"
+GOLDEN = FIX / "golden"
+REFS = FIX / "ppq_refs"
+TARGETS = ("esp32p4", "esp32s3", "c")
+
+
+def _golden_cases():
+    cases = []
+    for f in sorted(GOLDEN.glob("*_s*/*/*.espdl")):
+        suite, op = f.parent.parent.name, f.parent.name
+        target = suite.rsplit("_s", 1)[0]
+        cases.append(pytest.param(f, target, id=f"{target}-{suite}/{op}/{f.stem}"))
+    return cases
+
+
+def _ref_cases():
+    cases = []
+    for f in sorted(REFS.glob("*/*.espdl")):
+        if f.stem.endswith("_streaming"):
+            continue
+        target = f.stem.rsplit("_s", 1)[0]
+        cases.append(pytest.param(f, target, id=f"{target}-ppq_refs/{f.parent.name}/{f.stem}"))
+    return cases
+
+
+def _run_and_compare(path: Path, target: str) -> None:
+    assert target in TARGETS, f"unexpected target folder for {path}"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = chunkwise.load(path)
+    # the file records its target (ESP-PPQ metadata); the rounding mode depends on it
+    assert model.target == target, f"{path.name}: model says {model.target}, folder says {target}"
+    assert model.graph.test_inputs and model.graph.test_outputs, f"{path} carries no test values"
+    checks = check_test_values(model)
+    assert checks
+    bad = [c for c in checks if not c.bit_exact]
+    assert not bad, "; ".join(
+        f"{c.name}: {c.mismatches} of {int(np.prod(c.shape))} differ, max |diff| {c.max_abs_diff:g}, "
+        f"first at {c.first_mismatch}" for c in bad)
+
+
+@pytest.mark.parametrize("path,target", _golden_cases())
+def test_golden_op_fixture(path, target):
+    _run_and_compare(path, target)
+
+
+@pytest.mark.parametrize("path,target", _ref_cases())
+def test_ppq_ref_model(path, target):
+    _run_and_compare(path, target)
+
+
+def test_fixture_inventory():
+    """The fixture sets exist, cover all three targets in int8 and int16, and stay small."""
+    suites = {p.name for p in GOLDEN.iterdir() if p.is_dir()} if GOLDEN.is_dir() else set()
+    for t in TARGETS:
+        for b in (8, 16):
+            assert f"{t}_s{b}" in suites, f"missing golden fixtures for {t}_s{b}"
+            assert list((GOLDEN / f"{t}_s{b}").glob("*/*.espdl")), f"no models in {t}_s{b}"
+    golden_bytes = sum(p.stat().st_size for p in GOLDEN.rglob("*") if p.is_file())
+    refs_bytes = sum(p.stat().st_size for p in REFS.rglob("*") if p.is_file())
+    assert golden_bytes < 4.5 * 2**20, f"golden fixtures grew to {golden_bytes} bytes"
+    assert refs_bytes < 3 * 2**20, f"ppq_refs grew to {refs_bytes} bytes"
+    for d in sorted(p for p in REFS.iterdir() if p.is_dir()):
+        for name in ("model.onnx", "calib.npy", "test_input.npy"):
+            assert (d / name).is_file(), f"{d.name}: missing {name}"
+        calib, x = np.load(d / "calib.npy"), np.load(d / "test_input.npy")
+        assert calib.shape[0] == 32 and calib.shape[1:] == x.shape[1:] and x.shape[0] == 1
