@@ -103,8 +103,8 @@ def generate(args, ops_dir: Path, out: Path) -> list[dict]:
     if unknown:
         raise SystemExit(f"ops not in op_cfg.toml: {unknown}")
     jobs = []
-    for target in args.targets.split(","):
-        for bits in (int(b) for b in args.bits.split(",")):
+    for bits in (int(b) for b in args.bits.split(",")):  # all int8 suites first
+        for target in args.targets.split(","):
             for op in ops:
                 if f"int{bits}" not in cfg[op].get("quant_bits", []):
                     continue

@@ -161,7 +161,8 @@ def insert_caches(graph: Graph, d: Decision, shapes, chunk: int, report: StreamR
             starts = _const_tensor(graph, f"{sl_out}_starts", [0])
             ends = _const_tensor(graph, f"{sl_out}_ends", [frames])
             axes = _const_tensor(graph, f"{sl_out}_axes", [axis])
-            sl = Node("Slice", fresh_name(graph, f"{src}_{consumer.name}_delay"), [out, starts, ends, axes],
+            steps = _const_tensor(graph, f"{sl_out}_steps", [1])
+            sl = Node("Slice", fresh_name(graph, f"{src}_{consumer.name}_delay"), [out, starts, ends, axes, steps],
                       [sl_out])
             sl.set_attr("quant_type", _quant_type(graph, src))
             graph.value_info[sl_out] = ValueInfo(sl_out, graph.value_info[out].dtype, None,

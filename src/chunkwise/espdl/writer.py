@@ -48,7 +48,7 @@ class _Writer:
         b.StartVector(16, n, 16)
         b.head = b.head - len(data)
         b.Bytes[b.head:b.head + len(data)] = data
-        return b.EndVector(n)
+        return b.EndVector()
 
     def table(self, nfields: int, fields: list[tuple]) -> int:
         """fields: (slot, kind, value); kinds: off, i32, i64, u8, i8, struct_f, struct_i."""

@@ -108,7 +108,7 @@ def fit_batchnorm(model: onnx.ModelProto, samples: int = 16, seed: int = 1) -> o
         acts = np.concatenate([sess.run(None, {name: x[i:i + 1]})[0] for i in range(samples)])
         axes = tuple(i for i in range(acts.ndim) if i != 1)
         mean, var = acts.mean(axis=axes), acts.var(axis=axes)
-        var = np.maximum(var, 0.25 * np.median(var))  # nearly dead channels: no huge gains
+        var = np.maximum(var, np.median(var))  # nearly dead channels: no huge gains
         for idx, v in ((3, mean), (4, var)):
             t = inits[bn.input[idx]]
             t.CopyFrom(numpy_helper.from_array(v.astype(np.float32), t.name))

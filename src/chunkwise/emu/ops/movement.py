@@ -105,10 +105,10 @@ def prepare_split(node, ctx, ins, outs):
         sh[axis] = s
         shapes.append(tuple(sh))
     bounds = np.cumsum([0] + sizes)
+    pieces = [(slice(None),) * axis + (slice(int(bounds[i]), int(bounds[i + 1])),) for i in range(len(sizes))]
 
     def run(xa, *_):
-        return tuple(np.ascontiguousarray(np.take(xa, np.arange(bounds[i], bounds[i + 1]), axis=axis))
-                     for i in range(len(sizes)))
+        return tuple(np.ascontiguousarray(xa[p]) for p in pieces)
 
     return Prepared(shapes, run, dtypes=dts)
 
