@@ -205,7 +205,7 @@ def test_int8_table(op, target):
 
 
 @pytest.mark.parametrize("target", TARGETS)
-@pytest.mark.parametrize("size", [2049, 257, 65537])
+@pytest.mark.parametrize("size", [2049, 257, 65537, 65536, 3])
 def test_int16_lut_nearest(size, target):
     x = np.concatenate([np.arange(-32768, -32700), RNG.integers(-32768, 32768, 3000),
                         np.arange(32700, 32768), np.arange(-32768, 32768, 16)]).astype(np.int16)
@@ -325,6 +325,8 @@ def test_error_table_exponent_and_step():
     _fails(_model("LUT", x, -5, "int16", -15, {"lut": "tab", "quant_type": "S16", "int16_lut_step": 64},
                   inits=[t]), x, "int16_lut_step")
     t = Tensor("tab", "int16", (1000,), np.zeros(1000, np.int16), (-15,))
+    _fails(_model("LUT", x, -5, "int16", -15, {"lut": "tab", "quant_type": "S16"}, inits=[t]), x, "entries")
+    t = Tensor("tab", "int16", (2048,), np.zeros(2048, np.int16), (-15,))  # step 32 would read entry 2048
     _fails(_model("LUT", x, -5, "int16", -15, {"lut": "tab", "quant_type": "S16"}, inits=[t]), x, "entries")
 
 

@@ -79,7 +79,7 @@ def _tcn(b: GraphBuilder, frames=12, chopped=False, pad_node=False):
         z = b.conv(z, 16, k=3, d=2, pads=(0, 0), depthwise=True, act="Relu")
     else:
         z = b.conv(y, 16, k=3, d=2, depthwise=True, act="Relu")
-    z = b.binary("Mul", z, b.sigmoid(z))
+    z = b.binary("Mul", z, b.sigmoid(z), out_exp=b.exp(y))
     y = b.binary("Add", y, z)
     return y
 
@@ -148,7 +148,7 @@ def test_refusals_name_the_node_and_why(case, message):
 def test_lookahead_is_delayed_and_verified():
     b = GraphBuilder(5)
     x = b.input((1, 12, 8))
-    y = b.conv(x, 8, k=3, pads=(1, 1))
+    y = b.conv(x, 8, k=3, pads=(1, 1), out_exp=b.exp(x))
     b.output(b.binary("Add", x, y))  # the residual branch needs a delay line
     offline = Model(b.g)
     streaming, report = stream(offline, 3, allow_lookahead=True)

@@ -64,7 +64,7 @@ class GraphBuilder:
 
     # ---- ops -----------------------------------------------------------------------------
     def conv(self, x: str, cout: int | None = None, k=1, d=1, s=1, depthwise=False, act="Linear",
-             pads: tuple[int, int] | None = None, k2: int = 1, pad2: int = 0) -> str:
+             pads: tuple[int, int] | None = None, k2: int = 1, pad2: int = 0, out_exp: int | None = None) -> str:
         """Conv along time (axis 1). 2-D inputs [N,T,F,C] use kernel ``k x k2`` (feature padding ``pad2``)."""
         shp = self.shapes[x]
         two_d = len(shp) == 4
@@ -80,6 +80,8 @@ class GraphBuilder:
         bias = self.rng.integers(-2000, 2001, size=cout).astype(np.int32)
         # output exponent: accumulator std ~ 40 * 60 * sqrt(fan_in) at e_in + e_w
         e_out = int(e_in + int(e_w.max()) + math.ceil(math.log2(40 * 60 * math.sqrt(fan_in) / 40)))
+        if out_exp is not None:
+            e_out = out_exp
         layout = weight_layout(4 if two_d else 3, cout, "int8", self.target, depthwise)
         wn = self._init("w", w, e_w, layout)
         bn = self._init("b", bias, e_in + e_w)
@@ -133,10 +135,13 @@ class GraphBuilder:
         return self._node("Relu", [x], self.shapes[x], self.exp(x))
 
     def binary(self, op: str, a: str, b: str, out_exp: int | None = None) -> str:
+        """Add/Sub need equal input exponents (ESP-DL adds the raw integers); Mul requantizes."""
+        if op in ("Add", "Sub"):
+            if self.exp(a) != self.exp(b):
+                raise ValueError(f"{op} inputs must share an exponent ({self.exp(a)} vs {self.exp(b)})")
+            out_exp = self.exp(a) if out_exp is None else out_exp
         if out_exp is None:
-            out_exp = max(self.exp(a), self.exp(b)) + (1 if op == "Add" else 0)
-            if op == "Mul":
-                out_exp = self.exp(a) + self.exp(b) + 7
+            out_exp = self.exp(a) + self.exp(b) + 7
         shape = tuple(np.broadcast_shapes(self.shapes[a], self.shapes[b]))
         return self._node(op, [a, b], shape, out_exp)
 
@@ -213,7 +218,7 @@ def random_causal_graph(seed: int, *, two_d: bool | None = None, frames: int | N
             x = b.conv(x, int(rng.choice([4, 8, 16])), k=1)
         elif kind == "res":
             y = b.conv(x, k=k, d=d, depthwise=True, act="Relu")
-            y = b.conv(y, b.shapes[x][-1], k=1)
+            y = b.conv(y, b.shapes[x][-1], k=1, out_exp=b.exp(x))
             x = b.binary("Add", x, y)
         elif kind == "gate":
             x = b.binary("Mul", x, b.sigmoid(x))

@@ -45,10 +45,10 @@ ADD_LIKE_OPS = {"Add", "Sub", "Mul", "Div"}
 ALIGN_TO_OUTPUT_OPS = {"Add", "Sub", "Concat"}
 PASSIVE_OPS = {"MaxPool", "GlobalMaxPool", "Reshape", "Flatten", "Identity", "Slice", "Pad", "Split", "Transpose",
                "Squeeze", "Unsqueeze"}
-ORIGIN_LAYOUT_OPS = {"Gemm", "Flatten", "Reshape", "Transpose", "Slice", "Pad", "Squeeze", "Unsqueeze"}
+ORIGIN_LAYOUT_OPS = {"Gemm", "Flatten", "Reshape", "Transpose", "Pad", "Squeeze", "Unsqueeze"}
 INT16_NATIVE_LUT = {"Relu", "Clip", "PRelu"}
 
-SUPPORTED = sorted(CONV_LAYOUT_OPS | LUT_OPS | ADD_LIKE_OPS | ORIGIN_LAYOUT_OPS | {"Concat", "Swish"})
+SUPPORTED = sorted(CONV_LAYOUT_OPS | LUT_OPS | ADD_LIKE_OPS | ORIGIN_LAYOUT_OPS | {"Concat", "Slice", "Swish"})
 
 
 # ---- float functions for LUTs (float32, as ESP-PPQ evaluates them in torch) ----------------------
@@ -331,6 +331,14 @@ def apply_layout(fg: FGraph, qi: QInfo, namer: Namer) -> dict[str, list[int]]:
                 for i in ins:
                     require(node, i, _identity(rank(node.inputs[i])))
                 perm[node.outputs[0]] = _identity(rank(node.outputs[0]))
+        elif op == "Slice":
+            u = node.inputs[0]
+            if u not in perm:
+                perm[u] = _identity(rank(u))
+            p = perm[u]
+            if p != _identity(len(p)):
+                _remap_slice_axes(fg, node, p)
+            perm[node.outputs[0]] = p
         elif op in ORIGIN_LAYOUT_OPS:
             for i in ins:
                 require(node, i, _identity(rank(node.inputs[i])))
@@ -352,6 +360,29 @@ def _choose_perm(ps: list[list[int]], r: int) -> list[int]:
         if p != _identity(len(p)):
             return p
     return ps[0]
+
+
+def _remap_slice_axes(fg: FGraph, node: FNode, p: list[int]) -> None:
+    """Slice on a permuted tensor: axis ``a`` of the original order is axis ``p.index(a)`` in storage."""
+    r = len(p)
+    for k in (1, 2):
+        if len(node.inputs) <= k or node.inputs[k] not in fg.consts:
+            raise UnsupportedError("Slice starts/ends must be constants", node=node.name, op="Slice")
+    n = int(np.asarray(fg.consts[node.inputs[1]]).size)
+    if len(node.inputs) > 3 and node.inputs[3]:
+        if node.inputs[3] not in fg.consts:
+            raise UnsupportedError("Slice axes must be constants", node=node.name, op="Slice")
+        axes = [int(a) % r for a in np.asarray(fg.consts[node.inputs[3]]).ravel()]
+    else:
+        axes = list(range(n))
+    new = np.array([p.index(a) for a in axes], np.int64)
+    name = node.inputs[3] if len(node.inputs) > 3 and node.inputs[3] else f"{node.name}_axes"
+    if len([n2 for n2 in fg.nodes if name in n2.inputs]) > 1:
+        name = f"{name}_{node.name}"
+    fg.consts[name] = new
+    ins = list(node.inputs) + [""] * (4 - len(node.inputs))
+    ins[3] = name
+    node.inputs = ins
 
 
 def _permute_const(fg: FGraph, node: FNode, idx: int, p: list[int], r: int) -> None:

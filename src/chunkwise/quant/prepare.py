@@ -134,7 +134,9 @@ def from_onnx(model: onnx.ModelProto) -> FGraph:
 
 def to_onnx(fg: FGraph, extra_outputs: list[str] = ()) -> onnx.ModelProto:
     """An ONNX model of the float graph (for onnxruntime), exposing ``extra_outputs`` too."""
-    nodes = [helper.make_node(n.op, n.inputs, n.outputs, name=n.name, **n.attrs) for n in fg.nodes]
+    nodes = [helper.make_node(n.op, n.inputs, n.outputs, name=n.name,
+                              **{k: (numpy_helper.from_array(v) if isinstance(v, np.ndarray) else v)
+                                 for k, v in n.attrs.items()}) for n in fg.nodes]
     inits = [numpy_helper.from_array(np.asarray(v), k) for k, v in fg.consts.items()]
     ins = [helper.make_tensor_value_info(k, onnx.TensorProto.FLOAT, list(s)) for k, s in fg.inputs]
     outs = []

@@ -37,13 +37,14 @@ def lut_table(ctx, dtype: str, out_exps=(), attr: str = "lut") -> tuple[np.ndarr
         ctx.require(table.size == 256, f"int8 lut table {name!r} has {table.size} entries, expected 256")
         step = 1
     elif dtype == "int16":
+        # LUT::LUT: step = 65536 / (size - 1) in integer division (a 65536-entry table is step 1)
         n = table.size - 1
-        ctx.require(n >= 1 and 65536 % n == 0 and (65536 // n) & (65536 // n - 1) == 0,
-                    f"int16 lut table {name!r} has {table.size} entries; expected 65536/step + 1 "
-                    "with step a power of two")
-        step = 65536 // n
-        if step == 1:
-            ctx.require(table.size >= 65536, f"int16 lut table {name!r} has {table.size} entries")
+        step = 65536 // n if n >= 1 else 0
+        ok = step >= 1 and step & (step - 1) == 0
+        if ok:  # the largest index, round(65535 / step), must lie inside the table
+            ok = (65535 + step // 2) // step <= n
+        ctx.require(ok, f"int16 lut table {name!r} has {table.size} entries; expected 65536/step + 1 "
+                    "with step a power of two (or 65536 entries)")
     else:
         raise ctx.fail(f"lut tables are int8 or int16, not {dtype}", supported=["int8", "int16"])
     if t.exponents and out_exps and len(t.exponents) == 1 and len(out_exps) == 1:

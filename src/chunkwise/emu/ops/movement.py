@@ -119,8 +119,8 @@ def slice_plan(ctx, shape, starts, ends, axes, steps):
     r = len(shape)
     n = len(starts)
     ctx.require(len(ends) == n, f"{n} starts but {len(ends)} ends")
-    ctx.require(axes is None or len(axes) == n, f"{n} starts but {len(axes)} axes")
-    ctx.require(steps is None or len(steps) == n, f"{n} starts but {len(steps)} steps")
+    for what, v in (("axes", axes), ("steps", steps)):
+        ctx.require(v is None or len(v) == n, f"{n} starts but {0 if v is None else len(v)} {what}")
     ranges = [(0, int(s), 1) for s in shape]
     flipped = []
     seen = set()
