@@ -206,7 +206,8 @@ def test_slice_full_flip_is_onnx():
 def test_slice_empty_is_refused():
     x = rnd((4, 6))
     with pytest.raises(UnsupportedError, match="empty or out of range"):
-        run_node("Slice", [(x, -5, False), (np.array([3], np.int64), None, True), (np.array([3], np.int64), None, True)])
+        run_node("Slice", [(x, -5, False), (np.array([3], np.int64), None, True),
+                           (np.array([3], np.int64), None, True)])
 
 
 @pytest.mark.parametrize("axis,ind", [(0, [[0, 1], [1, 2]]), (1, [2, 0, 0]), (-1, [[3]])])

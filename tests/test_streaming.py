@@ -119,7 +119,6 @@ def test_strided_chunk_error_lists_valid_sizes():
     ("same", "right padding 1 on the frame axis needs 1 future frames"),
     ("gap", "global pooling over time"),
     ("flatten", "across the frame axis; add a tail Slice"),
-    ("avg_exclude_pad", "count_include_pad=0"),
     ("maxpool_signed", "MaxPool pads with -inf"),
     ("drop_newest", "dropping the newest frames needs the future"),
 ])
@@ -132,9 +131,6 @@ def test_refusals_name_the_node_and_why(case, message):
         y = b._node("GlobalAveragePool", [b.conv(x, 8, k=3)], (1, 1, 8), -4)
     elif case == "flatten":
         y = b.flatten(b.conv(x, 8, k=3))
-    elif case == "avg_exclude_pad":
-        y = b.pool(x, "AveragePool", 3)
-        b.g.nodes[-1].set_attr("count_include_pad", 0)
     elif case == "maxpool_signed":
         y = b.pool(b.conv(x, 8, k=1), "MaxPool", 3)
     else:
@@ -180,6 +176,28 @@ def test_streaming_model_carries_test_values_and_round_trips(tmp_path):
 
     assert all(c.bit_exact for c in check_test_values(again))
     assert again.target == "esp32p4" and not again.target_guessed
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_compiled_program_equals_per_node_plan(seed):
+    """The compiled program and the per-node path are one implementation, run two ways."""
+    from chunkwise.convert.streaming import random_input
+    from chunkwise.emu.session import Session
+
+    graph, facts = random_causal_graph(seed)
+    streaming, _ = stream(Model(graph), facts["chunk"], verify=False)
+    x = random_input(Model(graph), seed)
+    name = next(iter(x))
+    chunks = split_chunks(x[name], facts["chunk"], 1)
+    fast, slow = Session(streaming), Session(streaming, compiled=False)
+    assert fast.program is not None, fast.why_not_compiled
+    many = fast.push_many(chunks)
+    fast.reset()
+    for k, c in enumerate(chunks):
+        a, b = fast.push(c), slow.push(c)
+        for o in a:
+            np.testing.assert_array_equal(a[o], b[o])
+            np.testing.assert_array_equal(many[o][k], b[o])
 
 
 def test_session_reset_and_push_many_agree():

@@ -294,9 +294,8 @@ def _window(graph, node, x, shapes, chunk, d, allow_lookahead, manual, producers
         d.lookahead[node.name] = extra
         delay = x.delay + extra
         L = sp - 1
-    if node.op_type == "AveragePool" and L and not int(node.attr("count_include_pad", 0)):
-        raise refuse(node, "count_include_pad=0 averages the first frames over fewer values; a zero cache "
-                           "cannot reproduce that")
+    # AveragePool: ESP-DL divides by the whole kernel area whatever count_include_pad says, so zero
+    # padding and a zero cache give the same first frames.
     if node.op_type == "MaxPool" and L:
         prod = producers.get(node.inputs[0])
         nonneg = prod is not None and (prod.op_type in NONNEG_PRODUCERS or (

@@ -17,7 +17,7 @@ class Session:
     returns each output stacked along a new leading axis.
     """
 
-    def __init__(self, model):
+    def __init__(self, model, compiled: bool = True):
         self.model = model
         names = [v.name for v in model.graph.inputs if v.name not in model.graph.initializers]
         self.input_names = names
@@ -30,6 +30,14 @@ class Session:
         self.shapes = shapes
         self.plan = model.plan(shapes)
         self.plan.reset()
+        self.program = None
+        self.why_not_compiled = "disabled"
+        if compiled:
+            from .program import compile_plan
+
+            self.program, self.why_not_compiled = compile_plan(self.plan)
+            if self.program is not None:
+                self.program.reset()
         self.pushed = 0
 
     def _feeds(self, chunk) -> dict[str, np.ndarray]:
@@ -40,19 +48,40 @@ class Session:
         return self.model.prepare_inputs(chunk)
 
     def push(self, chunk, *, intermediates: bool = False) -> dict[str, np.ndarray]:
-        out = self.plan.run(self._feeds(chunk), keep=intermediates)
+        """One chunk. ``intermediates=True`` (per-node path) also returns every intermediate value."""
+        feeds = self._feeds(chunk)
         self.pushed += 1
+        if self.program is not None and not intermediates:
+            return self.program.run(feeds)
+        if self.program is not None:
+            raise ValueError("intermediates need Session(model, compiled=False)")
+        out = self.plan.run(feeds, keep=intermediates)
         return {k: v.copy() for k, v in out.items()}
 
     def push_many(self, chunks: Iterable) -> dict[str, np.ndarray]:
-        outs: dict[str, list[np.ndarray]] = {}
-        for c in chunks:
-            for k, v in self.push(c).items():
-                outs.setdefault(k, []).append(v)
-        return {k: np.stack(v) for k, v in outs.items()}
+        """A sequence of chunks; with a compiled program, in one compiled call. Outputs stacked on axis 0."""
+        chunks = list(chunks)
+        if self.program is None or not chunks:
+            outs: dict[str, list[np.ndarray]] = {}
+            for c in chunks:
+                for k, v in self.push(c).items():
+                    outs.setdefault(k, []).append(v)
+            return {k: np.stack(v) for k, v in outs.items()}
+        feeds = [self._feeds(c) for c in chunks]
+        xs = np.stack([np.concatenate([f[n].reshape(-1) for n in self.program.inputs]) for f in feeds])
+        ys = self.program.run_many(xs.astype(np.int32))
+        self.pushed += len(chunks)
+        out, p = {}, 0
+        for name, n, shape, dt in zip(self.program.outputs, self.program.out_sizes, self.program.out_shapes,
+                                      self.program.out_dtypes):
+            out[name] = ys[:, p:p + n].astype(dt).reshape((len(chunks),) + tuple(shape))
+            p += n
+        return out
 
     def reset(self) -> None:
         self.plan.reset()
+        if self.program is not None:
+            self.program.reset()
         self.pushed = 0
 
     @property

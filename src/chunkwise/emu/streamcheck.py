@@ -77,14 +77,16 @@ def verify_streaming(streaming, offline, x: dict[str, np.ndarray] | None = None,
     if n < 1:
         raise ShapeError(f"the input has {total} frames, fewer than one chunk of {chunk}")
     full = (n * chunk == total)
-    off_all = offline.run(x, intermediates=locate)
+    off_all = offline.run(x)
     parts = {k: split_chunks(v, chunk, frame_axis, n) for k, v in x.items()}
-    session = streaming.session()
+    from .session import Session
+
+    session = Session(streaming)
     res = StreamCheck(True, n, chunk, frame_axis, delay)
     out_names = [v.name for v in streaming.graph.outputs]
     stats = {o: {"kind": None, "checked_chunks": 0, "mismatches": 0, "max_abs_diff": 0.0} for o in out_names}
     for k in range(n):
-        outs = session.push({name: parts[name][k] for name in names}, intermediates=locate)
+        outs = session.push({name: parts[name][k] for name in names})
         bad_here = False
         for o in out_names:
             got, want = outs[o], off_all[o]
@@ -114,7 +116,8 @@ def verify_streaming(streaming, offline, x: dict[str, np.ndarray] | None = None,
             res.bit_exact = False
             res.first_bad_chunk = k
             if locate:
-                res.first_bad_node, res.first_bad_value = _locate(streaming, outs, off_all, k, delay, n, full)
+                res.first_bad_node, res.first_bad_value = _locate(streaming, offline, x, parts, names, k, delay,
+                                                                  n, full)
     for o in out_names:
         if stats[o]["checked_chunks"] == 0:
             res.bit_exact = False
@@ -123,8 +126,17 @@ def verify_streaming(streaming, offline, x: dict[str, np.ndarray] | None = None,
     return res
 
 
-def _locate(streaming, s_vals, o_vals, k, delay, n, full):
-    """First node (streaming order) whose output differs from the offline value at chunk ``k``."""
+def _locate(streaming, offline, x, parts, names, k, delay, n, full):
+    """First node (streaming order) whose output differs from the offline value at chunk ``k``.
+
+    Replays chunks 0..k on the per-node path with every intermediate kept.
+    """
+    from .session import Session
+
+    o_vals = offline.run(x, intermediates=True)
+    sess = Session(streaming, compiled=False)
+    for j in range(k + 1):
+        s_vals = sess.push({name: parts[name][j] for name in names}, intermediates=True)
     for node in streaming.graph.nodes:
         for o in node.outputs:
             if o not in o_vals or o not in s_vals:

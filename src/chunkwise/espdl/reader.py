@@ -5,6 +5,7 @@ Field slots follow the schema's declaration order (a union takes two slots: type
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
@@ -55,7 +56,7 @@ def read_tensor(t: Table, unpack_data: bool = True) -> Tensor:
     if t.scalar(T_LOC, "data_location", "i", 0) != 0:
         raise t.buf.fail(label + ".data_location", "external tensor data is not supported")
     tensor = Tensor(name=name, dtype=dtype, dims=dims, exponents=exps, layout=layout_of(doc), doc_string=doc)
-    count = int(np.prod(dims, dtype=np.int64)) if dims else 1
+    count = math.prod(dims)  # Python ints: a hostile dims vector must not wrap around in int64
     if t.present(T_RAW, "raw_data"):
         raw = t.raw_blocks(T_RAW, "raw_data")
         if dtype in ("undefined", "string"):
@@ -249,7 +250,15 @@ def read_model_bytes(blob: bytes | memoryview, *, key: bytes | None = None, mode
                 "the AES key is wrong"
             ) from e
         raise
-    unpack_graph_weights(graph)
+    try:
+        unpack_graph_weights(graph)
+    except FormatError:
+        raise
+    except (ValueError, TypeError, IndexError, KeyError, ZeroDivisionError) as e:
+        # untrusted attributes/dims that contradict a weight's layout (e.g. a depthwise weight whose
+        # dims do not match its group, or a non-integer group)
+        raise FormatError(f"packed weights do not match their dims/layout/attributes: {e}",
+                          field="weights", path=path) from None
     info = {"container": fmt, "format": model_fmt, "encrypted": bool(mode), "entry": entry.name,
             "models": [e.name for e in entries]}
     return graph, info

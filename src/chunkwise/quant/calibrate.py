@@ -220,7 +220,7 @@ def _kl_exponent(hist: np.ndarray, step: float, bits: int) -> int:
     for rng in range(q, nb + q - 1, q):
         p = hist[:rng].copy()
         p[rng - 1] += hist[rng:].sum()
-        p = p / total
+        p = (p / total).astype(np.float32).astype(np.float64)
         ratio = rng // q
         qh = hist[:rng].reshape(q, ratio)
         pos = qh > 0
@@ -228,9 +228,7 @@ def _kl_exponent(hist: np.ndarray, step: float, bits: int) -> int:
         qh = np.repeat(qh.sum(axis=1, keepdims=True) / cnt, ratio, axis=1) * pos
         s = qh.sum()
         qh = (qh / s).ravel() if s > 0 else qh.ravel()
-        mask = p > 0
-        with np.errstate(divide="ignore", invalid="ignore"):
-            kl = float(np.sum(p[mask] * np.log(p[mask] / np.where(qh[mask] > 0, qh[mask], 1e-12))))
+        kl = float(np.dot(p, np.log10(p + 1e-30) - np.log10(qh + 1e-30)))
         if best is None or kl < best:
             best, best_range = kl, rng
     scale = best_range * step / q

@@ -320,11 +320,11 @@ def fold_batchnorm(fg: FGraph) -> None:
 
 
 def merge_pad_into_conv(fg: FGraph) -> None:
-    """A zero constant Pad on spatial axes whose only reader is a Conv: add its pads to the Conv's."""
+    """A zero constant Pad on spatial axes whose only reader is a Conv or AveragePool: add its pads to the reader's."""
     for pad in [n for n in fg.nodes if n.op == "Pad"]:
         y = pad.outputs[0]
         readers = fg.consumers(y)
-        if len(readers) != 1 or readers[0].op != "Conv" or fg.is_output(y):
+        if len(readers) != 1 or readers[0].op not in ("Conv", "AveragePool") or fg.is_output(y):
             continue
         conv = readers[0]
         if pad.attrs.get("mode", "constant") != "constant":
@@ -342,6 +342,11 @@ def merge_pad_into_conv(fg: FGraph) -> None:
             continue
         nsp = r - 2
         cp = list(conv.attrs.get("pads", [0] * (2 * nsp)))
+        if conv.op == "AveragePool":
+            # zero padding counted in the average: only equivalent with count_include_pad=1 or no own pads
+            if any(cp) and not conv.attrs.get("count_include_pad", 0):
+                continue
+            conv.attrs["count_include_pad"] = 1
         if conv.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", ""):
             continue
         cp = [cp[i] + p[2 + i] for i in range(nsp)] + [cp[nsp + i] + p[r + 2 + i] for i in range(nsp)]

@@ -22,30 +22,42 @@ ACTIVATIONS = ("Linear", "Relu")
 
 
 @njit(cache=True)
-def _conv2d(x, w, bias, shifts, out, sh, sw, dh, dw, pt, pl, groups, relu, lo, hi, mode):
-    """x [N,H,W,C] int; w [kH,kW,Cg,Cout] int; bias [Cout] int64; shifts [Cout]; out [N,OH,OW,Cout]."""
+def _conv2d(x, w, bias, shifts, out, acc, sh, sw, dh, dw, pt, pl, groups, relu, lo, hi, mode):
+    """x [N,H,W,C]; w [kH,kW,Cg,Cout]; bias [Cout]; shifts [Cout]; out [N,OH,OW,Cout]; acc [Cout] scratch.
+
+    ``acc`` is int64, or int32 when the caller proved |sum| < 2**31 (exact either way). The inner loops
+    run over contiguous output channels so that they vectorize.
+    """
     n_, h_, w_, c_ = x.shape
     kh_, kw_, cg, cout = w.shape
     _, oh_, ow_, _ = out.shape
     cout_g = cout // groups
+    depthwise = cg == 1 and cout_g == 1
     for n in range(n_):
         for oh in range(oh_):
             for ow in range(ow_):
                 for co in range(cout):
-                    g = co // cout_g
-                    acc = np.int64(bias[co])
-                    for kh in range(kh_):
-                        ih = oh * sh - pt + kh * dh
-                        if ih < 0 or ih >= h_:
+                    acc[co] = bias[co]
+                for kh in range(kh_):
+                    ih = oh * sh - pt + kh * dh
+                    if ih < 0 or ih >= h_:
+                        continue
+                    for kw in range(kw_):
+                        iw = ow * sw - pl + kw * dw
+                        if iw < 0 or iw >= w_:
                             continue
-                        for kw in range(kw_):
-                            iw = ow * sw - pl + kw * dw
-                            if iw < 0 or iw >= w_:
-                                continue
-                            base = g * cg
-                            for ci in range(cg):
-                                acc += np.int64(x[n, ih, iw, base + ci]) * np.int64(w[kh, kw, ci, co])
-                    v = shift_round(acc, shifts[co], mode)
+                        if depthwise:
+                            for c in range(cout):
+                                acc[c] += x[n, ih, iw, c] * w[kh, kw, 0, c]
+                        else:
+                            for g in range(groups):
+                                base = g * cout_g
+                                for ci in range(cg):
+                                    xv = x[n, ih, iw, g * cg + ci]
+                                    for j in range(cout_g):
+                                        acc[base + j] += xv * w[kh, kw, ci, base + j]
+                for co in range(cout):
+                    v = shift_round(np.int64(acc[co]), shifts[co], mode)
                     if relu and v < 0:
                         v = 0
                     if v < lo:
@@ -54,6 +66,14 @@ def _conv2d(x, w, bias, shifts, out, sh, sw, dh, dw, pt, pl, groups, relu, lo, h
                         v = hi
                     out[n, oh, ow, co] = v
     return out
+
+
+def acc_dtype(w: np.ndarray, bias: np.ndarray, x_dtype: str) -> np.dtype:
+    """int32 accumulators when no sum can leave int32 (|x| <= 2**(bits-1)), else int64."""
+    xmax = 128 if x_dtype == "int8" else 32768
+    wsum = np.abs(w.astype(np.int64)).reshape(-1, w.shape[-1]).sum(axis=0)
+    bound = int((wsum * xmax).max(initial=0)) + int(np.abs(bias.astype(np.int64)).max(initial=0))
+    return np.dtype(np.int32) if bound < 2**31 - 1 else np.dtype(np.int64)
 
 
 def _as_list(v, n, default):
@@ -141,7 +161,10 @@ def prepare_conv(node, ctx, ins, outs):
     bias = _bias(ctx, ins, cout, x.exp, w.exps)
     relu = _activation(ctx)
     lo, hi = qrange(x.dtype)
-    wt = np.ascontiguousarray(wt)
+    adt = acc_dtype(wt, bias, x.dtype)
+    wt = np.ascontiguousarray(wt.astype(adt))
+    bias = bias.astype(adt)
+    acc = np.zeros(cout, dtype=adt)
     dtype = np.dtype(x.dtype)
     n = x.shape[0]
     out_shape4 = (n, oh, ow, cout)
@@ -151,7 +174,7 @@ def prepare_conv(node, ctx, ins, outs):
     def run(xa, *_):
         x4 = xa.reshape(n, ih, iw, cin)
         out = np.empty(out_shape4, dtype=dtype)
-        _conv2d(x4, wt, bias, shifts, out, sh, sw, dh, dw, pt, pl, group, relu, lo, hi, mode)
+        _conv2d(x4, wt, bias, shifts, out, acc, sh, sw, dh, dw, pt, pl, group, relu, lo, hi, mode)
         return (out.reshape(out_shape),)
 
     macs = n * oh * ow * cout * kh * kw * (cin // group)
@@ -179,7 +202,10 @@ def prepare_gemm(node, ctx, ins, outs):
     bias = _bias(ctx, ins, nout, x.exp, w.exps)
     relu = _activation(ctx)
     lo, hi = qrange(x.dtype)
-    w4 = np.ascontiguousarray(wt.reshape(1, 1, k, nout))
+    adt = acc_dtype(wt, bias, x.dtype)
+    w4 = np.ascontiguousarray(wt.reshape(1, 1, k, nout).astype(adt))
+    bias = bias.astype(adt)
+    acc = np.zeros(nout, dtype=adt)
     dtype = np.dtype(x.dtype)
     out_shape = tuple(x.shape[:-1]) + (nout,)
     mode = ctx.mode
@@ -187,7 +213,7 @@ def prepare_gemm(node, ctx, ins, outs):
     def run(xa, *_):
         x4 = xa.reshape(1, 1, rows, k)
         out = np.empty((1, 1, rows, nout), dtype=dtype)
-        _conv2d(x4, w4, bias, shifts, out, 1, 1, 1, 1, 0, 0, 1, relu, lo, hi, mode)
+        _conv2d(x4, w4, bias, shifts, out, acc, 1, 1, 1, 1, 0, 0, 1, relu, lo, hi, mode)
         return (out.reshape(out_shape),)
 
     return Prepared([out_shape], run, macs=rows * k * nout)

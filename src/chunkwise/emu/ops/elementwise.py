@@ -22,15 +22,103 @@ Facts (ESP-DL ``dl/base/dl_base_<op>.cpp``, ``dl/module/include/dl_module_<op>.h
 from __future__ import annotations
 
 import numpy as np
+from numba import njit
 
 from ..registry import Prepared, kernel
-from ..rounding import qrange, requantize, round_saturate
+from ..rounding import qrange, round_saturate, shift_round
 from ._lut import apply_lut, lut_table
 
 INT_TYPES = ("int8", "int16")
 QUANT_TYPES = {"S8": "int8", "S16": "int16", "F32": "float32"}
 #: targets whose ESP-DL build has PIE SIMD kernels (CONFIG_PIE_V1_BOOST / CONFIG_PIE_V2_BOOST)
 SIMD_TARGETS = ("esp32p4", "esp32s31", "esp32s3")
+
+OP_ADD, OP_SUB, OP_MAX, OP_MIN, OP_MUL = 0, 1, 2, 3, 4
+
+
+@njit(cache=True)
+def _binary4(a, b, out, op, shift, mode, lo, hi):
+    """``out = saturate(a OP b)`` on 4-D views; an axis of length 1 in an input broadcasts.
+
+    OP_MUL: ``shift_round(a * b, shift)`` (exact product, target rounding).
+    """
+    o0, o1, o2, o3 = out.shape
+    a0, a1, a2, a3 = a.shape
+    b0, b1, b2, b3 = b.shape
+    for i in range(o0):
+        ia = i if a0 > 1 else 0
+        ib = i if b0 > 1 else 0
+        for j in range(o1):
+            ja = j if a1 > 1 else 0
+            jb = j if b1 > 1 else 0
+            for k in range(o2):
+                ka = k if a2 > 1 else 0
+                kb = k if b2 > 1 else 0
+                for m in range(o3):
+                    x = np.int64(a[ia, ja, ka, m if a3 > 1 else 0])
+                    y = np.int64(b[ib, jb, kb, m if b3 > 1 else 0])
+                    if op == OP_ADD:
+                        v = x + y
+                    elif op == OP_SUB:
+                        v = x - y
+                    elif op == OP_MAX:
+                        v = x if x > y else y
+                    elif op == OP_MIN:
+                        v = x if x < y else y
+                    else:
+                        v = shift_round(x * y, shift, mode)
+                    if v < lo:
+                        v = lo
+                    elif v > hi:
+                        v = hi
+                    out[i, j, k, m] = v
+    return out
+
+
+@njit(cache=True)
+def _requant_flat(x, out, shift, mode, lo, hi):
+    for i in range(x.size):
+        v = shift_round(np.int64(x[i]), shift, mode)
+        if v < lo:
+            v = lo
+        elif v > hi:
+            v = hi
+        out[i] = v
+    return out
+
+
+def requant_fast(x: np.ndarray, shift: int, dtype: str, mode: int) -> np.ndarray:
+    """``saturate(shift_round(x, shift))`` (ESP-DL requantize), compiled."""
+    lo, hi = qrange(dtype)
+    flat = np.ascontiguousarray(x).reshape(-1)
+    out = np.empty(flat.shape, dtype=dtype)
+    _requant_flat(flat, out, shift, mode, lo, hi)
+    return out.reshape(np.shape(x))
+
+
+@njit(cache=True)
+def _prelu_rows(x, alpha, out, simd, act_shift, pos_shift, mode, lo, hi):
+    """x, out [rows, C]; alpha [C] (int64)."""
+    rows, c = x.shape
+    for r in range(rows):
+        for ch in range(c):
+            v = np.int64(x[r, ch])
+            if v < 0:
+                p = v * alpha[ch]
+                if simd:
+                    v = shift_round(p, act_shift, mode)
+                elif act_shift > 0:
+                    v = p >> act_shift
+                else:
+                    v = p << (-act_shift)
+            elif simd:
+                v = shift_round(v, pos_shift, mode)
+            if v < lo:
+                v = lo
+            elif v > hi:
+                v = hi
+            out[r, ch] = v
+    return out
 
 
 # ---- shared validation ----------------------------------------------------------------------------
@@ -122,6 +210,13 @@ class Broadcast:
         self.size0 = int(np.prod(s0, dtype=np.int64))
         self.size1 = int(np.prod(s1, dtype=np.int64))
 
+    def views4(self, x, y):
+        """The inputs reshaped to their merged shapes, padded to 4-D (for the compiled loops)."""
+        m0, m1, mo = self.merged
+        pad = (1,) * (4 - len(mo))
+        return (np.ascontiguousarray(x).reshape(pad + tuple(m0)), np.ascontiguousarray(y).reshape(pad + tuple(m1)),
+                pad + tuple(mo))
+
     def simd(self, ctx, dtype: str) -> bool:
         """True when ESP-DL runs the PIE assembly kernel (``output_d0 >= 16 / sizeof(T)``)."""
         return ctx.target in SIMD_TARGETS and self.d0 >= 16 // np.dtype(dtype).itemsize
@@ -147,7 +242,7 @@ def _exps_note(ctx, ins, outs, dtype):
 
 
 # ---- Add / Sub / Max / Min --------------------------------------------------------------------------
-_RAW_BINARY = {
+_RAW_BINARY = {  # float32 versions
     "Add": np.add,
     "Sub": np.subtract,
     "Max": np.maximum,
@@ -174,10 +269,13 @@ def prepare_raw_binary(node, ctx, ins, outs):
             return (np.ascontiguousarray(np.broadcast_to(fn(x, y), shape), dtype=np.float32),)
     else:
         lo, hi = qrange(dtype)
+        op = {"Add": OP_ADD, "Sub": OP_SUB, "Max": OP_MAX, "Min": OP_MIN}[node.op_type]
 
         def run(x, y):
-            r = fn(x.astype(np.int32), y.astype(np.int32))
-            return (np.ascontiguousarray(np.broadcast_to(np.clip(r, lo, hi).astype(dtype), shape)),)
+            x4, y4, o4 = bc.views4(x, y)
+            out = np.empty(o4, dtype=dtype)
+            _binary4(x4, y4, out, op, 0, 0, lo, hi)
+            return (out.reshape(shape),)
 
     return Prepared([shape], run, info=_exps_note(ctx, ins, outs, dtype))
 
@@ -204,14 +302,18 @@ def prepare_mul(node, ctx, ins, outs):
     ctx.require(abs(shift) < 100, f"exponents give a shift of {shift}")
     scale = _pow2_f32(-shift)
     mode = ctx.mode
+    lo, hi = qrange(dtype)
 
     def run(x, y):
-        p = np.multiply(x.astype(np.int64), y.astype(np.int64))
         if via_float:  # c_impl_mul_*: float out = temp * scale; truncate(tool::round(out))
+            p = np.multiply(x.astype(np.int64), y.astype(np.int64))
             r = round_saturate(p.astype(np.float32) * scale, dtype, mode)
-        else:  # esp.vmulas.*.qacc (exact) + esp.srcmb.*.qacc (target rounding, saturation)
-            r = requantize(p, shift, dtype, mode)
-        return (np.ascontiguousarray(np.broadcast_to(r, shape)),)
+            return (np.ascontiguousarray(np.broadcast_to(r, shape)),)
+        # esp.vmulas.*.qacc (exact) + esp.srcmb.*.qacc (target rounding, saturation)
+        x4, y4, o4 = bc.views4(x, y)
+        out = np.empty(o4, dtype=dtype)
+        _binary4(x4, y4, out, OP_MUL, shift, mode, lo, hi)
+        return (out.reshape(shape),)
 
     return Prepared([shape], run, macs=int(np.prod(shape, dtype=np.int64)),
                     info={"path": "c-float32" if via_float else "simd"})
@@ -228,14 +330,15 @@ def prepare_div(node, ctx, ins, outs):
     bc = Broadcast(ctx, a.shape, b.shape)
     shape = bc.shape
     if dtype == "float32":
-        # dl_base_div.cpp float: n_1 multiplies by 1/b, 1_n and n_n divide.
+        # dl_base_div.cpp float: n_1 multiplies by (float)(1.0 / b) (a double division), 1_n and
+        # n_n divide in float.
         n_1 = bc.in1_d0 == 1
 
         def run(x, y):
             x = x.astype(np.float32)
             y = y.astype(np.float32)
             with np.errstate(all="ignore"):
-                r = x * (np.float32(1.0) / y) if n_1 else x / y
+                r = x * (1.0 / y.astype(np.float64)).astype(np.float32) if n_1 else x / y
             return (np.ascontiguousarray(np.broadcast_to(r, shape), dtype=np.float32),)
         return Prepared([shape], run)
 
@@ -376,7 +479,7 @@ def prepare_relu(node, ctx, ins, outs):
     mode = ctx.mode
 
     def run(xa):  # exact in float32: round(x * 2**-shift) for x >= 0, else 0
-        return (requantize(np.maximum(xa, 0), shift, dtype, mode),)
+        return (requant_fast(np.maximum(xa, 0), shift, dtype, mode),)
 
     return Prepared([shape], run)
 
@@ -436,16 +539,13 @@ def prepare_prelu(node, ctx, ins, outs):
     # rescale positives to the output exponent. int16 (no esp32p4 kernel; EE.VPRELU.S16 on esp32s3)
     # and the C target: prelu_11c, positives copied unchanged, negatives (x * alpha) >> shift (floor).
     simd = dtype == "int8" and ctx.target in SIMD_TARGETS
+    c_ = int(c)
 
     def run(xa, *_):
-        xi = xa.astype(np.int64)
-        if simd:
-            neg = requantize(xi * al, act_shift, dtype, mode)
-            pos = requantize(xi, e_out - e_in, dtype, mode)
-            return (np.where(xi < 0, neg, pos).astype(dtype),)
-        p = xi * al
-        neg = p >> act_shift if act_shift > 0 else p << (-act_shift)
-        return (np.where(xi < 0, np.clip(neg, lo, hi), xi).astype(dtype),)
+        x2 = np.ascontiguousarray(xa).reshape(-1, c_)
+        out = np.empty(x2.shape, dtype=dtype)
+        _prelu_rows(x2, al, out, simd, act_shift, e_out - e_in, mode, lo, hi)
+        return (out.reshape(shape),)
 
     return Prepared([shape], run, info={"path": "simd" if simd else "c"})
 
@@ -489,6 +589,6 @@ def prepare_clip(node, ctx, ins, outs):
         mx = int(np.asarray(args[1]).ravel()[0]) if 2 in bounds else hi
         xi = xa.astype(np.int64)
         clipped = np.where(xi < mn, mn, np.where(xi > mx, mx, xi))  # DL_CLIP: the min test first
-        return (requantize(clipped, shift, dtype, mode),)
+        return (requant_fast(clipped, shift, dtype, mode),)
 
     return Prepared([shape], run)

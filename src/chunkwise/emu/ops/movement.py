@@ -84,6 +84,8 @@ def prepare_split(node, ctx, ins, outs):
     ctx.require(r >= 1, "Split of a scalar")
     axis = _norm_axis(ctx, int(node.attr("axis", 0)), r)
     dim = int(x.shape[axis])
+    ctx.require(node.attr("split") is None, "split sizes given as an attribute (opset < 13): ESP-DL reads only "
+                                            "the split input", supported=["split as a constant input"])
     if _has(ins, 1):
         sizes = [int(v) for v in _const_ints(ctx, ins[1], "split", ("int64",))]
         ctx.require(all(v >= 0 for v in sizes) and sum(sizes) == dim,

@@ -17,7 +17,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..registry import Prepared, kernel
-from ..rounding import requantize, round_saturate
+from ..rounding import round_saturate
+from .elementwise import requant_fast
 
 INT_TYPES = ("int8", "int16")
 
@@ -54,6 +55,6 @@ def prepare_requantize(node, ctx, ins, outs):
     shift = exp_of(outs[0], "output") - exp_of(x, "input")
 
     def run(xa, *_):
-        return (requantize(xa, shift, odt, mode),)
+        return (requant_fast(xa, shift, odt, mode),)
 
     return Prepared([shape], run, info={"kind": "requantize", "shift": shift})

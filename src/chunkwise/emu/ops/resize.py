@@ -12,7 +12,7 @@ nearest (ESP-DL ignores ``coordinate_transformation_mode`` and ``nearest_mode`` 
 asymmetric + floor)::
 
     in_y = min((int)(y * (1.0f / scale_h)), H - 1)        # float32
-    y    = x[in_y, in_x] requantized by 2**(e_in - e_out)  # target rounding, saturated
+    y    = x[in_y, in_x] requantized by 2**(e_in - e_out)  # target rounding, saturated (C target: wraps)
 
 linear (``half_pixel`` unless ``align_corners``; with align_corners ``scale = (out-1)/(float)(in-1)``),
 all float32, built with ``-O3 -ffast-math`` (fused multiply-adds, see :mod:`._fmath`)::
@@ -198,11 +198,16 @@ def prepare_resize(node, ctx, ins, outs):
         iy = np.minimum((np.arange(h_out, dtype=F32) * inv_h).astype(np.int64), h_in - 1)
         ix = np.minimum((np.arange(w_out, dtype=F32) * inv_w).astype(np.int64), w_in - 1)
         shift = e_out - e_in
+        # the PIE kernels (esp32p4, esp32s3) saturate; the portable C kernel converts int -> int8 by a
+        # plain cast, which wraps when 2**(e_in - e_out) scales a value out of range
+        wrap = ctx.target == "c" and shift < 0
 
         def run(xa, *_):
             x3 = xa.reshape(h_in, w_in, c)
             y = x3[iy][:, ix]
-            if shift != 0:
+            if wrap:
+                y = (y.astype(np.int64) << -shift).astype(dtype)
+            elif shift != 0:
                 y = requantize(y, shift, x.dtype, mode)
             return (np.ascontiguousarray(y, dtype=dtype).reshape(shape),)
 

@@ -103,11 +103,10 @@ def prepare_flatten(node, ctx, ins, outs):
 def prepare_squeeze(node, ctx, ins, outs):
     x = ins[0]
     r = len(x.shape)
-    if len(ins) >= 2 and ins[1].name:
-        axes = _ints(ctx, ins[1], "axes")
-    else:
-        axes = node.attr("axes")  # opset < 13 form; ESP-DL itself only reads the input
-        axes = None if axes is None else [int(a) for a in axes]
+    ctx.require(node.attr("axes") is None, "axes given as an attribute (opset < 13): ESP-DL reads only the "
+                                           "axes input and would squeeze every axis of size 1",
+                supported=["axes as a constant input"])
+    axes = _ints(ctx, ins[1], "axes") if len(ins) >= 2 and ins[1].name else None
     if axes is None:
         out = [s for s in x.shape if s != 1]
     else:
@@ -124,12 +123,9 @@ def prepare_squeeze(node, ctx, ins, outs):
 @kernel("Unsqueeze")
 def prepare_unsqueeze(node, ctx, ins, outs):
     x = ins[0]
-    if len(ins) >= 2 and ins[1].name:
-        axes = _ints(ctx, ins[1], "axes")
-    else:
-        axes = node.attr("axes")
-        ctx.require(axes is not None, "Unsqueeze needs axes")
-        axes = [int(a) for a in axes]
+    ctx.require(len(ins) >= 2 and ins[1].name != "", "Unsqueeze needs its axes input (ESP-DL does not read an "
+                                                     "axes attribute)", supported=["axes as a constant input"])
+    axes = _ints(ctx, ins[1], "axes")
     r = len(x.shape) + len(axes)
     norm = []
     for a in axes:
