@@ -64,7 +64,7 @@ def config_ops(ops_dir: Path) -> dict:
 
 
 def run_one(python: str, ops_dir: Path, out: Path, target: str, bits: int, op: str, timeout: float,
-            skip_existing: bool) -> dict:
+            skip_existing: bool, split: bool = True) -> dict:
     suite = f"{target}_s{bits}"
     dest = out / suite
     logs = out / "logs"
@@ -93,7 +93,45 @@ def run_one(python: str, ops_dir: Path, out: Path, target: str, bits: int, op: s
         tail = log.read_text(errors="replace").strip().splitlines()[-3:]
         res["error"] = " | ".join(tail)[-400:]
     print(f"[{suite}] {op}: rc={rc} files={len(files)} {res['seconds']}s", flush=True)
+    if rc != 0 and split:
+        res.update(retry_cases(python, ops_dir, out, target, bits, op, timeout))
     return res
+
+
+def retry_cases(python: str, ops_dir: Path, out: Path, target: str, bits: int, op: str, timeout: float) -> dict:
+    """After a crashed operator run (ESP-PPQ 1.3.12 aborts natively on some MatMul cases), run each
+    missing case alone: a one-case copy of op_cfg.toml (data only) is written to OUT/cfg/."""
+    import toml  # ships with esp-ppq
+
+    with open(ops_dir / "config" / "op_cfg.toml") as f:
+        full = toml.load(f)
+    suite = f"{target}_s{bits}"
+    entry = full["ops_test"][op]
+    cfg_dir = out / "cfg"
+    cfg_dir.mkdir(parents=True, exist_ok=True)
+    failed = []
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    for case in entry["cfg"]:
+        name = case["export_name_prefix"]
+        if (out / suite / op / f"{name}_s{bits}.espdl").exists():
+            continue
+        one = {"meta": full["meta"], "ops_test": {op: {**{k: v for k, v in entry.items() if k != "cfg"},
+                                                       "cfg": [case]}}}
+        cfg_file = cfg_dir / f"{suite}_{op}_{name}.toml"
+        cfg_file.write_text(toml.dumps(one))
+        cmd = [python, "gen_test_cases.py", "-c", str(cfg_file), "-o", str(out / suite),
+               "-t", target, "-b", str(bits), "--ops", op]
+        with open(out / "logs" / f"{suite}_{op}_{name}.log", "w") as fh:
+            try:
+                rc = subprocess.run(cmd, cwd=ops_dir, stdout=fh, stderr=subprocess.STDOUT, env=env,
+                                    timeout=timeout).returncode
+            except subprocess.TimeoutExpired:
+                rc = "timeout"
+        if rc != 0 or not (out / suite / op / f"{name}_s{bits}.espdl").exists():
+            failed.append(f"{name} (rc={rc})")
+    files = len(list((out / suite / op).glob("*.espdl"))) if (out / suite / op).is_dir() else 0
+    print(f"[{suite}] {op}: retried case by case: {files} files, {len(failed)} cases failed", flush=True)
+    return {"files": files, "failed_cases": failed}
 
 
 def generate(args, ops_dir: Path, out: Path) -> list[dict]:
@@ -111,7 +149,7 @@ def generate(args, ops_dir: Path, out: Path) -> list[dict]:
                 jobs.append((target, bits, op))
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as ex:
         results = list(ex.map(lambda j: run_one(args.python, ops_dir, out, *j, args.timeout,
-                                                args.skip_existing), jobs))
+                                                args.skip_existing, not args.no_split), jobs))
     summary = out / "summary.json"
     old = json.loads(summary.read_text()) if summary.exists() else []
     keep = {(r["suite"], r["op"]): r for r in old}
@@ -169,6 +207,8 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per operator")
     ap.add_argument("--skip-existing", action="store_true", help="skip ops already generated OK")
     ap.add_argument("--no-generate", action="store_true", help="only pick fixtures from --out")
+    ap.add_argument("--no-split", action="store_true",
+                    help="do not retry a crashed operator case by case")
     ap.add_argument("--per-op", type=int, default=2, help="max fixture cases per suite/op")
     ap.add_argument("--op-budget", type=int, default=12000, help="bytes per suite/op beyond the first case")
     ap.add_argument("--max-file", type=int, default=64000, help="largest single fixture file (bytes)")
@@ -184,6 +224,8 @@ def main() -> int:
         print(f"generated {sum(r['files'] for r in results)} models; {len(bad)} operator runs failed")
         for r in bad:
             print(f"  FAILED {r['suite']}/{r['op']}: rc={r['rc']} ({r['files']} files) {r.get('error', '')}")
+            if r.get("failed_cases"):
+                print(f"    cases still failing alone: {', '.join(r['failed_cases'])}")
     if args.fixtures:
         suites = [f"{t}_s{b}" for t in args.targets.split(",") for b in args.bits.split(",")]
         pick_fixtures(out, args.fixtures.resolve(), suites, args.per_op, args.op_budget, args.max_file)

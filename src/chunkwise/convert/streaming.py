@@ -200,11 +200,17 @@ def zero_time_padding(graph: Graph, d: Decision, shapes) -> PassResult:
         rank = len(shapes[node.inputs[0]])
         pads = pad_values(graph, node, rank)
         pads[axis] = 0
+        changed = True
+        if not any(pads):  # nothing left to pad: the single consumer reads the Pad's input directly
+            for user in graph.consumers().get(node.outputs[0], []):
+                user.inputs = [node.inputs[0] if i == node.outputs[0] else i for i in user.inputs]
+            graph.nodes.remove(node)
+            graph.value_info.pop(node.outputs[0], None)
+            continue
         if len(node.inputs) > 1 and node.inputs[1]:
             node.inputs[1] = _const_tensor(graph, f"{node.name}_pads_stream", pads)
         else:
             node.set_attr("pads", pads, "ints")
-        changed = True
     return PassResult(graph, changed, "" if changed else "no padding on the frame axis")
 
 

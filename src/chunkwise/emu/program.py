@@ -29,7 +29,7 @@ from .registry import Ctx
 from .rounding import HALF_EVEN, qrange, round_f32_sat, shift_round
 
 ROW = 32
-OP_CONV, OP_CACHE, OP_COPY, OP_LUT8, OP_RELU, OP_ADD, OP_SUB, OP_MUL, OP_AVG, OP_MAX = range(1, 11)
+OP_CONV, OP_CACHE, OP_COPY, OP_LUT8, OP_RELU, OP_ADD, OP_SUB, OP_MUL, OP_AVG, OP_MAX, OP_PAD = range(1, 12)
 
 
 # ---- the interpreter ----------------------------------------------------------------------------------
@@ -82,11 +82,11 @@ def _exec(code, act, c32, c64, cf, acc32, acc64, mode):
             x, out, table = act[xo:xo + n], act[oo:oo + n], c32[to:to + 256]
             for i in range(n):
                 out[i] = table[x[i] + 128]
-        elif op == OP_RELU:
-            xo, n, oo = row[1], row[2], row[3]
+        elif op == OP_RELU:  # max(x, 0) requantized from the input to the output exponent
+            xo, n, oo, shift, lo, hi = row[1], row[2], row[3], row[4], row[5], row[6]
             x, out = act[xo:xo + n], act[oo:oo + n]
             for i in range(n):
-                out[i] = max(x[i], 0)
+                out[i] = min(max(shift_round(np.int64(max(x[i], 0)), shift, mode), lo), hi)
         elif op == OP_ADD or op == OP_SUB:
             ao, bo, n, oo, lo, hi = row[1], row[2], row[3], row[4], row[5], row[6]
             a, b, out = act[ao:ao + n], act[bo:bo + n], act[oo:oo + n]
@@ -104,6 +104,22 @@ def _exec(code, act, c32, c64, cf, acc32, acc64, mode):
                     out[i] = round_f32_sat(np.float32(np.float32(p) * scale), mode, lo, hi)
                 else:
                     out[i] = min(max(shift_round(p, shift, mode), lo), hi)
+        elif op == OP_PAD:  # fill, then scatter the input into the interior
+            io, oo, on, value = row[1], row[2], row[3], row[4]
+            d0, d1, d2, d3 = row[5], row[6], row[7], row[8]
+            s0, s1, s2, s3 = row[9], row[10], row[11], row[12]
+            out = act[oo:oo + on]
+            for i in range(on):
+                out[i] = value
+            base = oo + row[13]
+            k = io
+            for i0 in range(d0):
+                for i1 in range(d1):
+                    for i2 in range(d2):
+                        p = base + i0 * s0 + i1 * s1 + i2 * s2
+                        for i3 in range(d3):
+                            act[p + i3 * s3] = act[k]
+                            k += 1
         elif op == OP_AVG or op == OP_MAX:
             xo, n, h, w, c, oo, oh, ow = row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8]
             x = act[xo:xo + n * h * w * c].reshape((n, h, w, c))
@@ -272,6 +288,24 @@ def _lower_slice(b, node, ins, outs, ctx):
     _emit_gather(b, ins[0].name, outs[0].name, out_shape, [s * k for s, k in zip(st, step)], base)
 
 
+def _lower_pad(b, node, ins, outs, ctx):
+    mode = node.attr("mode", "constant") or "constant"
+    if mode != "constant" or len(ins) < 2 or not ins[1].is_const:
+        raise UnsupportedError("only constant Pad with constant pads is lowered")
+    shape = ins[0].shape
+    rank = len(shape)
+    if rank > 4:
+        raise UnsupportedError("Pad of rank > 4")
+    pads = [int(p) for p in ins[1].const.ravel()]
+    value = int(ins[2].const.ravel()[0]) if len(ins) > 2 and ins[2].name and ins[2].is_const else 0
+    out_shape = b.plan.specs[outs[0].name].shape
+    st = _strides(out_shape)
+    base = sum(p * s for p, s in zip(pads[:rank], st))
+    pad = 4 - rank
+    b.emit(OP_PAD, b.slot(ins[0].name), b.slot(outs[0].name), _size(out_shape), value,
+           *([1] * pad + list(shape)), *([0] * pad + st), base)
+
+
 def _lower_lut(b, node, ins, outs, ctx):
     from .ops._lut import lut_table
 
@@ -283,9 +317,11 @@ def _lower_lut(b, node, ins, outs, ctx):
 
 
 def _lower_relu(b, node, ins, outs, ctx):
-    if node.attr("lut"):
+    if node.attr("lut") and ins[0].dtype == "int8":  # ESP-DL uses Relu tables for int8 only
         return _lower_lut(b, node, ins, outs, ctx)
-    b.emit(OP_RELU, b.slot(ins[0].name), _size(ins[0].shape), b.slot(outs[0].name))
+    lo, hi = qrange(ins[0].dtype)
+    b.emit(OP_RELU, b.slot(ins[0].name), _size(ins[0].shape), b.slot(outs[0].name), outs[0].exp - ins[0].exp,
+           lo, hi)
 
 
 def _same_shape(ins):
@@ -335,7 +371,7 @@ LOWER = {
     "Identity": _alias, "Relu": _lower_relu, "Sigmoid": _lower_lut, "Tanh": _lower_lut, "Swish": _lower_lut,
     "HardSigmoid": _lower_lut, "HardSwish": _lower_lut, "Elu": _lower_lut, "Gelu": _lower_lut,
     "Add": _lower_addsub, "Sub": _lower_addsub, "Mul": _lower_mul, "AveragePool": _lower_pool,
-    "MaxPool": _lower_pool,
+    "MaxPool": _lower_pool, "Pad": _lower_pad,
 }
 
 

@@ -209,26 +209,31 @@ def _pow2_exp(scale: float, *, up: bool) -> int:
 
 
 def _kl_exponent(hist: np.ndarray, step: float, bits: int) -> int:
-    """ESP-PPQ's symmetric KL search over clip ranges in multiples of the quantized level count."""
+    """ESP-PPQ's symmetric KL search over clip ranges in multiples of the quantized level count.
+
+    Computed in float32 like ESP-PPQ (torch): with sparse int16 histograms the candidate losses are
+    close, and float64 arithmetic would pick other ranges than ESP-PPQ does.
+    """
     nb = len(hist)
     q = 1 << (bits - 1)
-    hist = hist.copy()
+    hist = hist.astype(np.float32)
     hist[: int(nb * 0.002)] = 0
     hist[int(nb * 0.002)] = 1
-    total = hist.sum()
+    total = np.float32(hist.sum(dtype=np.float32))
     best, best_range = None, q
     for rng in range(q, nb + q - 1, q):
         p = hist[:rng].copy()
-        p[rng - 1] += hist[rng:].sum()
-        p = (p / total).astype(np.float32).astype(np.float64)
+        p[rng - 1] += hist[rng:].sum(dtype=np.float32)
+        p = p / total
         ratio = rng // q
         qh = hist[:rng].reshape(q, ratio)
         pos = qh > 0
         cnt = np.maximum(pos.sum(axis=1, keepdims=True), 1)
-        qh = np.repeat(qh.sum(axis=1, keepdims=True) / cnt, ratio, axis=1) * pos
-        s = qh.sum()
-        qh = (qh / s).ravel() if s > 0 else qh.ravel()
-        kl = float(np.dot(p, np.log10(p + 1e-30) - np.log10(qh + 1e-30)))
+        qh = (qh.sum(axis=1, keepdims=True, dtype=np.float32) / cnt).astype(np.float32)
+        qh = np.repeat(qh, ratio, axis=1) * pos
+        qh = (qh / qh.sum(dtype=np.float32)).astype(np.float32).ravel()
+        pd = p.astype(np.float64)
+        kl = float(np.dot(pd, np.log10(pd + 1e-30) - np.log10(qh.astype(np.float64) + 1e-30)))
         if best is None or kl < best:
             best, best_range = kl, rng
     scale = best_range * step / q
