@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import pytest
@@ -27,13 +26,3 @@ def shared_dir() -> Path:
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
     return FIXTURES
-
-
-@pytest.fixture(autouse=True)
-def _quiet_target_guess():
-    """Files without a recorded target warn on load; tests that care check the warning themselves."""
-    from chunkwise.model import TargetGuessWarning
-
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=TargetGuessWarning)
-        yield

@@ -30,6 +30,7 @@ FIXTURE_FILES = sorted(FIXTURES.glob("*.espdl"))
 KEY_HEX = "2b7e151628aed2a6abf7158809cf4f3c"
 
 runner = CliRunner()
+pytestmark = pytest.mark.filterwarnings("ignore::chunkwise.model.TargetGuessWarning")
 
 
 def run(*args: str):
@@ -358,7 +359,11 @@ def test_pack_refuses_bad_inputs(tmp_path):
     twin.write_bytes(blob)
     assert_clean_error(run("pack", GEMM, twin, "-o", out), match="two models")
     assert_clean_error(run("pack", GEMM, "-o", out, "--version", "x" * 16), match="15")
-    assert_clean_error(run("pack", GEMM, "-o", tmp_path), match="cannot write")
+    r = run("pack", GEMM, "-o", tmp_path)  # a folder: typer's own usage error
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    a_file = tmp_path / "plain.txt"
+    a_file.write_text("x")
+    assert_clean_error(run("pack", GEMM, "-o", a_file / "pkg.espdl"), match="cannot write")
     assert not out.exists()
     r = run("pack", "-o", out)
     assert r.exit_code == 2 and "Traceback" not in r.output  # usage error from typer

@@ -37,6 +37,7 @@ GEMM = FIXTURES / "gemm_esp32p4_1_16_kshap_16_16_relu_s8.espdl"
 TCN = FIXTURES / "tutorial_tcn_esp32p4_model.espdl"
 CONV16 = FIXTURES / "conv2d_ishap_1_16_3_3_kshap_16_16_3_3_s16.espdl"
 KEY_HEX = "000102030405060708090a0b0c0d0e0f"
+pytestmark = pytest.mark.filterwarnings("ignore::chunkwise.model.TargetGuessWarning")
 
 
 # ---- independent container helpers ---------------------------------------------------------

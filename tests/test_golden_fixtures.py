@@ -13,6 +13,7 @@ outputs within ESP-DL's own 2e-5). Operators the emulator does not implement yet
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 
@@ -40,9 +41,16 @@ def _golden_cases():
 def _ref_cases():
     cases = []
     for f in sorted(REFS.glob("*/*.espdl")):
-        if f.stem.endswith("_streaming"):
-            continue
-        target = f.stem.rsplit("_s", 1)[0]
+        m = re.fullmatch(r"(esp32p4|esp32s3|c)_s(8|16)", f.stem)
+        if m:  # streaming exports (<target>_s8_streaming*.espdl) carry no test values
+            cases.append(pytest.param(f, m.group(1), id=f"{m.group(1)}-ppq_refs/{f.parent.name}/{f.stem}"))
+    return cases
+
+
+def _streaming_cases():
+    cases = []
+    for f in sorted(REFS.glob("*/*_s8_streaming_bound.espdl")):
+        target = f.stem.split("_s8_", 1)[0]
         cases.append(pytest.param(f, target, id=f"{target}-ppq_refs/{f.parent.name}/{f.stem}"))
     return cases
 
@@ -71,6 +79,33 @@ def test_golden_op_fixture(path, target):
 @pytest.mark.parametrize("path,target", _ref_cases())
 def test_ppq_ref_model(path, target):
     _run_and_compare(path, target)
+
+
+@pytest.mark.parametrize("path,target", _streaming_cases())
+def test_ppq_streaming_export_matches_offline(path, target):
+    """ESP-PPQ's streaming export (caches bound to their consumers, see tools/make_ppq_refs.py), fed
+    the offline test input chunk by chunk from a zero state, gives the offline export's outputs.
+    Both exports share one calibration, hence the same exponents; the offline side is checked
+    against ESP-PPQ's own test values in test_ppq_ref_model."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        offline = chunkwise.load(path.with_name(f"{target}_s8.espdl"))
+        stream = chunkwise.load(path)
+    assert stream.target == offline.target == target
+    feeds = offline.test_feeds()
+    (x,) = feeds.values()
+    want = offline.run(feeds)
+    sess = stream.session()
+    chunk = sess.shapes[sess.input_names[0]][1]
+    assert x.shape[1] % chunk == 0
+    outs = [sess.push(x[:, i:i + chunk]) for i in range(0, x.shape[1], chunk)]
+    (name,) = want
+    (sname,) = outs[0]
+    if want[name].ndim == 3:  # [1, T, C]: one slice of frames per chunk
+        got = np.concatenate([o[sname] for o in outs], axis=1)
+    else:  # a head over the last frames: the final chunk's output is the offline one
+        got = outs[-1][sname]
+    np.testing.assert_array_equal(got.reshape(want[name].shape), want[name])
 
 
 def test_fixture_inventory():

@@ -360,6 +360,7 @@ def test_pool_dtype_error():
     ((2, 3, 4), [], {"noop_with_empty_axes": 1}, "noop_with_empty_axes"),
     ((2, 3, 4), [3], {}, "out of range"),
     ((2, 3, 4), [1, -2], {}, "twice"),
+    ((2, 3, 4), [], {"axes": [1]}, "attribute"),
 ])
 def test_reduce_errors(shape, axes, attrs, match):
     ax = np.array(axes, dtype=np.int64)

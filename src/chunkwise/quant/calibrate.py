@@ -3,7 +3,8 @@
 Methods (per-tensor, symmetric, as ESP-PPQ for ESP-DL):
 
 * ``kl`` (default): ESP-PPQ's histogram KL search (``32 * 2**(bits-1)`` bins of |x|), scale rounded to a
-  power of two half up in log2.
+  power of two half up in log2. For int16 activations ESP-PPQ's exports carry min-max exponents, and
+  so does ``kl`` here.
 * ``minmax``: scale = max|x| / (qmax + 0.5), rounded up to a power of two (no clipping ever).
 * ``percentile``: like minmax on the 99.99th percentile of |x|.
 * ``mse``: the power of two that minimises the expected squared error over the histogram.
@@ -22,6 +23,7 @@ from .prepare import FGraph, to_onnx
 METHODS = ("kl", "minmax", "percentile", "mse")
 PERCENTILE = 99.99
 MIN_SCALE = 2.0 ** -24
+FINE_BINS = 8192
 
 
 # ---- calibration data ---------------------------------------------------------------------------
@@ -148,9 +150,16 @@ def hist_bins(bits: int) -> int:
 class Stats:
     """max|x| per value (pass 1), then histograms of |x| per (value, bits) (pass 2)."""
 
-    def __init__(self, names: list[str], bits_needed: tuple[int, ...]):
+    def __init__(self, names: list[str], bits_needed: tuple[int, ...], method: str = "kl"):
         self.names = names
-        self.bits = bits_needed
+        # histogram resolutions: KL needs ESP-PPQ's 32 * 2**(bits-1) bins (int8 only: int16 uses min-max);
+        # percentile / MSE share one fine histogram
+        if method == "kl":
+            self.bins = tuple(hist_bins(b) for b in bits_needed if b == 8)
+        elif method in ("percentile", "mse"):
+            self.bins = (FINE_BINS,)
+        else:
+            self.bins = ()
         self.maxabs = {n: 0.0 for n in names}
         self.hist: dict[tuple[str, int], np.ndarray] = {}
 
@@ -165,15 +174,14 @@ class Stats:
             a = acts.get(n)
             if a is None or not a.size:
                 continue
-            for b in self.bits:
-                bins = hist_bins(b)
+            for bins in self.bins:
                 top = self.maxabs[n]
                 if top <= 0:
                     continue
                 step = top / bins
                 idx = np.minimum((np.abs(a.astype(np.float64)) / step).astype(np.int64), bins - 1)
                 h = np.bincount(idx.ravel(), minlength=bins)
-                key = (n, b)
+                key = (n, bins)
                 if key in self.hist:
                     self.hist[key] += h
                 else:
@@ -186,12 +194,16 @@ class Stats:
             return _pow2_exp(MIN_SCALE, up=True)
         if method == "minmax":
             return _pow2_exp(2 * top / (2 * qmax + 1), up=True)
-        h = self.hist.get((name, bits))
+        h = self.hist.get((name, hist_bins(bits) if method == "kl" else FINE_BINS))
         if h is None:
             return _pow2_exp(2 * top / (2 * qmax + 1), up=True)
         step = top / len(h)
         if method == "kl":
-            return _kl_exponent(h.astype(np.float64), step, bits)
+            if bits > 8:
+                # ESP-PPQ 1.3.x int16 exports carry min-max exponents (every activation of the H6
+                # references, tests/fixtures/ppq_refs/*/*_s16.espdl), not the KL search's
+                return _pow2_exp(2 * top / (2 * qmax + 1), up=True)
+            return _kl_exponent(h, step, bits)
         if method == "percentile":
             c = np.cumsum(h)
             k = int(np.searchsorted(c, c[-1] * PERCENTILE / 100.0))
@@ -261,9 +273,9 @@ def collect(runner: FloatRunner, data: dict[str, np.ndarray], bits_needed: tuple
     if method not in METHODS:
         raise UnsupportedError(f"calibration method {method!r}", supported=list(METHODS))
     names = list(runner.inputs) + [n for n in runner.out_names if n not in runner.inputs]
-    st = Stats(names, bits_needed)
+    st = Stats(names, bits_needed, method)
     n = next(iter(data.values())).shape[0]
-    passes = 1 if method == "minmax" else 2
+    passes = 2 if st.bins else 1
     bar = None
     if progress:
         from tqdm import tqdm

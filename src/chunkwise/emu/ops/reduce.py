@@ -132,11 +132,11 @@ def _reduce(x, out, op, e_in, e_out, shift, lo, hi, mode, wide):
 
 def _axes(node, ctx, ins, rank):
     axes = None
+    ctx.require(node.attr("axes") is None, "axes given as an attribute (ESP-DL reads them only from the "
+                "second input and would reduce every axis)", supported=["axes as the second input (opset 18)"])
     if len(ins) > 1 and ins[1].name:
         ctx.require(ins[1].is_const, "axes must be a constant initializer")
         axes = [int(a) for a in np.asarray(ins[1].const).ravel()]
-    elif node.attr("axes") is not None:
-        axes = [int(a) for a in node.attr("axes")]
     flags = [False] * rank
     if not axes:
         noop = int(node.attr("noop_with_empty_axes", 0) or 0)
@@ -173,7 +173,8 @@ def prepare_reduce(node, ctx, ins, outs):
                 f"reduced axes {[i for i, f in enumerate(flags) if f]} of shape {list(shape)} merge to "
                 f"{_pattern_name(pattern)}, which ESP-DL does not reduce (it leaves the output unwritten)",
                 supported=sorted(_pattern_name(p) for p in SUPPORTED_PATTERNS))
-    keepdims = int(node.attr("keepdims", 1) if node.attr("keepdims") is not None else 1)
+    keepdims = node.attr("keepdims")
+    keepdims = 1 if keepdims is None else int(keepdims)
     ctx.require(keepdims in (0, 1), f"keepdims={keepdims}")
     if keepdims:
         out_shape = tuple(1 if f else d for d, f in zip(shape, flags))
