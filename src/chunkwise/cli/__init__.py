@@ -49,7 +49,10 @@ class _ErrorHandlingGroup(TyperGroup):
     def invoke(self, ctx) -> Any:
         try:
             with warnings.catch_warnings():
+                from ..model import TargetGuessWarning
+
                 warnings.showwarning = _show_warning
+                warnings.simplefilter("default", TargetGuessWarning)  # once per run, even if filtered outside
                 return super().invoke(ctx)
         except Exception as e:
             if _is_control_flow(e) or _debug_requested(ctx):

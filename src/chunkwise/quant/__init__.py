@@ -15,7 +15,7 @@ from ..emu.rounding import TARGETS, quantize as q_quantize
 from ..errors import ShapeError, UnsupportedError
 from ..ir.graph import Tensor
 from .calibrate import METHODS, FloatRunner, collect, load_calib
-from .export import Exporter, Namer, apply_layout, assign_exponents, insert_requantize, rewrite
+from .export import Exporter, Namer, apply_layout, assign_exponents, insert_requantize, rewrite, topo_sort
 from .prepare import FGraph, prepare
 from .report import ErrorAccumulator, plot_report
 
@@ -80,6 +80,7 @@ def quantize(onnx_path_or_model, calib, *, target: str = "esp32p4", bits: int = 
     namer = Namer()
     perm = apply_layout(fq, qi, namer)
     insert_requantize(fq, qi, perm, namer, calib_exp)
+    topo_sort(fq)
     graph = Exporter(fq, qi, perm, target, namer).build(fg.name or "main_graph", fg.inputs, fq.outputs)
     model = Model(graph, target=target)
 

@@ -424,6 +424,37 @@ def fuse_transposes(fg: FGraph, perm: dict[str, list[int]]) -> None:
                 changed = True
 
 
+def topo_sort(fg: FGraph) -> None:
+    """Order nodes as ESP-PPQ's exporter does: Kahn's algorithm, FIFO queue, readers in graph order."""
+    prods = fg.producers()
+    index = {id(n): i for i, n in enumerate(fg.nodes)}
+    ups = {id(n): len({id(prods[u]) for u in n.inputs if u in prods}) for n in fg.nodes}
+    readers: dict[str, list[FNode]] = {}
+    for n in fg.nodes:
+        for u in n.inputs:
+            if u in prods:
+                readers.setdefault(u, []).append(n)
+    queue = [n for n in fg.nodes if ups[id(n)] == 0]
+    out = []
+    while queue:
+        n = queue.pop(0)
+        out.append(n)
+        seen = set()
+        for o in n.outputs:
+            for r in readers.get(o, []):
+                if id(r) in seen:
+                    continue
+                seen.add(id(r))
+                ups[id(r)] -= 1
+                if ups[id(r)] == 0:
+                    queue.append(r)
+    if len(out) != len(fg.nodes):
+        stuck = [n.name for n in fg.nodes if n not in out]
+        raise UnsupportedError(f"the graph has a cycle through {stuck[:5]}")
+    del index
+    fg.nodes[:] = out
+
+
 # ---- 4. requantize nodes ------------------------------------------------------------------------
 
 def insert_requantize(fg: FGraph, qi: QInfo, perm: dict[str, list[int]], namer: Namer, calib_exp) -> None:
