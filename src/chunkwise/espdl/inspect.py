@@ -442,7 +442,7 @@ def render_text(s: dict) -> str:
         nconst = sum(1 for x in n["inputs"] if x["kind"] == "initializer")
         ins = " ".join(_fmt_shape(x["shape"]) for x in acts) or "-"
         if nconst:
-            ins += f" +{nconst}c"
+            ins += f" +{nconst} const"
         outs = " ".join(_fmt_shape(x["shape"]) for x in n["outputs"]) + mark
         exps = " ".join(_fmt_exps(x["exponents"]) for x in n["outputs"])
         attrs = " ".join(f"{k}={_format_value(v)}" for k, v in n["attributes"].items())

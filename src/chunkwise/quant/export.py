@@ -527,7 +527,6 @@ class Exporter:
         self.mode = TARGETS[target]
         self.luts: list[Tensor] = []
         self.params: dict[str, Tensor] = {}
-        self.lut_count = 0
 
     def dtype(self, bits: int) -> str:
         return "int8" if bits == 8 else "int16"
@@ -541,7 +540,8 @@ class Exporter:
         return ValueInfo(v, self.dtype(self.qi.vbits[v]), self.shape(v), (int(self.qi.exp[v]),))
 
     def param(self, name: str, data: np.ndarray, dtype: str, exps, layout: str = "UNK") -> str:
-        data = np.ascontiguousarray(np.asarray(data).astype(dtype))
+        data = np.asarray(data).astype(dtype)
+        data = np.ascontiguousarray(data) if data.ndim else data.copy()
         self.params[name] = Tensor(name=name, dtype=dtype, dims=tuple(int(d) for d in data.shape), data=data,
                                    exponents=tuple(int(e) for e in exps), layout=layout,
                                    doc_string=f"layout ==> {layout}")
@@ -704,10 +704,16 @@ class Exporter:
             f = fn((xs * np.float32(2.0 ** e_in)).astype(np.float32))
         f = np.nan_to_num(f.astype(np.float64), nan=0.0, posinf=1e30, neginf=-1e30)
         table = q_quantize(f, e_out, self.dtype(bits), self.mode)
-        name = f"{n.op}_lut_{self.lut_count}"
-        self.lut_count += 1
-        self.luts.append(Tensor(name=name, dtype=self.dtype(bits), dims=(len(table),), data=table,
-                                exponents=(int(e_out),), layout=None, doc_string=""))
+        name = None
+        for t in self.luts:  # identical tables are shared, as ESP-PPQ 1.3 exports them
+            if (t.name.startswith(f"{n.op}_lut_") and t.exponents == (int(e_out),) and t.dtype == self.dtype(bits)
+                    and np.array_equal(t.data, table)):
+                name = t.name
+                break
+        if name is None:
+            name = f"{n.op}_lut_{len(self.luts)}"
+            self.luts.append(Tensor(name=name, dtype=self.dtype(bits), dims=(len(table),), data=table,
+                                    exponents=(int(e_out),), layout=None, doc_string=""))
         attrs["lut"] = name
         return op, attrs, inputs
 
@@ -733,7 +739,13 @@ class Exporter:
             raise UnsupportedError(f"bias has {b.size} values for {cout} output channels", node=n.name, op=n.op)
         width = BIAS_BITS[(self.target, bits)]
         ee = np.broadcast_to(e, (cout,)).astype(np.float64)
-        v = round_array(b * np.power(2.0, -ee), self.mode)
+        # ESP-PPQ rounds b / 2**e in float32 (torch): floor(v + 0.5) rounds v + 0.5 to float32 first,
+        # which matters for int16 biases beyond 2**23
+        v = (b.astype(np.float32) * np.power(2.0, -ee).astype(np.float32)).astype(np.float32)
+        if self.mode == TARGETS["esp32p4"]:
+            v = np.rint(v).astype(np.float64)
+        else:
+            v = np.floor((v + np.float32(0.5)).astype(np.float32)).astype(np.float64)
         lim = 2.0 ** (width - 1)
         v = np.clip(v, -lim, lim - 1)
         dtype = "int32" if bits == 8 else "int64"

@@ -8,6 +8,9 @@ Integer arithmetic (ESP-DL ``dl_base_conv2d`` / ``dl_base_depthwise_conv2d``)::
 
 Activations are NHWC (1-D: NWC, run as H = 1). Logical weights ``[kH, kW, Cin/group, Cout]``,
 depthwise ``[kH, kW, C, 1]``.
+
+int16 is the same on the chip (QACC accumulation, one ``srcmb`` shift/round/saturate). ESP-PPQ's
+int16 goldens come from torch float32 and differ by one on near-ties: docs/int16-deviations.md.
 """
 
 from __future__ import annotations
