@@ -19,6 +19,14 @@ _U16 = struct.Struct("<H")
 
 MAX_DEPTH = 16  # nested tables (graphs inside attributes) deeper than this are refused
 
+# FlatBuffers references point forward only, so there are no cycles, but many references may point
+# at the same table or vector: a small hostile file could make a reader visit 8**10 tables (graphs in
+# attributes, shared node vectors) or copy one big vector thousands of times. Every table, vector and
+# string read is charged to a budget proportional to the buffer size; a well-formed file, which
+# stores each table once, uses about one unit per byte.
+BUDGET_FACTOR = 8
+BUDGET_SLACK = 1 << 20
+
 
 class Buffer:
     """The FlatBuffer bytes plus the path used in error messages."""
@@ -27,6 +35,14 @@ class Buffer:
         self.data = memoryview(data).cast("B") if not isinstance(data, memoryview) else data
         self.size = len(self.data)
         self.path = path
+        self.budget = BUDGET_FACTOR * self.size + BUDGET_SLACK
+
+    def spend(self, n: int, field: str) -> None:
+        """Charge ``n`` bytes of reading to the budget (see BUDGET_FACTOR)."""
+        self.budget -= n
+        if self.budget < 0:
+            raise self.fail(field, "the same tables or vectors are referenced far more often than a valid "
+                                   "model needs (a corrupt or hostile file)")
 
     def fail(self, field: str, message: str) -> FormatError:
         return FormatError(message, field=field, path=self.path)
@@ -68,6 +84,7 @@ class Table:
         if vt_len < 4 or vt_len % 2:
             raise buf.fail(name, f"vtable size {vt_len} is invalid")
         buf.check(vt, vt_len, f"{name}.vtable")
+        buf.spend(vt_len + 4, name)
         self._vt = vt
         self._vt_len = vt_len
 
@@ -117,6 +134,7 @@ class Table:
         if n * elem_size > self.buf.size:
             raise self.buf.fail(label, f"vector length {n} exceeds the buffer")
         self.buf.check(p + 4, n * elem_size, label)
+        self.buf.spend(4 + n * elem_size, label)
         return p + 4, n
 
     def present(self, slot: int, fname: str) -> bool:
@@ -161,6 +179,7 @@ class Table:
             p = q + self.buf.u32(q, label)
             length = self.buf.u32(p, label)
             self.buf.check(p + 4, length, label)
+            self.buf.spend(4 + length, label)
             out.append(bytes(self.buf.data[p + 4:p + 4 + length]))
         return out
 
@@ -168,6 +187,7 @@ class Table:
 def _read_string(buf: Buffer, p: int, label: str) -> str:
     n = buf.u32(p, label)
     buf.check(p + 4, n, label)
+    buf.spend(4 + n, label)
     raw = bytes(buf.data[p + 4:p + 4 + n])
     try:
         return raw.decode("utf-8")

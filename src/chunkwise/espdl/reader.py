@@ -272,4 +272,6 @@ def read_file(path: str | Path, *, key: bytes | None = None, model: str | int | 
         raise FormatError("no such file", path=str(p)) from None
     except IsADirectoryError:
         raise FormatError("is a directory, not an .espdl file", path=str(p)) from None
+    except OSError as e:
+        raise FormatError(f"cannot read: {e.strerror or e}", path=str(p)) from None
     return read_model_bytes(blob, key=key, model=model, path=str(p))

@@ -79,6 +79,8 @@ def load_calib(calib, inputs: list[tuple[str, tuple[int, ...]]]) -> dict[str, np
         want = tuple(shp[1:])
         if a.shape == tuple(shp):  # a single sample with batch 1
             a = a[None, 0]
+        elif a.shape == want:  # a single sample without batch
+            a = a[None]
         elif a.ndim == len(shp) + 1 and a.shape[1] == 1 and a.shape[2:] == want:
             a = a[:, 0]
         if a.ndim != len(want) + 1 or a.shape[1:] != want:
