@@ -572,3 +572,84 @@ def test_interrupted_write_leaves_no_partial_file(tmp_path, monkeypatch):
         m.save(tmp_path / "m.espdl")
     monkeypatch.undo()
     assert list(tmp_path.iterdir()) == []
+
+
+# ---- references shared many times (FlatBuffer "bombs") -------------------------------------
+def _bomb_nested_graphs(k: int = 8, levels: int = 5) -> bytes:
+    """Graph -> k x the same Node -> k x the same Attribute (a graph) -> the level below ...:
+    a few hundred bytes that describe k**(2*levels) tables."""
+    import flatbuffers
+
+    b = flatbuffers.Builder(0)
+
+    def vec(offs):
+        b.StartVector(4, len(offs), 4)
+        for o in reversed(offs):
+            b.PrependUOffsetTRelative(o)
+        return b.EndVector()
+
+    b.StartObject(10)
+    g = b.EndObject()
+    for _ in range(levels):
+        b.StartObject(16)
+        b.PrependInt32Slot(3, 5, 0)  # attr_type GRAPH
+        b.PrependUOffsetTRelativeSlot(8, g, 0)  # g
+        a = b.EndObject()
+        av = vec([a] * k)
+        b.StartObject(7)
+        b.PrependUOffsetTRelativeSlot(5, av, 0)  # attribute
+        n = b.EndObject()
+        nv = vec([n] * k)
+        b.StartObject(10)
+        b.PrependUOffsetTRelativeSlot(0, nv, 0)  # node
+        g = b.EndObject()
+    b.StartObject(10)
+    b.PrependUOffsetTRelativeSlot(7, g, 0)  # Model.graph
+    b.Finish(b.EndObject())
+    return bytes(b.Output())
+
+
+def _bomb_shared_tensor(copies: int = 20000, size: int = 1 << 16) -> bytes:
+    """One 64 KiB test tensor referenced ``copies`` times: gigabytes if each reference were copied."""
+    import flatbuffers
+
+    b = flatbuffers.Builder(0)
+    b.StartVector(16, size // 16, 16)
+    b.head -= size
+    raw = b.EndVector()
+    b.StartVector(8, 1, 8)
+    b.PrependInt64(size)
+    dims = b.EndVector()
+    name = b.CreateString("t")
+    b.StartObject(14)
+    b.PrependUOffsetTRelativeSlot(0, dims, 0)
+    b.PrependInt32Slot(1, 2, 0)  # uint8
+    b.PrependUOffsetTRelativeSlot(6, name, 0)
+    b.PrependUOffsetTRelativeSlot(8, raw, 0)
+    t = b.EndObject()
+    b.StartVector(4, copies, 4)
+    for _ in range(copies):
+        b.PrependUOffsetTRelative(t)
+    tv = b.EndVector()
+    b.StartObject(10)
+    b.PrependUOffsetTRelativeSlot(8, tv, 0)  # test_inputs_value
+    g = b.EndObject()
+    b.StartObject(10)
+    b.PrependUOffsetTRelativeSlot(7, g, 0)
+    b.Finish(b.EndObject())
+    return bytes(b.Output())
+
+
+def test_nested_graph_bomb_is_refused():
+    fb = _bomb_nested_graphs()
+    assert len(fb) < 2000
+    with pytest.raises(FormatError, match="referenced far more often"):
+        read_model_bytes(edl2(fb))
+    read_model_bytes(edl2(_bomb_nested_graphs(k=2, levels=2)))  # the same structure, small, is fine
+
+
+def test_shared_tensor_bomb_is_refused():
+    fb = _bomb_shared_tensor()
+    assert len(fb) < 200_000
+    with pytest.raises(FormatError, match="referenced far more often"):
+        read_model_bytes(edl2(fb))

@@ -456,3 +456,58 @@ def test_structure_matches_esp_ppq(d, f, target, bits):
                 np.testing.assert_array_equal(g.initializers[k].data, t.data, err_msg=k)
         for k, t in ref.test_outputs.items():
             np.testing.assert_array_equal(g.test_outputs[k].data, t.data)
+
+
+def _mk(nodes, ins, out, inits):
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in ins],
+                          [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)], initializer=inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m
+
+
+def test_two_inputs_and_gemm_only_models(tmp_path):
+    r = np.random.default_rng(5)
+    c = lambda n, a: numpy_helper.from_array(np.asarray(a, np.float32), n)  # noqa: E731
+    m1 = _mk([helper.make_node("Conv", ["a", "w"], ["ca"], name="ca", kernel_shape=[1]),
+              helper.make_node("Concat", ["ca", "b"], ["cat"], name="cat", axis=1),
+              helper.make_node("Conv", ["cat", "w2"], ["y"], name="cy", kernel_shape=[3], pads=[2, 0])],
+             [("a", [1, 4, 10]), ("b", [1, 8, 10])], "y",
+             [c("w", r.standard_normal((8, 4, 1))), c("w2", r.standard_normal((16, 16, 3)) * 0.2)])
+    calib = {"a": r.standard_normal((8, 4, 10)).astype(np.float32), "b": r.standard_normal((8, 8, 10)).astype(np.float32)}
+    np.savez(tmp_path / "c.npz", **calib)
+    q = chunkwise.quantize(m1, tmp_path / "c.npz")
+    g = q.graph
+    assert [v.shape for v in g.inputs] == [(1, 10, 4), (1, 8, 10)]  # 'b' only feeds a mixed-layout Concat
+    assert g.inputs[1].exponent == g.value_info["cat"].exponent  # aligned like ESP-PPQ's Concat input config
+    assert q.quant_report["output_sqnr_db"] > 25
+    with pytest.raises(ShapeError):
+        chunkwise.quantize(m1, calib["a"])  # one array for two inputs
+    m2 = _mk([helper.make_node("Gemm", ["x", "w", "b"], ["h"], name="fc1", transB=1),
+              helper.make_node("Relu", ["h"], ["hr"], name="r"),
+              helper.make_node("Gemm", ["hr", "w2"], ["y"], name="fc2")], [("x", [1, 20])], "y",
+             [c("w", r.standard_normal((24, 20))), c("b", r.standard_normal(24)), c("w2", r.standard_normal((24, 5)))])
+    for target in TARGETS:
+        q = chunkwise.quantize(m2, r.standard_normal((8, 20)).astype(np.float32), target=target)
+        ops = [(n.op_type, n.attr("activation")) for n in q.graph.nodes]
+        assert ops == [("Gemm", "Relu"), ("Gemm", "Linear")]
+        assert q.graph.initializers["w"].dims == (1, 1, 20, 24)
+        out = q.run(q.test_feeds())
+        np.testing.assert_array_equal(out["y"], q.graph.test_outputs["y"].data)
+        assert q.quant_report["output_sqnr_db"] > 25
+
+
+def test_prelu_slope_shapes():
+    r = np.random.default_rng(2)
+    c = lambda n, a: numpy_helper.from_array(np.asarray(a, np.float32), n)  # noqa: E731
+    for slope, ok in ((np.full((8, 1), 0.2), True), (np.full((1,), 0.2), True), (np.full((1, 8), 0.2), False)):
+        m = _mk([helper.make_node("Conv", ["x", "w"], ["c"], name="c", kernel_shape=[1]),
+                 helper.make_node("PRelu", ["c", "s"], ["y"], name="the_prelu")], [("x", [1, 4, 6])], "y",
+                [c("w", r.standard_normal((8, 4, 1))), c("s", slope)])
+        x = r.standard_normal((8, 4, 6)).astype(np.float32)
+        if ok:
+            q = chunkwise.quantize(m, x)
+            assert q.graph.initializers["s"].dims == slope.shape  # ESP-DL reads alpha.shape[0]: 1 or C
+        else:
+            with pytest.raises(UnsupportedError, match="the_prelu"):
+                chunkwise.quantize(m, x)

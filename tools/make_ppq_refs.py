@@ -367,7 +367,7 @@ def check_streaming(d: Path, fname: str, target: str) -> str:
 
 
 def make(name: str, root: Path) -> dict:
-    import esp_ppq
+    import importlib.metadata
 
     model, input_shape, quants, streaming, seed = build(name)
     randomize_bn(model, torch.Generator().manual_seed(seed))
@@ -386,7 +386,7 @@ def make(name: str, root: Path) -> dict:
                           input_names=["input"], output_names=["output"], do_constant_folding=True,
                           dynamo=False)
     meta = dict(model=name, seed=seed, input_shape=input_shape, opset=OPSET, n_calib=N_CALIB,
-                esp_ppq=getattr(esp_ppq, "__version__", "?"), torch=torch.__version__,
+                esp_ppq=importlib.metadata.version("esp-ppq"), torch=torch.__version__,
                 spec=getattr(model, "spec", None), exports={}, failures={})
     jobs = [(f"{t}_s{b}.espdl", t, b, None, False) for t, b in quants]
     if streaming is not None:

@@ -6,6 +6,7 @@ stale), dtypes and exponents come from the model's value info.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +24,27 @@ class Step:
     prepared: Prepared
     inputs: list[str]
     outputs: list[str]
+
+
+def _name_node(e: ChunkwiseError, node: Node) -> None:
+    """Prefix an error raised without node context (e.g. by a shared helper) with the node."""
+    if isinstance(e, UnsupportedError) and e.node is not None:
+        return
+    text = str(e)
+    if repr(node.name) not in text and e.args:
+        e.args = (f"node {node.name!r} ({node.op_type}): {text}",) + tuple(e.args[1:])
+
+
+def _check_arity(node: Node, prepared: Prepared) -> None:
+    """The node must pass its kernel's ``run`` as many arrays as it has inputs (``Neg`` with two
+    inputs, ``Conv`` with four ...): refused here instead of failing inside ``run``."""
+    try:
+        inspect.signature(prepared.run).bind(*([None] * len(node.inputs)))
+    except TypeError:
+        raise UnsupportedError(f"{len(node.inputs)} input(s) is not a valid input count for this operator",
+                               node=node.name, op=node.op_type) from None
+    except ValueError:  # no signature (a builtin or numba dispatcher): nothing to check
+        pass
 
 
 class Plan:
@@ -69,10 +91,11 @@ class Plan:
         prepare = get_kernel(node, ctx)
         try:
             prepared = prepare(node, ctx, ins, outs)
-        except ChunkwiseError:
+        except ChunkwiseError as e:
+            # kernels validate their node in prepare(); any other exception is a bug and propagates
+            _name_node(e, node)
             raise
-        except (ValueError, IndexError, KeyError, TypeError) as e:
-            raise UnsupportedError(f"cannot prepare: {e}", node=node.name, op=node.op_type) from e
+        _check_arity(node, prepared)
         if len(prepared.shapes) != len(node.outputs):
             raise UnsupportedError(f"kernel produced {len(prepared.shapes)} outputs, node has {len(node.outputs)}",
                                    node=node.name, op=node.op_type)

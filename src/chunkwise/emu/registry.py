@@ -32,7 +32,7 @@ class Spec:
     @property
     def exp(self) -> int:
         if len(self.exps) != 1:
-            raise ValueError(f"{self.name!r} has {len(self.exps)} exponents, expected one")
+            raise UnsupportedError(f"{self.name!r} has {len(self.exps)} exponents, expected one")
         return int(self.exps[0])
 
     @property

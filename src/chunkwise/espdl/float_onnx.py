@@ -42,7 +42,9 @@ OPSET = 18
 
 # ESP-PPQ's CONV_LAYOUT_OP_SET (+ Resize): ops ESP-DL runs on channel-last activations.
 CHANNEL_LAST = {"Conv", "AveragePool", "MaxPool", "GlobalAveragePool", "GlobalMaxPool", "DepthToSpace",
-                "SpaceToDepth", "Resize"}
+                "Resize"}
+# ESP-DL ops with no faithful single float ONNX op (SpaceToDepth orders channels c*bs*bs + ..., not ONNX's)
+NO_TWIN = {"StreamingCache", "SpaceToDepth", "InsertZeros", "ConvTranspose"}
 ELEMENTWISE_UNARY = {"Relu", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Elu", "Gelu", "Swish", "LUT",
                      "LeakyRelu", "Clip", "Abs", "Neg", "Exp", "Log", "Sqrt", "Softplus", "Erf", "Floor",
                      "Ceil", "Round", "Sin", "Cos", "Not", "Identity"}
@@ -55,7 +57,8 @@ REDUCE = {"ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceProd", "Re
 # inputs that are indices / shapes, never quantized data: (op, input index)
 _INDEX_INPUTS = {"Reshape": {1}, "Slice": {1, 2, 3, 4}, "Split": {1}, "Resize": {1, 2, 3}, "Pad": {1, 3},
                  "Gather": {1}, "GatherElements": {1}, "Expand": {1}, "Tile": {1}, "Squeeze": {1},
-                 "Unsqueeze": {1}, "TopK": {1}, **{r: {1} for r in REDUCE}}
+                 "Unsqueeze": {1}, "TopK": {1}, "ReverseSequence": {1}, "ScatterND": {1}, "ScatterElements": {1},
+                 "GatherND": {1}, **{r: {1} for r in REDUCE}}
 _ESPDL_ONLY_ATTRS = {"quant_type", "lut", "activation", "original_op_type"}
 
 
@@ -76,7 +79,7 @@ def _inverse(p) -> list[int]:
 
 def _dequantize(t) -> np.ndarray:
     data = np.asarray(t.data)
-    if data.dtype.kind not in "iu" or not t.exponents or t.dtype not in ("int8", "int16", "int32"):
+    if data.dtype.kind not in "iu" or not t.exponents or t.dtype not in ("int8", "int16", "int32", "int64"):
         return data
     exps = np.asarray(t.exponents, dtype=np.float64)
     if exps.size == 1:
@@ -208,8 +211,11 @@ class _Twin:
             t = self.layout(v.name, want)
             if t != v.name:
                 self.emit("Identity", [t], [v.name])
-            shape = list(v.shape) if v.shape and self.io_layout == "espdl" else None
-            vis.append(helper.make_tensor_value_info(v.name, TensorProto.FLOAT, shape))
+            shape = list(v.shape) if v.shape is not None else [None] * r
+            if self.io_layout == "onnx" and len(shape) == r:
+                shape = [shape[a] for a in _inverse(want)]
+            dtype = TensorProto.BOOL if v.dtype == "bool" else TensorProto.FLOAT
+            vis.append(helper.make_tensor_value_info(v.name, dtype, shape))
         return vis
 
     # ---- nodes ------------------------------------------------------------------------------------
@@ -218,6 +224,8 @@ class _Twin:
         if op == "StreamingCache":
             raise UnsupportedError("StreamingCache: float twins are for offline models; convert the offline "
                                    "model instead", node=n.name, op=op)
+        if op in NO_TWIN:
+            raise UnsupportedError(f"{op} has no float twin yet", node=n.name, op=op)
         if op in ("Conv", "Gemm"):
             return self.conv(n) if op == "Conv" else self.gemm(n)
         if op in CHANNEL_LAST:

@@ -37,7 +37,7 @@ PER_CHANNEL_TARGETS = ("esp32p4", "esp32s31")
 BIAS_BITS = {("esp32p4", 8): 32, ("esp32s31", 8): 32, ("esp32s3", 8): 20, ("c", 8): 32,
              ("esp32p4", 16): 40, ("esp32s31", 16): 40, ("esp32s3", 16): 40, ("c", 16): 64}
 
-CONV_LAYOUT_OPS = {"Conv", "AveragePool", "MaxPool", "GlobalAveragePool", "GlobalMaxPool"}
+CONV_LAYOUT_OPS = {"Conv", "AveragePool", "MaxPool", "GlobalAveragePool"}
 LUT_OPS = {"Relu", "Sigmoid", "Tanh", "Swish", "LeakyRelu", "HardSigmoid", "HardSwish", "Elu", "Exp", "Log",
            "Sqrt", "Neg", "Clip", "PRelu"}
 ELEMENTWISE_UNARY = LUT_OPS | {"RequantizeLinear"}
@@ -168,6 +168,12 @@ def assign_exponents(fg: FGraph, bits_of: dict[str, int], calib_exp) -> QInfo:
         elif n.op in PASSIVE_OPS and p is not None and bits_of[p.name] == bits_of[n.name]:
             for o in n.outputs:
                 tie[o] = x
+    for name, _ in fg.inputs:
+        # a graph input has no producer: ESP-PPQ exports the first reader's input config for it, which for
+        # Add/Sub/Concat is the reader's output exponent
+        readers = fg.consumers(name)
+        if readers and readers[0].op in ALIGN_TO_OUTPUT_OPS and qi.vbits[name] == bits_of[readers[0].name]:
+            tie[name] = readers[0].outputs[0]
     for n in fg.nodes:
         if n.op not in ALIGN_TO_OUTPUT_OPS:
             continue
@@ -288,8 +294,13 @@ def apply_layout(fg: FGraph, qi: QInfo, namer: Namer) -> dict[str, list[int]]:
             p = perm[u]
             for o in node.outputs:
                 perm[o] = p
-            if op == "PRelu":
-                _permute_const(fg, node, 1, p, rank(node.outputs[0]))
+            if op == "PRelu" and node.inputs[1] in fg.consts:
+                a = np.asarray(fg.consts[node.inputs[1]])
+                c = fg.shapes[u][1] if len(fg.shapes[u]) > 1 else 1
+                if a.size not in (1, c) or (a.size == c and c > 1 and a.shape[0] != c):
+                    # ESP-DL's PRelu takes alpha[0] == 1 (one slope) or == channels (dl_module_prelu.hpp)
+                    raise UnsupportedError(f"PRelu slope of shape {list(a.shape)}", node=node.name, op=op,
+                                           supported=["one slope", "one slope per channel, shape [C, 1, ...]"])
         elif op in ADD_LIKE_OPS:
             ps = []
             for i in ins:

@@ -20,8 +20,8 @@ from ..errors import FormatError, UnsupportedError
 
 FLOAT_OPS_SUPPORTED = (
     "Add", "AveragePool", "BatchNormalization", "Clip", "Concat", "Conv", "Div", "Dropout", "Elu", "Exp", "Flatten",
-    "Gemm", "GlobalAveragePool", "GlobalMaxPool", "HardSigmoid", "HardSwish", "Identity", "LeakyRelu", "Log",
-    "MatMul", "MaxPool", "Mul", "Neg", "Pad", "PRelu", "Relu", "Reshape", "Sigmoid", "Slice", "Softmax", "Sqrt",
+    "Gemm", "GlobalAveragePool", "HardSigmoid", "HardSwish", "Identity", "LeakyRelu", "Log",
+    "MaxPool", "Mul", "Neg", "Pad", "PRelu", "Relu", "Reshape", "Sigmoid", "Slice", "Sqrt",
     "Squeeze", "Sub", "Tanh", "Transpose", "Unsqueeze",
 )
 

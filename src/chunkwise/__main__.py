@@ -1,0 +1,5 @@
+"""``python -m chunkwise``: the command line."""
+
+from .cli import main
+
+main()
