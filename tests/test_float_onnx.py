@@ -127,11 +127,15 @@ def test_golden_op_twins(path):
         return
     for v, g in zip(m.graph.outputs, got):
         want = m.graph.test_outputs[v.name].data
-        assert g.shape == want.shape, v.name
+        assert g.size == want.size and g.ndim <= want.ndim, v.name  # ESP-PPQ stores scalars as [1]
+        g = g.reshape(want.shape)
         if v.dtype == "bool":
             assert np.mean(g == want) > 0.95
-        else:
-            assert _cos(g, m.dequantize(v.name, want)) > 0.9, v.name
+            continue
+        w = m.dequantize(v.name, want)
+        nan = np.isnan(w)  # float outputs of Log / Sqrt on negative inputs
+        np.testing.assert_array_equal(np.isnan(g), nan)
+        assert _cos(g[~nan], w[~nan]) > 0.9, v.name
 
 
 def _zoo(name):

@@ -653,3 +653,13 @@ def test_shared_tensor_bomb_is_refused():
     assert len(fb) < 200_000
     with pytest.raises(FormatError, match="referenced far more often"):
         read_model_bytes(edl2(fb))
+
+
+def test_target_hint_of_a_package_entry_is_its_own_name(tmp_path):
+    path = tmp_path / "models.espdl"  # the package name says nothing; the entry names do
+    path.write_bytes(container.pack_pdl3([("tcn_esp32s3.espdl", TCN.read_bytes()),
+                                          ("tcn_esp32p4.espdl", TCN.read_bytes())]))
+    s3 = chunkwise.load(path, model=0)
+    assert (s3.target, s3.target_source) == ("esp32s3", "file name")
+    assert chunkwise.load(path, model=1).target == "esp32p4"
+    assert chunkwise.load(path, model=0, target="c").target == "c"

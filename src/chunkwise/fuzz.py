@@ -646,22 +646,34 @@ def run_read(case: Case, timeout: float | None = None) -> Outcome:
     return _classify(case.index, "read", exc, t0)
 
 
-def _cli(runner, app, args: list[str]) -> BaseException | None:
-    """Run the CLI with ``--debug`` (exceptions propagate); None when it ended with exit code 0, 2 or 3."""
-    res = runner.invoke(app, ["--debug"] + args)
-    exc = res.exception
-    if exc is None:
+def _cli_runner():
+    """typer's test runner (for its stream isolation) and the CLI as a click command, built once:
+    ``CliRunner.invoke`` would rebuild the command on every call, which costs more than a small run."""
+    import typer.main
+    from typer.testing import CliRunner
+
+    from .cli import app
+
+    return CliRunner(), typer.main.get_command(app)
+
+
+def _cli(runner, cmd, args: list[str]) -> BaseException | None:
+    """Run the CLI with ``--debug`` (exceptions propagate); None when it ended with exit code 0 or 3
+    (3: a check failed, a normal outcome); a :class:`ChunkwiseError` for a clean error."""
+    with runner.isolation() as streams:
+        try:
+            cmd.main(args=["--debug"] + args, prog_name="chunkwise")
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        except Exception as e:  # noqa: BLE001 - ChunkwiseError = clean error, anything else = crash
+            return e
+        output = b"".join(s.getvalue() for s in streams[1:]).decode("utf-8", "replace")
+    if code in (0, 3):
         return None
-    if isinstance(exc, SystemExit):
-        code = exc.code if isinstance(exc.code, int) else 1
-        if code in (0, 3):
-            return None
-        if code == 2:
-            return ChunkwiseError(f"exit code 2: {res.output.strip()[-200:]}")
-        return RuntimeError(f"exit code {code}: {res.output.strip()[-300:]}")
-    if res.exc_info is not None and exc.__traceback__ is None:
-        exc = exc.with_traceback(res.exc_info[2])
-    return exc
+    if code == 2:  # a usage error of our own arguments would be a fuzzer bug: keep the text
+        return ChunkwiseError(f"exit code 2: {output.strip()[-200:]}")
+    return RuntimeError(f"exit code {code}: {output.strip()[-300:]}")
 
 
 def _synth_inputs(model, index: int, folder: Path) -> Path | None:
@@ -730,15 +742,13 @@ def _worker_main(conn, max_tensor_bytes: int | None, mem_limit: int | None) -> N
             resource.setrlimit(resource.RLIMIT_AS, (mem_limit, mem_limit))
         except (ImportError, ValueError, OSError):
             pass
-    from typer.testing import CliRunner
-
     from . import limits
-    from .cli import app
+
+    runner, app = _cli_runner()
 
     if max_tensor_bytes is not None:
         limits.set_max_tensor_bytes(max_tensor_bytes)
     warnings.simplefilter("ignore")
-    runner = CliRunner()
     with tempfile.TemporaryDirectory(prefix="chunkwise-fuzz-") as tmp:
         folder = Path(tmp)
         while True:
@@ -850,11 +860,7 @@ def run_in_workers(jobs: list[tuple[Case, str]], *, workers: int = 2, timeout: f
 
 def warm_up(seeds: list[Seed]) -> None:
     """Run every seed once in this process, so forked workers inherit compiled kernels."""
-    from typer.testing import CliRunner
-
-    from .cli import app
-
-    runner = CliRunner()
+    runner, app = _cli_runner()
     with tempfile.TemporaryDirectory(prefix="chunkwise-fuzz-") as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for i, s in enumerate(seeds):

@@ -63,7 +63,9 @@ class Model:
                 raise UnsupportedError(f"target {target!r} is unknown", supported=sorted(TARGETS))
             self.target, self.target_source = target, "given"
         else:
-            self.target, self.target_source = infer_target(graph, path)
+            # inside a package, the entry's own name (e.g. "tcn_esp32s3.espdl") is the hint, not the package's
+            packaged = str(self.info.get("container", "")).startswith("PDL") and self.info.get("entry")
+            self.target, self.target_source = infer_target(graph, self.info["entry"] if packaged else path)
             if self.target_source not in ("metadata",):
                 warnings.warn(
                     f"{path or 'model'} does not record its target; guessed {self.target} from the "

@@ -33,7 +33,12 @@ def inspect(
     if name is not None and index is not None:
         raise ModelSelectError("give --model NAME or --index I, not both")
     selector = name if name is not None else index
-    m = chunkwise.load(model, key=key, model=selector, target=target)
+    try:
+        m = chunkwise.load(model, key=key, model=selector, target=target)
+    except ModelSelectError as e:
+        if selector is not None:
+            raise
+        raise ModelSelectError(f"{e} (use --model NAME or --index I)") from None
     summary = summarize(m)
     if onnx_out is not None:
         from ..espdl.container import atomic_write

@@ -14,7 +14,7 @@ import numpy as np
 from ..errors import ChunkwiseError, ShapeError, UnsupportedError
 from ..ir.graph import Graph, Node
 from ..limits import check_alloc
-from .registry import Ctx, Prepared, Spec, get_kernel
+from .registry import ATTR_KIND, Ctx, Prepared, Spec, get_kernel
 from .rounding import rounding_mode
 
 
@@ -24,6 +24,39 @@ class Step:
     prepared: Prepared
     inputs: list[str]
     outputs: list[str]
+
+
+class NodeArgs(list):
+    """The ``ins`` / ``outs`` list given to a kernel's prepare(): asking for an input or output the
+    node does not have (a ``Conv`` with one input, a node with no outputs) is the model's fault and
+    raises :class:`UnsupportedError` naming the node, instead of an IndexError inside the kernel."""
+
+    def __init__(self, node: Node, what: str):
+        super().__init__()
+        self.node = node
+        self.what = what
+
+    def __getitem__(self, i):
+        if isinstance(i, int) and not -len(self) <= i < len(self):
+            raise UnsupportedError(f"{self.what} {i} is missing: the node has {len(self)} {self.what}(s)",
+                                   node=self.node.name, op=self.node.op_type)
+        return super().__getitem__(i)
+
+
+def _check_node(node: Node) -> None:
+    """What holds for every operator, checked before its kernel sees the node: at least one output,
+    a first input that is not omitted, and attributes of the kind ONNX / ESP-DL define for their name."""
+    if not node.outputs:
+        raise UnsupportedError("the node has no outputs", node=node.name, op=node.op_type)
+    if node.inputs and not node.inputs[0]:
+        raise UnsupportedError("input 0 is empty (omitted); it is required", node=node.name, op=node.op_type)
+    for k, a in node.attrs.items():
+        want = ATTR_KIND.get(k)
+        if want is not None and a.kind != want and not (want == "float" and a.kind == "int"):
+            raise UnsupportedError(f"attribute {k!r} is of kind {a.kind}, expected {want}",
+                                   node=node.name, op=node.op_type)
+        if a.kind in ("int", "float", "string", "ints", "floats") and a.value is None:
+            raise UnsupportedError(f"attribute {k!r} has no value", node=node.name, op=node.op_type)
 
 
 def _name_node(e: ChunkwiseError, node: Node) -> None:
@@ -75,7 +108,8 @@ class Plan:
 
     def _prepare(self, node: Node) -> None:
         ctx = Ctx(self.target, self.mode, node, self.graph)
-        ins = []
+        _check_node(node)
+        ins = NodeArgs(node, "input")
         for i, name in enumerate(node.inputs):
             if not name:
                 ins.append(Spec("", None, "undefined"))
@@ -84,7 +118,7 @@ class Plan:
                 raise ChunkwiseError(f"node {node.name!r} ({node.op_type}): input {i} {name!r} is not produced "
                                      "by any earlier node, input or initializer")
             ins.append(self.specs[name])
-        outs = []
+        outs = NodeArgs(node, "output")
         for name in node.outputs:
             vi = self.graph.info(name)
             outs.append(Spec(name, None, vi.dtype if vi else "undefined", tuple(vi.exponents) if vi else ()))

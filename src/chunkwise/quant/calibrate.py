@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ShapeError, UnsupportedError
+from ..errors import FormatError, ShapeError, UnsupportedError
 from .prepare import FGraph, to_onnx
 
 METHODS = ("kl", "minmax", "percentile", "mse")
@@ -126,12 +126,18 @@ class FloatRunner:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         so.intra_op_num_threads = 1
         so.inter_op_num_threads = 1
-        self.sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        try:
+            self.sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own exception types
+            raise FormatError(f"onnxruntime cannot load the float model: {e}") from None
         self.out_names = [o.name for o in self.sess.get_outputs()]
         self.inputs = [n for n, _ in fg.inputs]
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        res = self.sess.run(None, feeds)
+        try:
+            res = self.sess.run(None, feeds)
+        except Exception as e:
+            raise FormatError(f"onnxruntime cannot run the float model: {e}") from None
         out = dict(zip(self.out_names, res))
         out.update(feeds)
         return out

@@ -17,8 +17,8 @@ Pipeline on the prepared float graph (:mod:`.prepare`):
    power of two rounded up), bias at ``e_in + e_w`` as int32 (int8) / int64 (int16) clamped to the
    platform's bias width, weight layouts ``(N/16)HWC16`` / ``(N/8)HWC8`` (``_UNALIGNED``), ``NHWC`` /
    ``HWCN`` on c; LUTs for int8 activations (attribute ``lut`` -> initializer ``<Op>_lut_<i>``), int16
-   activations as op ``LUT`` with ``int16_lut_step`` and ``original_op_type`` (Relu/Clip/PRelu keep their
-   op and get a full 65536-entry table).
+   activations as op ``LUT`` with ``int16_lut_step`` and ``original_op_type`` (Relu/Clip/PRelu/Neg keep
+   their op and get a full 65536-entry table).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ ALIGN_TO_OUTPUT_OPS = {"Add", "Sub", "Concat"}
 PASSIVE_OPS = {"MaxPool", "GlobalMaxPool", "Reshape", "Flatten", "Identity", "Slice", "Pad", "Split", "Transpose",
                "Squeeze", "Unsqueeze"}
 ORIGIN_LAYOUT_OPS = {"Gemm", "Flatten", "Reshape", "Transpose", "Pad", "Squeeze", "Unsqueeze"}
-INT16_NATIVE_LUT = {"Relu", "Clip", "PRelu"}
+INT16_NATIVE_LUT = {"Relu", "Clip", "PRelu", "Neg"}  # int16: keep the op, full 65536-entry table (goldens)
 
 SUPPORTED = sorted(CONV_LAYOUT_OPS | LUT_OPS | ADD_LIKE_OPS | ORIGIN_LAYOUT_OPS | {"Concat", "Slice", "Swish"})
 
@@ -57,7 +57,7 @@ def _sigmoid(x):
     return (1.0 / (1.0 + np.exp(-x.astype(np.float32)))).astype(np.float32)
 
 
-def lut_function(node: FNode, consts: dict[str, np.ndarray]):
+def lut_function(node: FNode):
     a = node.attrs
     op = node.op
     if op == "Relu":
@@ -88,6 +88,21 @@ def lut_function(node: FNode, consts: dict[str, np.ndarray]):
     if op == "Neg":
         return lambda x: -x
     raise UnsupportedError("no table for this operator", node=node.name, op=op, supported=sorted(LUT_OPS))
+
+
+def lut_table(fn, op: str, e_in: int, e_out: int, bits: int, mode: int) -> np.ndarray:
+    """The table ESP-PPQ exports: ``fn`` at every input code (int16: every ``INT16_LUT_STEP``-th code and the
+    end point 32768, except the ops ESP-DL runs natively in int16), quantized at ``e_out``."""
+    if bits == 8:
+        xs = np.arange(-128, 128, dtype=np.float32)
+    elif op in INT16_NATIVE_LUT:
+        xs = np.arange(-32768, 32768, dtype=np.float32)
+    else:
+        xs = np.arange(-32768, 32768 + INT16_LUT_STEP, INT16_LUT_STEP, dtype=np.float32)
+    with np.errstate(all="ignore"):
+        f = fn((xs * np.float32(2.0 ** e_in)).astype(np.float32))
+    f = np.nan_to_num(np.asarray(f, np.float64), nan=0.0, posinf=1e30, neginf=-1e30)
+    return q_quantize(f, e_out, "int8" if bits == 8 else "int16", mode)
 
 
 @dataclass
@@ -294,6 +309,9 @@ def apply_layout(fg: FGraph, qi: QInfo, namer: Namer) -> dict[str, list[int]]:
             p = perm[u]
             for o in node.outputs:
                 perm[o] = p
+            if op == "PRelu" and rank(u) != 4:
+                raise UnsupportedError(f"PRelu on a rank-{rank(u)} tensor", node=node.name, op=op,
+                                       supported=["4-D (NCHW) input (ESP-DL's PRelu reads shape[3] as channels)"])
             if op == "PRelu" and node.inputs[1] in fg.consts:
                 a = np.asarray(fg.consts[node.inputs[1]])
                 c = fg.shapes[u][1] if len(fg.shapes[u]) > 1 else 1
@@ -438,7 +456,6 @@ def fuse_transposes(fg: FGraph, perm: dict[str, list[int]]) -> None:
 def topo_sort(fg: FGraph) -> None:
     """Order nodes as ESP-PPQ's exporter does: Kahn's algorithm, FIFO queue, readers in graph order."""
     prods = fg.producers()
-    index = {id(n): i for i, n in enumerate(fg.nodes)}
     ups = {id(n): len({id(prods[u]) for u in n.inputs if u in prods}) for n in fg.nodes}
     readers: dict[str, list[FNode]] = {}
     for n in fg.nodes:
@@ -462,7 +479,6 @@ def topo_sort(fg: FGraph) -> None:
     if len(out) != len(fg.nodes):
         stuck = [n.name for n in fg.nodes if n not in out]
         raise UnsupportedError(f"the graph has a cycle through {stuck[:5]}")
-    del index
     fg.nodes[:] = out
 
 
@@ -621,6 +637,8 @@ class Exporter:
             inputs = self.binary_consts(n)
         elif op == "Concat":
             attrs["axis"] = int(a.get("axis", 0))
+            e_out, b = self.qi.exp[n.outputs[0]], self.qi.bits[n.name]
+            inputs = [self.act_const(i, e_out, b) if i in self.fg.consts else i for i in inputs]
         elif op == "Flatten":
             attrs["axis"] = int(a.get("axis", 1))
         elif op == "Reshape":
@@ -693,28 +711,16 @@ class Exporter:
             def fn(v, s=s):
                 return np.where(v >= 0, v, v * s).astype(np.float32)
         else:
-            fn = lut_function(n, self.fg.consts)
-        if n.op == "LeakyRelu":
-            attrs["alpha"] = float(n.attrs.get("alpha", 0.01))
-        if n.op == "HardSigmoid":
-            attrs["alpha"] = float(n.attrs.get("alpha", 0.2))
-            attrs["beta"] = float(n.attrs.get("beta", 0.5))
-        if n.op == "Elu":
-            attrs["alpha"] = float(n.attrs.get("alpha", 1.0))
+            fn = lut_function(n)
+        for k in ("alpha", "beta"):  # copied as the ONNX node gives them, as ESP-PPQ does (ESP-DL has the
+            if k in n.attrs and n.op in ("LeakyRelu", "HardSigmoid", "Elu"):  # ONNX defaults otherwise)
+                attrs[k] = float(n.attrs[k])
         op = n.op
-        if bits == 8:
-            xs = np.arange(-128, 128, dtype=np.float32)
-        elif op in INT16_NATIVE_LUT:
-            xs = np.arange(-32768, 32768, dtype=np.float32)
-        else:
-            xs = np.arange(-32768, 32768 + INT16_LUT_STEP, INT16_LUT_STEP, dtype=np.float32)
+        table = lut_table(fn, op, e_in, e_out, bits, self.mode)
+        if bits == 16 and op not in INT16_NATIVE_LUT:
             attrs["int16_lut_step"] = INT16_LUT_STEP
             attrs["original_op_type"] = op
             op = "LUT"
-        with np.errstate(all="ignore"):
-            f = fn((xs * np.float32(2.0 ** e_in)).astype(np.float32))
-        f = np.nan_to_num(f.astype(np.float64), nan=0.0, posinf=1e30, neginf=-1e30)
-        table = q_quantize(f, e_out, self.dtype(bits), self.mode)
         name = None
         for t in self.luts:  # identical tables are shared, as ESP-PPQ 1.3 exports them
             if (t.name.startswith(f"{n.op}_lut_") and t.exponents == (int(e_out),) and t.dtype == self.dtype(bits)

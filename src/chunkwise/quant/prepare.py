@@ -62,7 +62,9 @@ class FGraph:
 
 def load_onnx(src) -> onnx.ModelProto:
     if isinstance(src, onnx.ModelProto):
-        return src
+        m = onnx.ModelProto()
+        m.CopyFrom(src)
+        return m
     p = Path(src)
     if not p.exists():
         raise FormatError("file not found", path=str(p))
@@ -109,9 +111,13 @@ def from_onnx(model: onnx.ModelProto) -> FGraph:
     for vi in g.input:
         if vi.name in consts:
             continue
+        dims = list(vi.type.tensor_type.shape.dim) if vi.type.tensor_type.HasField("shape") else None
+        if dims and not dims[0].HasField("dim_value"):
+            vi.type.tensor_type.shape.dim[0].dim_value = 1  # a symbolic batch: ESP-DL runs batch 1
         shp = _static_shape(vi)
         if shp is None:
-            raise UnsupportedError(f"input {vi.name!r} has a dynamic or unknown shape; give a model with a static "
+            raise UnsupportedError(f"input {vi.name!r} has a dynamic or unknown shape "
+                                   f"{[d.dim_param or d.dim_value for d in dims or []]}; give a model with a static "
                                    "input shape (e.g. re-export with fixed dims)")
         if shp and shp[0] != 1:
             raise UnsupportedError(f"input {vi.name!r} has batch {shp[0]}", supported=["batch size 1"])

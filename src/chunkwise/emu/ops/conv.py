@@ -93,9 +93,12 @@ def conv_geometry(ctx, x_shape, w_dims, depthwise_hint=None):
     nsp = rank - 2
     ks = node.attr("kernel_shape") or list(w_dims[:nsp])
     ctx.require(len(ks) == nsp, f"kernel_shape {ks} does not match a {nsp}-D conv")
+    ctx.require(all(int(k) >= 1 for k in ks), f"kernel_shape {ks} must be >= 1")
     strides = _as_list(node.attr("strides"), nsp, 1)
     dil = _as_list(node.attr("dilations"), nsp, 1)
     pads = _as_list(node.attr("pads"), 2 * nsp, 0)
+    ctx.require(len(strides) == nsp and len(dil) == nsp and len(pads) == 2 * nsp,
+                f"strides {strides}, dilations {dil}, pads {pads} do not fit a {nsp}-D conv")
     auto_pad = node.attr("auto_pad", "NOTSET") or "NOTSET"
     ctx.require(auto_pad in ("NOTSET", ""), f"auto_pad={auto_pad!r}", supported=["NOTSET (explicit pads)"])
     ctx.require(all(s >= 1 for s in strides) and all(d >= 1 for d in dil), "strides and dilations must be >= 1")
@@ -145,6 +148,8 @@ def prepare_conv(node, ctx, ins, outs):
     ctx.require(outs[0].dtype == x.dtype, f"output dtype {outs[0].dtype} differs from input {x.dtype}")
     (ih, iw), (kh, kw), (sh, sw), (dh, dw), (pt, pl, pb, pr) = conv_geometry(ctx, x.shape, w.shape)
     group = int(node.attr("group", 1) or 1)
+    ctx.require(group >= 1, f"group={group} must be >= 1")
+    ctx.require(w.const.dtype.kind in "iu", f"weight dtype {w.const.dtype}", supported=["integer weights"])
     cin = x.shape[-1]
     wt = w.const
     if wt.ndim == 3:
@@ -196,7 +201,9 @@ def prepare_gemm(node, ctx, ins, outs):
     ctx.require(int(node.attr("transB", 0) or 0) == 0, "transB=1 (ESP-DL stores B as [K, N])",
                 supported=["transB=0"])
     wt = w.const
-    ctx.require(wt.ndim in (2, 4), f"weight dims {list(w.shape)}")
+    ctx.require(wt.ndim == 2 or (wt.ndim == 4 and wt.shape[:2] == (1, 1)), f"weight dims {list(w.shape)}",
+                supported=["[K, N]", "[1, 1, K, N]"])
+    ctx.require(wt.dtype.kind in "iu", f"weight dtype {wt.dtype}", supported=["integer weights"])
     wt = wt.reshape(wt.shape[-2], wt.shape[-1])
     k, nout = wt.shape
     ctx.require(x.shape[-1] == k, f"input has {x.shape[-1]} features, weight expects {k}")

@@ -9,11 +9,15 @@ Shapes as ``MatMul::get_output_shape``: 1-D x 1-D -> [1]; 2-D x 2-D; 1-D x 2-D -
 [M]; 1-D x (>2-D) -> B's batch dims + [N]; (>2-D) x 1-D -> A's batch dims + [M]; otherwise up to
 rank 4, batch dims broadcast (each 1 or equal).
 
-The filter is read in the conv weight memory order. A constant B is stored packed and the reader
-hands us the logical array. A dynamic B is packed *by the graph*: ESP-PPQ inserts
-Reshape/Transpose(/Slice/Concat) nodes before the MatMul (``InsertPreNodeOfMatMulPattern``) so
-that the row-major memory of each [K, N] matrix is ``(N/a)HWCa[_UNALIGNED]`` (``a`` = 16 for int8,
-8 for int16) or ``[N][K]`` on the ``c`` target. We read it the same way the chip does.
+B's memory layout is the node attribute ``input1_layout``:
+
+* ``packed`` (or absent: exports made before the attribute existed): B is read in the conv weight
+  memory order. A constant B is stored packed and the reader hands us the logical array. A dynamic
+  B is packed *by the graph*: ESP-PPQ inserts Reshape/Transpose(/Slice/Concat) nodes before the
+  MatMul (``InsertPreNodeOfMatMulPattern``) so that the row-major memory of each [K, N] matrix is
+  ``(N/a)HWCa[_UNALIGNED]`` (``a`` = 16 for int8, 8 for int16) or ``[N][K]`` on the ``c`` target.
+  We read that memory the way the chip does.
+* ``native_kn`` (newer ESP-PPQ, dynamic B only): B is the plain row-major [..., K, N] array.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from ..registry import Prepared, kernel
 from ..rounding import qrange, shift_round
 
 ACTIVATIONS = ("Linear", "Relu")
+LAYOUTS = ("packed", "native_kn")
 
 
 @njit(cache=True)
@@ -127,7 +132,12 @@ def prepare_matmul(node, ctx, ins, outs):
     relu = act == "Relu"
     mode = ctx.mode
     t, m = len(ia), a3[1]
-    order = None if b.is_const or len(sb) == 1 else _dynamic_order(ctx.target, b.dtype, b3[1], n)
+    layout = node.attr("input1_layout", "packed") or "packed"
+    ctx.require(layout in LAYOUTS, f"input1_layout={layout!r}", supported=list(LAYOUTS))
+    native = layout == "native_kn"
+    ctx.require(not (native and b.is_const), "input1_layout='native_kn' with a constant B (constants are "
+                "stored packed)", supported=["packed constant B"])
+    order = None if (b.is_const or native or len(sb) == 1) else _dynamic_order(ctx.target, b.dtype, b3[1], n)
     b_const = None
     if b.is_const:
         b_const = np.ascontiguousarray(np.asarray(b.const).reshape(b3))
