@@ -3,8 +3,8 @@
 Every benchmark records what it measured in ``benchmark.extra_info`` so that ``bench/run.py`` can
 build the table from pytest-benchmark's JSON alone:
 
-* ``figure``: the table row (ours and its peers share one figure name);
-* ``side``: ``"ours"`` or ``"peer"``; ``label``: what exactly ran;
+* ``key``: what was measured (``bench/run.py`` pairs keys into table rows: ours vs peer);
+* ``label``: what exactly ran;
 * ``per``: the timed call covers this many items (chunks): the row shows median / per;
 * ``value`` + ``unit``: for figures that are not the timed call itself (memory, bytes, a time measured
   inside a subprocess): the row shows the value instead of the timing.
@@ -45,9 +45,8 @@ def load(name: str):
         return chunkwise.load(zoo_path(name))
 
 
-def record(benchmark, figure: str, side: str, label: str, *, per: int = 1, value=None, unit: str = "s",
-           **more) -> None:
-    benchmark.extra_info.update(figure=figure, side=side, label=label, per=per, unit=unit, **more)
+def record(benchmark, key: str, label: str, *, per: int = 1, value=None, unit: str = "s", **more) -> None:
+    benchmark.extra_info.update(key=key, label=label, per=per, unit=unit, **more)
     if value is not None:
         benchmark.extra_info["value"] = value
 

@@ -252,6 +252,21 @@ def test_matmul_vs_naive(const_b, dtype, target):
         np.testing.assert_array_equal(y, want, err_msg=f"{sa} x {sb}")
 
 
+@pytest.mark.parametrize("target", ["esp32p4", "c"])
+def test_matmul_native_kn_dynamic_b(target):
+    """Newer ESP-PPQ exports mark a dynamic B ``input1_layout='native_kn'``: plain row-major."""
+    rng = np.random.default_rng(9)
+    for sa, sb in MATMUL_CASES:
+        if len(sb) == 1:
+            continue
+        a, b = rand(rng, "int16", sa), rand(rng, "int16", sb)
+        eo = -5 + int(np.log2(sa[-1]))
+        m = model("MatMul", [("a", "int16", sa, [-12], None), ("b", "int16", sb, [-13], None)],
+                  [("y", "int16", [eo])], {"input1_layout": "native_kn"}, target)
+        y = m.run({"a": a, "b": b})["y"]
+        np.testing.assert_array_equal(y, naive.matmul(a, b, -12, -13, eo, False, target), err_msg=f"{sa} x {sb}")
+
+
 def test_matmul_dynamic_b_is_read_packed():
     """Feeding a dynamic B in plain row-major order gives what the chip would compute: not A @ B."""
     rng = np.random.default_rng(5)
@@ -376,6 +391,14 @@ def test_reduce_errors(shape, axes, attrs, match):
 def test_matmul_errors(sa, sb, match):
     _prepare_error("MatMul", [("a", "int8", sa, [0], None), ("b", "int8", sb, [0], None)],
                    [("y", "int8", [0])], {}, match)
+
+
+def test_matmul_layout_errors():
+    a = ("a", "int8", (2, 3), [0], None)
+    _prepare_error("MatMul", [a, ("b", "int8", (3, 4), [0], None)], [("y", "int8", [0])],
+                   {"input1_layout": "nk"}, "input1_layout")
+    _prepare_error("MatMul", [a, ("b", "int8", (3, 4), [0], np.zeros((3, 4), np.int8))], [("y", "int8", [0])],
+                   {"input1_layout": "native_kn"}, "constant")
 
 
 def test_matmul_activation_error():

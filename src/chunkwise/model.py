@@ -133,6 +133,9 @@ class Model:
             if len(declared) and a.ndim != len(declared):
                 raise ShapeError(f"input {v.name!r} has {a.ndim} dims, the model expects {len(declared)}")
             if v.dtype in ("int8", "int16"):
+                if len(v.exponents) != 1:
+                    raise ShapeError(f"input {v.name!r} has {len(v.exponents)} exponents in the model; "
+                                     "a quantized input needs exactly one")
                 if a.dtype.kind == "f":
                     a = quantize(a, v.exponent, v.dtype, rounding_mode(self.target))
                 elif a.dtype.kind in "iub":

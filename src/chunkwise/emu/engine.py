@@ -59,6 +59,15 @@ def _check_node(node: Node) -> None:
             raise UnsupportedError(f"attribute {k!r} has no value", node=node.name, op=node.op_type)
 
 
+MAX_EXPONENT = 64  # |exponent| above this is refused: 2**e overflows float math and shifts exceed 63 bits
+
+
+def _check_exponents(name: str, exps) -> None:
+    for e in exps:
+        if not -MAX_EXPONENT <= int(e) <= MAX_EXPONENT:
+            raise UnsupportedError(f"exponent {int(e)} of {name!r} is outside [-{MAX_EXPONENT}, {MAX_EXPONENT}]")
+
+
 def _name_node(e: ChunkwiseError, node: Node) -> None:
     """Prefix an error raised without node context (e.g. by a shared helper) with the node."""
     if isinstance(e, UnsupportedError) and e.node is not None:
@@ -91,6 +100,7 @@ class Plan:
         self.steps: list[Step] = []
         self.consts: dict[str, np.ndarray] = {}
         for name, t in graph.initializers.items():
+            _check_exponents(name, t.exponents)
             self.specs[name] = Spec(name, tuple(t.dims), t.dtype, tuple(t.exponents), t.data)
             if t.data is not None:
                 self.consts[name] = t.data
@@ -99,6 +109,7 @@ class Plan:
                 continue
             if v.name not in input_shapes:
                 raise ShapeError(f"no shape for input {v.name!r}")
+            _check_exponents(v.name, v.exponents)
             self.specs[v.name] = Spec(v.name, tuple(input_shapes[v.name]), v.dtype, tuple(v.exponents))
         for node in graph.nodes:
             self._prepare(node)
@@ -121,6 +132,8 @@ class Plan:
         outs = NodeArgs(node, "output")
         for name in node.outputs:
             vi = self.graph.info(name)
+            if vi is not None:
+                _check_exponents(name, vi.exponents)
             outs.append(Spec(name, None, vi.dtype if vi else "undefined", tuple(vi.exponents) if vi else ()))
         prepare = get_kernel(node, ctx)
         try:

@@ -186,8 +186,10 @@ class Stats:
                 top = self.maxabs[n]
                 if top <= 0:
                     continue
-                step = top / bins
-                idx = np.minimum((np.abs(a.astype(np.float64)) / step).astype(np.int64), bins - 1)
+                # bin index as torch.histc computes it (float32): (x - lo) * bins / (hi - lo)
+                hi = np.float32((top / bins) * bins)
+                v = np.abs(a.astype(np.float32))
+                idx = np.minimum(((v * np.float32(bins)) / hi).astype(np.int64), bins - 1)
                 h = np.bincount(idx.ravel(), minlength=bins)
                 key = (n, bins)
                 if key in self.hist:

@@ -327,7 +327,7 @@ def prepare_reverse_sequence(node, ctx, ins, outs):
     def run(xa, la):
         lens_ = np.asarray(la).ravel()
         if lens_.size < nb or np.any(lens_[:nb] > nt):
-            raise ValueError(f"sequence_lens {lens_.tolist()} do not fit batch {nb} x time {nt}")
+            raise ctx.fail(f"sequence_lens {lens_.tolist()} do not fit batch {nb} x time {nt}")
         y = xa.copy()
         yt = np.moveaxis(y, (batch_axis, time_axis), (0, 1))  # a view: writes go to y
         xt = np.moveaxis(xa, (batch_axis, time_axis), (0, 1))
@@ -398,7 +398,7 @@ def prepare_scatter_nd(node, ctx, ins, outs):
     def check(ia):
         ia = np.asarray(ia, dtype=np.int64).reshape(n_slices, k)
         if ia.size and (np.any(ia < 0) or np.any(ia >= bounds)):
-            raise ValueError(f"ScatterND indices out of range [0, {dshape[:k]}) (ESP-DL does not wrap negatives)")
+            raise ctx.fail(f"ScatterND indices out of range [0, {dshape[:k]}) (ESP-DL does not wrap negatives)")
         return ia
 
     const_idx = check(ind.const) if ind.is_const else None

@@ -1,0 +1,150 @@
+"""Start-up, quantization time and memory, each measured in a fresh subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import FIXTURES, TCN_OFFLINE, record, zoo_path
+
+CLI = [sys.executable, "-c", "import sys; from chunkwise.cli import main; sys.exit(main())"]
+
+
+def _timed(cmd, env) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of the child) of one subprocess run; fails on a non-zero exit."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    assert p.returncode == 0, p.stderr[-2000:]
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+@pytest.mark.parametrize("kind", ["offline", "streaming"])
+def test_cold_and_warm_emu_run(benchmark, kind):
+    """``chunkwise emu run`` with an empty numba cache (cold: every kernel compiles) and again with the
+    cache it filled (warm). offline: the tutorial TCN's embedded test input; streaming: 8 chunks."""
+    if kind == "offline":
+        args = ["emu", "run", str(zoo_path(TCN_OFFLINE)), "--target", "esp32p4"]
+    else:
+        args = ["emu", "run", str(zoo_path("tutorial_tcn_esp32p4_streaming_model.espdl")), "--target", "esp32p4",
+                "-n", "8"]
+    res = {}
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "NUMBA_CACHE_DIR": cache}
+        if kind == "streaming":
+            x = Path(cache) / "x.npy"
+            np.save(x, np.random.default_rng(0).standard_normal((1, 24, 16)).astype(np.float32))
+            args += ["--input", str(x)]
+
+        def run():
+            res["cold"] = _timed(CLI + args, env)
+            warm = sorted(_timed(CLI + args, env) for _ in range(3))
+            res["warm"] = warm[1]  # median of 3
+
+        benchmark.pedantic(run, rounds=1, iterations=1)
+    (cw, cc), (ww, wc) = res["cold"], res["warm"]
+    record(benchmark, f"cold_{kind}", f"first `chunkwise emu run` ({kind} TCN), empty NUMBA_CACHE_DIR; "
+           f"CPU {cc:.1f} s", value=cw, cpu_s=cc)
+    benchmark.extra_info["warm"] = {"value": ww, "cpu_s": wc,
+                                    "label": f"second `chunkwise emu run` ({kind} TCN), cache filled; median "
+                                             f"of 3; CPU {wc:.2f} s"}
+
+
+QUANT = textwrap.dedent("""
+    import json, sys, time, warnings
+    warnings.simplefilter("ignore")
+    t0 = time.perf_counter()
+    import numpy as np, chunkwise
+    calib = np.load(sys.argv[2])
+    t1 = time.perf_counter()
+    chunkwise.quantize(sys.argv[1], calib)
+    t2 = time.perf_counter()
+    chunkwise.quantize(sys.argv[1], calib)
+    t3 = time.perf_counter()
+    print(json.dumps({"import_s": t1 - t0, "first_s": t2 - t1, "second_s": t3 - t2, "n": int(len(calib))}))
+""")
+
+
+def test_quantize_tcn(benchmark):
+    """chunkwise.quantize on the tutorial TCN (float ONNX, 32 calibration samples), in a fresh process:
+    the first call (kernels loaded from numba's cache) and a second one in the same process."""
+    d = FIXTURES / "ppq_refs" / "tcn_tutorial"
+    try:
+        import chunkwise.quant  # noqa: F401
+    except Exception as e:  # the quantizer is optional for the benchmarks
+        pytest.skip(f"chunkwise.quantize not available: {e}")
+    out = {}
+
+    def run():
+        p = subprocess.run([sys.executable, "-c", QUANT, str(d / "model.onnx"), str(d / "calib.npy")],
+                           capture_output=True, text=True, timeout=1800)
+        if p.returncode == 0:
+            out.update(json.loads(p.stdout.strip().splitlines()[-1]))
+        else:
+            out["error"] = p.stderr.strip().splitlines()[-1][:300] if p.stderr.strip() else "failed"
+
+    benchmark.pedantic(run, rounds=1, iterations=1)
+    if "error" in out:
+        record(benchmark, "quantize_first", f"chunkwise.quantize: not available ({out['error']})", value=None)
+        benchmark.extra_info["unavailable"] = out["error"]
+        return
+    record(benchmark, "quantize_first", f"chunkwise.quantize, {out['n']} samples, first call in a fresh "
+           f"process (+{out['import_s']:.1f} s imports)", value=out["first_s"])
+    benchmark.extra_info["second"] = {"value": out["second_s"], "label": "chunkwise.quantize, second call"}
+
+
+RSS = textwrap.dedent("""
+    import json, resource, sys, warnings
+    warnings.simplefilter("ignore")
+    import numpy as np
+    def peak():
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    if sys.argv[1] == "ours":
+        import chunkwise
+        base = peak()
+        m = chunkwise.load(sys.argv[2])
+        feeds = {v.name: np.zeros(v.shape, np.int8) for v in m.graph.inputs}
+        m.run(feeds)
+    else:
+        import onnxruntime as ort, chunkwise
+        from chunkwise.espdl.float_onnx import to_float_onnx
+        twin = to_float_onnx(chunkwise.load(sys.argv[2]).graph, io_layout="onnx").SerializeToString()
+        base = peak()
+        so = ort.SessionOptions(); so.intra_op_num_threads = 1
+        s = ort.InferenceSession(twin, so, providers=["CPUExecutionProvider"])
+        i = s.get_inputs()[0]
+        s.run(None, {i.name: np.zeros(i.shape, np.float32)})
+    print(json.dumps({"peak": peak(), "base": base}))
+""")
+
+
+@pytest.mark.parametrize("side", ["ours", "peer"])
+def test_peak_rss_mobilenetv2(benchmark, side):
+    """Peak RSS of a process that loads MobileNetV2 and runs it once (ru_maxrss)."""
+    p = zoo_path("imagenet_mobilenetv2_s8_p4.espdl")
+    out = {}
+
+    def run():
+        r = subprocess.run([sys.executable, "-c", RSS, side, str(p)], capture_output=True, text=True, timeout=900)
+        assert r.returncode == 0, r.stderr[-2000:]
+        out.update(json.loads(r.stdout.strip().splitlines()[-1]))
+
+    benchmark.pedantic(run, rounds=1, iterations=1)
+    mib = out["peak"] / 2**20
+    if side == "ours":
+        label = f"chunkwise load + Model.run, whole process (imports alone: {out['base'] / 2**20:.0f} MiB)"
+    else:
+        label = f"onnxruntime float twin, 1 thread, whole process (before the session: {out['base'] / 2**20:.0f} MiB)"
+    record(benchmark, f"rss_mnv2_{side}", label, value=mib, unit="MiB")
