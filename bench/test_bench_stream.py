@@ -99,3 +99,51 @@ def test_state_bytes(benchmark, session):
     benchmark.pedantic(lambda: session.state_bytes, rounds=1, iterations=1)
     record(benchmark, "state_bytes", "Session.state_bytes (StreamingCache state)", value=session.state_bytes,
            unit="bytes")
+
+
+def test_profile_opcodes(benchmark, session, tcn_chunks):
+    """Where the time of one compiled step goes: the program's rows grouped by opcode class, each group
+    run alone (on the arena a real step left behind) in a compiled loop; medians of 7 repeats."""
+    import statistics
+    import time
+
+    from numba import njit
+
+    from chunkwise.emu import program as P
+
+    @njit
+    def repeat(code, act, c32, c64, cf, acc32, acc64, mode, n):
+        for _ in range(n):
+            P._exec(code, act, c32, c64, cf, acc32, acc64, mode)
+
+    pr = session.program
+    session.push(tcn_chunks[0])
+    names = {v: k[3:] for k, v in vars(P).items() if k.startswith("OP_") and isinstance(v, int)}
+    n = 2000
+
+    def us(code):
+        args = (code, pr.act, pr.c32, pr.c64, pr.cf, pr.acc32, pr.acc64, pr.mode)
+        repeat(*args, 10)
+        ts = []
+        for _ in range(7):
+            t0 = time.perf_counter()
+            repeat(*args, n)
+            ts.append((time.perf_counter() - t0) / n * 1e6)
+        return statistics.median(ts), min(ts)
+
+    prof = {}
+
+    def run():
+        ops = pr.code[:, 0]
+        prof["total"] = us(pr.code)
+        prof["groups"] = []
+        for op in sorted(set(ops.tolist())):
+            rows = pr.code[ops == op]
+            macs = 0
+            if op == P.OP_CONV:  # out positions * kernel taps * Cin/g * Cout
+                macs = int(sum(r[2] * r[14] * r[15] * r[7] * r[8] * r[9] * r[10] for r in rows))
+            prof["groups"].append((names[op], int(len(rows)), *us(np.ascontiguousarray(rows)), macs))
+
+    benchmark.pedantic(run, rounds=1, iterations=1)
+    record(benchmark, "profile", "per-opcode time of one compiled TCN step", value=prof["total"][0] * 1e-6)
+    benchmark.extra_info["profile"] = prof

@@ -233,7 +233,7 @@ def peak_activation_memory(graph: Graph, shapes: dict, dtypes: dict) -> dict:
         else:
             sizes[name] = b
     # difference array over steps: O(values + steps)
-    delta = [0] * (nsteps + 1)
+    delta = [0] * (nsteps + 2)  # a graph without nodes still has its inputs alive at step 0
     for name, b in sizes.items():
         delta[born[name]] += b
         delta[last[name] + 1] -= b

@@ -38,7 +38,7 @@ def _node_bits(fg: FGraph, origin: dict[str, list[str]], bits: int, int16_nodes)
 
 
 def quantize(onnx_path_or_model, calib, *, target: str = "esp32p4", bits: int = 8, calib_method: str = "kl",
-             int16_nodes=(), test_input=None, progress: bool = False):
+             int16_nodes=(), test_input=None, progress: bool = False, clip_outputs: bool = False):
     """Quantize a float ONNX model for ESP-DL and return a :class:`chunkwise.Model`.
 
     ``calib``: an .npy ``[N, ...input shape without batch]``, an .npz (one array per input), a directory
@@ -46,7 +46,8 @@ def quantize(onnx_path_or_model, calib, *, target: str = "esp32p4", bits: int = 
     int8 model (mixed precision; RequantizeLinear nodes are inserted at the boundaries). ``test_input``
     (default: the first calibration sample, in the ONNX layout) is run through the emulator and stored as
     the model's test input/output. The model's ``quant_report`` holds per-layer SQNR / cosine similarity
-    against onnxruntime's float activations.
+    against onnxruntime's float activations. Graph outputs are calibrated min-max (never clipped) unless
+    ``clip_outputs=True``, which applies ``calib_method`` to them too, as ESP-PPQ does.
     """
     from ..model import Model
 
@@ -70,10 +71,15 @@ def quantize(onnx_path_or_model, calib, *, target: str = "esp32p4", bits: int = 
     stats = collect(runner, data, needed, calib_method, progress=progress)
     memo: dict = {}
 
+    outputs = set(fg.outputs)
+
     def calib_exp(v: str, b: int) -> int:
         key = (v, b)
         if key not in memo:
-            memo[key] = stats.exponent(v, b, calib_method)
+            # graph outputs are never clipped (min-max): clipping the last layer costs output SQNR
+            # directly and nothing downstream benefits from the finer step
+            method = "minmax" if v in outputs and not clip_outputs else calib_method
+            memo[key] = stats.exponent(v, b, method)
         return memo[key]
 
     qi = assign_exponents(fq, bits_of, calib_exp)

@@ -136,6 +136,7 @@ def _axes(node, ctx, ins, rank):
                 "second input and would reduce every axis)", supported=["axes as the second input (opset 18)"])
     if len(ins) > 1 and ins[1].name:
         ctx.require(ins[1].is_const, "axes must be a constant initializer")
+        ctx.require(ins[1].const.dtype.kind in "iu", f"axes dtype {ins[1].dtype}", supported=["int64"])
         axes = [int(a) for a in np.asarray(ins[1].const).ravel()]
     flags = [False] * rank
     if not axes:

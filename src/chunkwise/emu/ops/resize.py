@@ -28,6 +28,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from ...limits import check_alloc
 from ..registry import Prepared, kernel
 from ..rounding import HALF_EVEN, qrange, requantize
 from ._fmath import fma32
@@ -180,10 +181,14 @@ def prepare_resize(node, ctx, ins, outs):
         sc = [F32(v) for v in np.asarray(ins[2].const).ravel()]
         ctx.require(len(sc) == r, f"{len(sc)} scales for rank {r}")
         scales = [sc[2 + i] for i in range(nsp)]
+        ctx.require(all(np.isfinite(s) and s > 0 for s in scales), f"scales {scales} must be finite and > 0")
         out_sp = [int(F32(F32(in_sp[i]) * scales[i])) for i in range(nsp)]
     ctx.require(all(o >= 1 for o in out_sp), f"empty output {out_sp}")
     ctx.require(all(s > 0 for s in scales), f"scales {scales}")
     c = int(x.shape[-1])
+    # the index/coefficient tables below are as long as the output: refuse a huge one first
+    check_alloc(int(np.prod(out_sp, dtype=object)) * c * np.dtype(x.dtype).itemsize,
+                f"output of node {node.name!r}")
     shape = (1, *out_sp, c)
     lo, hi = qrange(x.dtype)
     mode = ctx.mode

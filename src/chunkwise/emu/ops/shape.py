@@ -41,6 +41,8 @@ def check_inplace_exps(ctx, x, out) -> None:
 
 def _ints(ctx, spec, what) -> list[int]:
     ctx.require(spec.is_const, f"{what} must be a constant initializer (ESP-DL reads it once when loading)")
+    ctx.require(np.asarray(spec.const).dtype.kind in "iu", f"{what} has dtype {spec.dtype}",
+                supported=["integer (int64) tensors"])
     return [int(v) for v in np.asarray(spec.const).ravel()]
 
 

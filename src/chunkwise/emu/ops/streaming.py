@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ...limits import check_alloc
 from ..registry import Prepared, kernel
 from .shape import out_dtype
 
@@ -43,6 +44,7 @@ def prepare_streaming_cache(node, ctx, ins, outs):
     cache_shape = list(out_shape)
     cache_shape[axis] = window - 1
     dtype = np.dtype(x.dtype)
+    check_alloc(int(np.prod(cache_shape, dtype=object)) * dtype.itemsize, f"cache of node {node.name!r}")
     cache = np.zeros(int(np.prod(cache_shape, dtype=np.int64)), dtype=dtype)  # flat, preallocated once
     n_cache = cache.size
     n_in = int(np.prod(x.shape, dtype=np.int64))
