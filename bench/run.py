@@ -71,7 +71,12 @@ def machine() -> str:
     return f"{model}, {os.cpu_count()} cores"
 
 
+LOAD_AT_START = None
+
+
 def run_pytest(extra: list[str]) -> int:
+    global LOAD_AT_START
+    LOAD_AT_START = os.getloadavg()
     cmd = [sys.executable, "-m", "pytest", str(HERE), f"--benchmark-json={JSON}", "-p", "no:cacheprovider",
            "--benchmark-columns=min,median,max,rounds", *extra]
     print("+", " ".join(cmd), flush=True)
@@ -104,6 +109,8 @@ def entries(doc: dict) -> dict:
                                             "(in its venv, after imports)"}
         if "profile" in info:
             out["__profile__"] = info["profile"]
+        if "op_profile" in info:
+            out.setdefault("__op_profiles__", []).append(info["op_profile"])
     return out
 
 
@@ -131,6 +138,10 @@ def _t(s: float) -> str:
     return f"{s:.2f} s"
 
 
+def _load(avg) -> str:
+    return "?" if avg is None else "/".join(f"{x:.1f}" for x in avg)
+
+
 def _cell(text: str) -> str:
     return text.replace("|", "\\|")
 
@@ -147,7 +158,7 @@ def write(doc: dict, extra: list[str]) -> str:
         f"- date: {doc.get('datetime', datetime.datetime.now(datetime.timezone.utc).isoformat())}",
         f"- command: `python bench/run.py{(' ' + ' '.join(extra)) if extra else ''}`",
         f"- machine: {mach}; Python {info.get('python_version', platform.python_version())}; "
-        f"load average at the end: {', '.join(f'{x:.1f}' for x in os.getloadavg())}",
+        f"load average (1/5/15 min) at the start: {_load(LOAD_AT_START)}, at the end: {_load(os.getloadavg())}",
         f"- commit: {(doc.get('commit_info') or {}).get('id', '?')[:12]}"
         f"{' (dirty)' if (doc.get('commit_info') or {}).get('dirty') else ''}",
         "",
@@ -162,11 +173,17 @@ def write(doc: dict, extra: list[str]) -> str:
         p = es.get(pk) if pk else None
         ratio = ""
         if o and p and o.get("value") and p.get("value"):
-            ratio = f"{o['value'] / p['value']:.2f}"
+            r = o["value"] / p["value"]
+            ratio = f"{r:.2f}" if r >= 0.1 else f"{r:.2g} (1/{1 / r:.0f})"
         ours = fmt(o) if o else "skipped"
         peer = "" if pk is None else (fmt(p) if p else "not measured")
         lines.append(f"| {_cell(fig)} | {_cell(ours)} | {_cell(peer)} | {ratio} | {_cell(target)} | {_cell(mach)} |")
-    lines += ["", "## What each measurement ran", ""]
+    lines += ["", "Notes: `push_many` validates and quantizes every chunk in Python (`Model.prepare_inputs`) "
+              "before the one compiled call; `Program.run_many` is that compiled call alone. The onnxruntime "
+              "peers run `chunkwise.espdl.float_onnx.to_float_onnx` twins (dequantized weights, NCHW), i.e. "
+              "the float computation the int8 model approximates. Cold/warm start times are wall clock of a "
+              "subprocess; the CPU seconds are in the list below.",
+              "", "## What each measurement ran", ""]
     for key, e in es.items():
         if key.startswith("__"):
             continue
@@ -185,6 +202,15 @@ def write(doc: dict, extra: list[str]) -> str:
                          f"{macs or ''} | {rate} |")
         rest = tot - sum(g[2] for g in prof["groups"])
         lines.append(f"| (dispatch, rest) | | {rest:.2f} | {100 * rest / tot:.0f}% | | |")
+    for op in es.get("__op_profiles__", []):
+        lines += ["", f"## Where the time goes ({op['model']}, `Model.run`, per-node path)", "",
+                  f"Each plan step timed alone, mean of 3 runs; sum {op['total_ms']:.1f} ms.", "",
+                  "| op | ms | share | M MACs | GMAC/s |", "|---|---|---|---|---|"]
+        for name, ms, macs in op["rows"][:8]:
+            rate = f"{macs / (ms * 1e6):.2f}" if macs and ms else ""
+            lines.append(f"| {name} | {ms:.2f} | {100 * ms / op['total_ms']:.0f}% | "
+                         f"{macs / 1e6:.1f} | {rate} |" if macs else
+                         f"| {name} | {ms:.2f} | {100 * ms / op['total_ms']:.0f}% | | |")
     skipped = [ok for _, ok, _, _ in ROWS if ok not in es]
     if skipped:
         lines += ["", f"Skipped or failed: {', '.join(sorted(set(skipped)))} (see the pytest output)."]

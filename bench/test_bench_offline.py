@@ -40,3 +40,44 @@ def test_ort_float(benchmark, which, threads):
     t = "1 thread" if threads == 1 else "default threads"
     record(benchmark, f"ort_{which}_{'1t' if threads == 1 else 'default'}",
            f"onnxruntime {ort_version()} float twin (NCHW), {t}")
+
+
+@pytest.mark.parametrize("which", list(MODELS))
+def test_profile_offline(benchmark, which):
+    """Where Model.run's time goes: each plan step timed on its own (3 runs averaged), grouped by op
+    (Conv split into 1x1 / kxk / depthwise), with MACs and the achieved rate."""
+    import time
+    from collections import defaultdict
+
+    m = load(MODELS[which])
+    feeds = _feeds(m)
+    m.run(feeds)
+    plan = m.plan({k: v.shape for k, v in feeds.items()})
+    tot, macs = defaultdict(float), defaultdict(int)
+
+    def group(node):
+        if node.op_type != "Conv":
+            return node.op_type
+        if int(node.attr("group", 1) or 1) > 1:
+            return "Conv depthwise"
+        return f"Conv {'x'.join(str(k) for k in (node.attr('kernel_shape') or []))}"
+
+    def run():
+        reps = 3
+        for rep in range(reps):
+            values = dict(plan.consts)
+            values.update(m.prepare_inputs(feeds))
+            for s in plan.steps:
+                args = [values[i] if i else None for i in s.inputs]
+                t0 = time.perf_counter()
+                outs = s.prepared.run(*args)
+                tot[group(s.node)] += (time.perf_counter() - t0) / reps
+                if rep == 0:
+                    macs[group(s.node)] += s.prepared.macs
+                values.update(zip(s.outputs, outs))
+
+    benchmark.pedantic(run, rounds=1, iterations=1)
+    total = sum(tot.values())
+    rows = sorted(([k, v * 1e3, macs[k]] for k, v in tot.items()), key=lambda r: -r[1])
+    record(benchmark, f"profile_{which}", f"Model.run per-op time ({MODELS[which]})", value=total)
+    benchmark.extra_info["op_profile"] = {"model": MODELS[which], "total_ms": total * 1e3, "rows": rows}

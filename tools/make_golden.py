@@ -141,6 +141,8 @@ def retry_cases(python: str, ops_dir: Path, out: Path, target: str, bits: int, o
 def generate(args, ops_dir: Path, out: Path) -> list[dict]:
     cfg = config_ops(ops_dir)
     ops = [o for o in args.ops.split(",") if o] if args.ops else list(cfg)
+    if args.reverse:
+        ops = ops[::-1]
     unknown = [o for o in ops if o not in cfg]
     if unknown:
         raise SystemExit(f"ops not in op_cfg.toml: {unknown}")
@@ -211,6 +213,8 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per operator")
     ap.add_argument("--skip-existing", action="store_true", help="skip ops already generated OK")
     ap.add_argument("--no-generate", action="store_true", help="only pick fixtures from --out")
+    ap.add_argument("--reverse", action="store_true",
+                    help="operators in reverse order (a second run on the same suite meets the first)")
     ap.add_argument("--no-split", action="store_true",
                     help="do not retry a crashed operator case by case")
     ap.add_argument("--per-op", type=int, default=2, help="max fixture cases per suite/op")

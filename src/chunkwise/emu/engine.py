@@ -128,7 +128,11 @@ class Plan:
             if name not in self.specs:
                 raise ChunkwiseError(f"node {node.name!r} ({node.op_type}): input {i} {name!r} is not produced "
                                      "by any earlier node, input or initializer")
-            ins.append(self.specs[name])
+            spec = self.specs[name]
+            if spec.dtype in ("undefined", "string") and spec.const is None:
+                raise UnsupportedError(f"input {i} {name!r} has no numeric dtype ({spec.dtype}) in the model",
+                                       node=node.name, op=node.op_type)
+            ins.append(spec)
         outs = NodeArgs(node, "output")
         for name in node.outputs:
             vi = self.graph.info(name)

@@ -1,0 +1,137 @@
+"""The CI fuzzing campaign (seeded, deterministic) and checks that the fuzzer can see failures.
+
+The campaign mutates the repository's fixtures (plus ``../shared/zoo`` models up to 64 KiB when
+present) 2,000 times, runs every input through the reader in this process and every readable one
+(plus every 10th unreadable one) through ``chunkwise emu test`` / ``emu run`` in two worker processes,
+and requires zero crashes and zero hangs. The long campaign is ``chunkwise fuzz -n 50000 --seed 1``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from chunkwise import fuzz
+from chunkwise.cli import app
+from chunkwise.emu import registry
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+GEMM = FIXTURES / "gemm_esp32p4_1_16_kshap_16_16_relu_s8.espdl"
+CI_INPUTS = 2000
+CI_SEED = 20261122
+
+
+def test_ci_campaign(tmp_path):
+    files = fuzz.default_seed_files(FIXTURES, SHARED, max_bytes=64 * 1024)
+    assert len(files) >= 50
+    t0 = time.monotonic()
+    report = fuzz.run_campaign(files, CI_INPUTS, CI_SEED, ("read", "run"), out_dir=tmp_path, timeout=20.0)
+    took = time.monotonic() - t0
+    print("\n" + report.render() + f"\n(wall time {took:.1f} s)")
+    assert report.n == CI_INPUTS
+    assert sum(report.counts["read"].values()) == CI_INPUTS
+    # the campaign must reach the emulator, not stop at the reader
+    assert report.counts["run"]["ok"] >= 300, report.counts
+    assert report.counts["run"]["error"] >= 100, report.counts
+    assert report.counts["read"]["error"] >= 300, report.counts
+    assert report.ok, report.render()
+    assert json.loads((tmp_path / "report.json").read_text())["passed"]
+
+
+def test_generation_is_deterministic():
+    seeds = fuzz.build_seeds(sorted((FIXTURES / "golden" / "esp32p4_s8" / "Conv").glob("*.espdl"))[:2] + [GEMM])
+    a = list(fuzz.generate(seeds, 60, 5))
+    b = list(fuzz.generate(seeds, 60, 5))
+    c = list(fuzz.generate(seeds, 60, 6))
+    assert [(x.desc, x.data, x.key) for x in a] == [(x.desc, x.data, x.key) for x in b]
+    assert [x.data for x in a] != [x.data for x in c]
+    kinds = {x.desc.split(":")[0] for x in a}
+    assert kinds == {"bytes", "ir"}
+    assert any(x.key is not None for x in fuzz.generate(seeds, 300, 5))  # encrypted inputs are made too
+
+
+# ---- the harness sees crashes, segfaults and hangs -------------------------------------------
+def _one_seed():
+    return fuzz.build_seeds([GEMM], derived=False)
+
+
+def _patch_gemm(monkeypatch, behaviour):
+    real = registry.KERNELS["Gemm"]
+
+    def prepare(node, ctx, ins, outs):
+        behaviour()
+        return real(node, ctx, ins, outs)
+
+    monkeypatch.setitem(registry.KERNELS, "Gemm", prepare)
+
+
+def _campaign(tmp_path, **kw):
+    return fuzz.run_campaign(_one_seed(), 6, 1, ("read", "run"), out_dir=tmp_path, warm=False,
+                             run_every_rejected=1, **kw)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="workers inherit the patched kernel through fork")
+def test_harness_records_python_crashes(tmp_path, monkeypatch):
+    def boom():
+        raise IndexError("injected")
+
+    _patch_gemm(monkeypatch, boom)
+    report = _campaign(tmp_path)
+    assert report.crashes >= 1 and not report.ok
+    f = next(f for f in report.failures if f["kind"] == "crash")
+    assert "IndexError: injected" in f["message"]
+    saved = Path(f["file"])
+    assert saved.is_file() and "Traceback" in saved.with_suffix(".txt").read_text()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="workers inherit the patched kernel through fork")
+def test_harness_survives_segfaults(tmp_path, monkeypatch):
+    _patch_gemm(monkeypatch, lambda: os.kill(os.getpid(), signal.SIGSEGV))
+    report = _campaign(tmp_path)
+    assert report.crashes >= 1
+    assert any("worker died (signal 11)" in f["message"] for f in report.failures)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="workers inherit the patched kernel through fork")
+def test_harness_records_hangs(tmp_path, monkeypatch):
+    _patch_gemm(monkeypatch, lambda: time.sleep(60))
+    t0 = time.monotonic()
+    report = _campaign(tmp_path, timeout=1.0)
+    assert report.hangs >= 1 and not report.ok
+    assert time.monotonic() - t0 < 50
+
+
+def test_read_target_time_limit():
+    seed = _one_seed()[0]
+    case = fuzz.Case(0, "gemm", "seed", seed.data)
+    assert fuzz.run_read(case, timeout=5).kind == "ok"
+    import chunkwise.espdl.reader as R
+
+    real = R.read_flatbuffer
+
+    def slow(*a, **k):
+        time.sleep(5)
+        return real(*a, **k)
+
+    R.read_flatbuffer = slow
+    try:
+        assert fuzz.run_read(case, timeout=0.2).kind == "hang"
+    finally:
+        R.read_flatbuffer = real
+
+
+def test_fuzz_command(tmp_path):
+    r = CliRunner().invoke(app, ["fuzz", str(GEMM), "-n", "30", "--seed", "3", "--out", str(tmp_path), "--json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["inputs"] == 30 and doc["passed"] and doc["crashes"] == 0 and doc["hangs"] == 0
+    assert sum(doc["counts"]["read"].values()) == 30
+    r = CliRunner().invoke(app, ["fuzz", str(tmp_path / "missing.espdl"), "-n", "3"])
+    assert r.exit_code == 2 and "does not exist" in r.output
