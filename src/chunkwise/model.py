@@ -111,10 +111,7 @@ class Model:
             self._plans[key] = plan
         return plan
 
-    def prepare_inputs(self, feeds: dict[str, np.ndarray], *, fixed_shape: bool = True) -> dict[str, np.ndarray]:
-        """Validate names, shapes and dtypes; float input is quantized with the input exponent."""
-        from .emu.rounding import qrange, quantize, rounding_mode
-
+    def _input_names(self, feeds) -> list[str]:
         names = [v.name for v in self.graph.inputs if v.name not in self.graph.initializers]
         unknown = set(feeds) - set(names)
         if unknown:
@@ -122,32 +119,49 @@ class Model:
         missing = [n for n in names if n not in feeds]
         if missing:
             raise ShapeError(f"missing input(s) {missing}; the model's inputs are {names}")
+        return names
+
+    def _coerce(self, v, a: np.ndarray) -> np.ndarray:
+        """dtype of one input: float is quantized with its exponent, integers range-checked."""
+        from .emu.rounding import qrange, quantize, rounding_mode
+
+        if v.dtype in ("int8", "int16"):
+            if len(v.exponents) != 1:
+                raise ShapeError(f"input {v.name!r} has {len(v.exponents)} exponents in the model; "
+                                 "a quantized input needs exactly one")
+            if a.dtype.kind == "f":
+                a = quantize(a, v.exponent, v.dtype, rounding_mode(self.target))
+            elif a.dtype.kind in "iub":
+                lo, hi = qrange(v.dtype)
+                if a.size and (a.min() < lo or a.max() > hi):
+                    raise ShapeError(f"input {v.name!r} has values outside {v.dtype} [{lo}, {hi}]")
+                a = a.astype(v.dtype, copy=False)
+            else:
+                raise ShapeError(f"input {v.name!r} has dtype {a.dtype}; give {v.dtype} integers or floats")
+        elif v.dtype == "float32":
+            a = a.astype(np.float32, copy=False)
+        return np.ascontiguousarray(a)
+
+    def prepare_inputs(self, feeds: dict[str, np.ndarray], *, fixed_shape: bool = True,
+                       batch: bool = False) -> dict[str, np.ndarray]:
+        """Validate names, shapes and dtypes; float input is quantized with the input exponent.
+
+        ``batch=True``: every array has one extra leading axis (a sequence of chunks), validated at once.
+        """
+        self._input_names(feeds)
         out = {}
         for v in self.graph.inputs:
             if v.name not in feeds:
                 continue
             a = np.asarray(feeds[v.name])
+            shape = a.shape[1:] if batch else a.shape
             declared = tuple(v.shape or ())
-            if fixed_shape and declared and all(isinstance(d, int) for d in declared) and a.shape != declared:
-                raise ShapeError(f"input {v.name!r} has shape {a.shape}, the model expects {declared}")
-            if len(declared) and a.ndim != len(declared):
-                raise ShapeError(f"input {v.name!r} has {a.ndim} dims, the model expects {len(declared)}")
-            if v.dtype in ("int8", "int16"):
-                if len(v.exponents) != 1:
-                    raise ShapeError(f"input {v.name!r} has {len(v.exponents)} exponents in the model; "
-                                     "a quantized input needs exactly one")
-                if a.dtype.kind == "f":
-                    a = quantize(a, v.exponent, v.dtype, rounding_mode(self.target))
-                elif a.dtype.kind in "iub":
-                    lo, hi = qrange(v.dtype)
-                    if a.size and (a.min() < lo or a.max() > hi):
-                        raise ShapeError(f"input {v.name!r} has values outside {v.dtype} [{lo}, {hi}]")
-                    a = a.astype(v.dtype)
-                else:
-                    raise ShapeError(f"input {v.name!r} has dtype {a.dtype}; give {v.dtype} integers or floats")
-            elif v.dtype == "float32":
-                a = a.astype(np.float32)
-            out[v.name] = np.ascontiguousarray(a)
+            if fixed_shape and declared and all(isinstance(d, int) for d in declared) and shape != declared:
+                what = "each chunk" if batch else f"input {v.name!r}"
+                raise ShapeError(f"{what} has shape {shape}, the model expects {declared}")
+            if len(declared) and len(shape) != len(declared):
+                raise ShapeError(f"input {v.name!r} has {len(shape)} dims, the model expects {len(declared)}")
+            out[v.name] = self._coerce(v, a)
         return out
 
     def run(self, feeds: dict[str, np.ndarray], *, intermediates: bool = False) -> dict[str, np.ndarray]:

@@ -58,24 +58,37 @@ class Session:
         out = self.plan.run(feeds, keep=intermediates)
         return {k: v.copy() for k, v in out.items()}
 
-    def push_many(self, chunks: Iterable) -> dict[str, np.ndarray]:
-        """A sequence of chunks; with a compiled program, in one compiled call. Outputs stacked on axis 0."""
-        chunks = list(chunks)
-        if self.program is None or not chunks:
+    def push_many(self, chunks) -> dict[str, np.ndarray]:
+        """A sequence of chunks: a list of chunks, an array ``[N, *chunk shape]`` (single-input models) or
+        ``{name: [N, *chunk shape]}``. Validated once, then run in one compiled call when the model compiles.
+        Outputs are stacked on a new leading axis."""
+        if isinstance(chunks, np.ndarray):
+            chunks = {self.input_names[0]: chunks} if len(self.input_names) == 1 else chunks
+        if not isinstance(chunks, dict):
+            chunks = list(chunks)
+            if not chunks:
+                return {}
+            if not isinstance(chunks[0], dict):
+                chunks = [{self.input_names[0]: c} for c in chunks]
+            chunks = {k: np.stack([c[k] for c in chunks]) for k in chunks[0]}
+        feeds = self.model.prepare_inputs(chunks, batch=True)
+        n = next(iter(feeds.values())).shape[0]
+        if self.program is None:
             outs: dict[str, list[np.ndarray]] = {}
-            for c in chunks:
-                for k, v in self.push(c).items():
-                    outs.setdefault(k, []).append(v)
+            for i in range(n):
+                out = self.plan.run({k: v[i] for k, v in feeds.items()})
+                for k, v in out.items():
+                    outs.setdefault(k, []).append(v.copy())
+            self.pushed += n
             return {k: np.stack(v) for k, v in outs.items()}
-        feeds = [self._feeds(c) for c in chunks]
-        xs = np.stack([np.concatenate([f[n].reshape(-1) for n in self.program.inputs]) for f in feeds])
-        ys = self.program.run_many(xs.astype(np.int32))
-        self.pushed += len(chunks)
+        xs = np.concatenate([feeds[name].reshape(n, -1).astype(np.int32) for name in self.program.inputs], axis=1)
+        ys = self.program.run_many(xs)
+        self.pushed += n
         out, p = {}, 0
-        for name, n, shape, dt in zip(self.program.outputs, self.program.out_sizes, self.program.out_shapes,
-                                      self.program.out_dtypes):
-            out[name] = ys[:, p:p + n].astype(dt).reshape((len(chunks),) + tuple(shape))
-            p += n
+        for name, size, shape, dt in zip(self.program.outputs, self.program.out_sizes, self.program.out_shapes,
+                                         self.program.out_dtypes):
+            out[name] = ys[:, p:p + size].astype(dt).reshape((n,) + tuple(shape))
+            p += size
         return out
 
     def reset(self) -> None:
