@@ -75,7 +75,7 @@ app = typer.Typer(
     name="chunkwise",
     help="Quantize, stream, serialize and bit-exactly emulate ESP-DL models on the host.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
