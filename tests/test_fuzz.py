@@ -1,7 +1,8 @@
 """The CI fuzzing campaign (seeded, deterministic) and checks that the fuzzer can see failures.
 
 The campaign mutates the repository's fixtures (plus ``../shared/zoo`` models up to 64 KiB when
-present) 2,000 times, runs every input through the reader in this process and every readable one
+present, an AES-encrypted copy, a PDL3 package and generated causal networks, offline and streaming)
+2,000 times, runs every input through the reader in this process and every readable one
 (plus every 10th unreadable one) through ``chunkwise emu test`` / ``emu run`` in two worker processes,
 and requires zero crashes and zero hangs. The long campaign is ``chunkwise fuzz -n 50000 --seed 1``.
 """
@@ -38,8 +39,8 @@ def test_ci_campaign(tmp_path):
     assert report.n == CI_INPUTS
     assert sum(report.counts["read"].values()) == CI_INPUTS
     # the campaign must reach the emulator, not stop at the reader
-    assert report.counts["run"]["ok"] >= 300, report.counts
-    assert report.counts["run"]["error"] >= 100, report.counts
+    assert report.counts["run"]["ok"] >= 200, report.counts
+    assert report.counts["run"]["error"] >= 200, report.counts
     assert report.counts["read"]["error"] >= 300, report.counts
     assert report.ok, report.render()
     assert json.loads((tmp_path / "report.json").read_text())["passed"]

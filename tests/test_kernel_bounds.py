@@ -283,3 +283,64 @@ def test_compiled_program_edges(seed):
             want = plain.push({name: c})
             for o, v in want.items():
                 assert many[o][k].tobytes() == v.tobytes()
+
+
+# ---- MatMul and recurrent layers (no golden files): tiny and unaligned sizes -----------------------
+def _single_node(op, inputs, outputs, attrs, target="esp32p4") -> Model:
+    """inputs: (name, dtype, shape, exps, const or None), "" for omitted; outputs: (name, dtype, exps)."""
+    from chunkwise.ir.graph import Graph, Node, Tensor, ValueInfo, make_attribute
+
+    g = Graph(name="bounds")
+    for name, dtype, shape, exps, const in inputs:
+        if const is not None:
+            g.initializers[name] = Tensor(name, dtype, tuple(const.shape), const, tuple(exps))
+        elif name:
+            g.inputs.append(ValueInfo(name, dtype, tuple(shape), tuple(exps)))
+    g.outputs = [ValueInfo(n, d, None, tuple(e)) for n, d, e in outputs]
+    g.nodes = [Node(op, "n0", [i[0] for i in inputs], [o[0] for o in outputs],
+                    {k: make_attribute(v) for k, v in attrs.items()})]
+    return Model(g, target=target)
+
+
+@pytest.mark.parametrize("target", ["esp32p4", "c"])
+@pytest.mark.parametrize("sa,sb", [((1, 1), (1, 1)), ((1, 3), (3, 17)), ((2, 1, 5), (5, 1)), ((1, 16), (16,)),
+                                   ((3, 2, 31), (31, 9))])
+def test_matmul_edges(sa, sb, target):
+    rng = np.random.default_rng(len(sa) + sb[-1])
+    a = rng.integers(-128, 128, size=sa).astype(np.int8)
+    b = rng.integers(-128, 128, size=sb).astype(np.int8)
+    m = _single_node("MatMul", [("a", "int8", sa, [-5], None), ("b", "int8", sb, [-6], b)],
+                     [("y", "int8", [-4])], {"activation": "Linear"}, target)
+    try:
+        y = m.run({"a": a})["y"]
+    except ChunkwiseError as e:
+        pytest.skip(f"refused: {e}")
+    assert y.tobytes() == m.run({"a": a})["y"].tobytes()
+
+
+@pytest.mark.parametrize("op", ["GRU", "LSTM"])
+@pytest.mark.parametrize("seq,in_size,hid,ndir", [(1, 1, 1, 1), (2, 3, 17, 2), (1, 16, 1, 2)])
+def test_rnn_edges(op, seq, in_size, hid, ndir):
+    rng = np.random.default_rng(seq * 100 + hid)
+    gates = 3 if op == "GRU" else 4
+    w = rng.integers(-128, 128, size=(ndir, gates * hid, in_size)).astype(np.int8)
+    r = rng.integers(-128, 128, size=(ndir, gates * hid, hid)).astype(np.int8)
+    bias = rng.integers(-2000, 2000, size=(ndir, 2 * gates * hid)).astype(np.int16)
+    x = rng.integers(-128, 128, size=(seq, 1, in_size)).astype(np.int8)
+    none = ("", "", None, [], None)
+    ins = [("x", "int8", x.shape, [-5], None), ("w", "int8", w.shape, [-7], w), ("r", "int8", r.shape, [-7], r),
+           ("b", "int16", None, [-9], bias), none, none]
+    if op == "LSTM":
+        ins.append(none)
+    outs = [("y", "int8", [-6]), ("yh", "int8", [-6])] + ([("yc", "int16", [-9])] if op == "LSTM" else [])
+    attrs = {"hidden_size": hid, "direction": "bidirectional" if ndir == 2 else "forward", "gate_exponent": -9}
+    if op == "GRU":
+        attrs["linear_before_reset"] = 1
+    m = _single_node(op, ins, outs, attrs)
+    try:
+        out = m.run({"x": x})
+    except ChunkwiseError as e:
+        pytest.skip(f"refused: {e}")
+    again = m.run({"x": x})
+    for k, v in out.items():
+        assert v.tobytes() == again[k].tobytes()

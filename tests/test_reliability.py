@@ -18,7 +18,7 @@ from chunkwise.cli import app
 from chunkwise.convert import stream
 from chunkwise.emu.session import Session
 from chunkwise.emu.streamcheck import split_chunks
-from chunkwise.errors import ResourceLimitError
+from chunkwise.errors import ChunkwiseError, ResourceLimitError
 from chunkwise.espdl import container
 from chunkwise.espdl.writer import to_bytes, to_flatbuffer
 from chunkwise.ir.build import GraphBuilder, random_causal_graph
@@ -331,3 +331,45 @@ def test_corrupt_header_fields_are_named(tmp_path):
     assert_clean_error(cli("emu", "test", p), "size")
     p.write_bytes(b"ONNX" + bytes(100))
     assert_clean_error(cli("emu", "test", p), "magic")
+
+
+# ---- validation before compiled code --------------------------------------------------------------------
+def _gemm_graph():
+    return chunkwise.load(GEMM).graph
+
+
+@pytest.mark.parametrize("change,words", [
+    (lambda g: g.nodes[0].outputs.clear(), "no outputs"),
+    (lambda g: g.nodes[0].inputs.__setitem__(slice(1, None), []), "input 1 is missing"),
+    (lambda g: g.nodes[0].inputs.__setitem__(0, ""), "input 0 is empty"),
+    (lambda g: setattr(g.nodes[0], "op_type", "Neg"), "3 input(s) is not a valid input count"),
+    (lambda g: g.nodes[0].set_attr("transB", [0, 1]), "attribute 'transB' is of kind ints"),
+    (lambda g: g.nodes[0].set_attr("activation", 3), "attribute 'activation' is of kind int"),
+    (lambda g: setattr(g.outputs[0], "exponents", (2**40,)), "outside [-64, 64]"),
+    (lambda g: setattr(g.initializers[g.nodes[0].inputs[1]], "exponents", (-65,)), "outside [-64, 64]"),
+])
+def test_invalid_nodes_are_refused_with_the_node_named(change, words):
+    g = _gemm_graph()
+    change(g)
+    m = Model(g, target="esp32p4")
+    with pytest.raises(ChunkwiseError) as e:
+        m.run(m.test_feeds())
+    assert words in str(e.value)
+    if "missing" in words or "kind" in words or "outputs" in words:
+        assert g.nodes[0].name in str(e.value)
+
+
+def test_kernel_bugs_are_not_hidden(monkeypatch):
+    """An exception that is not a ChunkwiseError from a kernel's prepare() propagates (it is a bug):
+    the CLI reports it as an internal error, it is not dressed up as a model problem."""
+    from chunkwise.emu import registry
+
+    def broken(node, ctx, ins, outs):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setitem(registry.KERNELS, "Gemm", broken)
+    m = chunkwise.load(GEMM)
+    with pytest.raises(ZeroDivisionError):
+        m.run(m.test_feeds())
+    r = cli("emu", "test", GEMM)
+    assert r.exit_code == 1 and "internal error" in r.stderr

@@ -21,6 +21,11 @@ Reproduce exactly (versions used for the committed fixtures)::
         --targets esp32s3,c --bits 8,16 --out /work/golden-out \\
         --fixtures tests/fixtures/golden --jobs 2
 
+For the committed int16 suites most operators used ``--max-cases 3`` (int16 export is slow):
+``... --targets esp32s3,c --bits 16 --max-cases 3 --skip-existing``. The esp32p4 fixtures were
+picked with ``--no-generate --out ../shared/golden --targets esp32p4`` from ESP-DL's esp32p4 set
+(same generator, ESP-PPQ 1.3.12); ``--targets esp32p4`` regenerates them.
+
 ``--esp-dl`` is the root of an esp-dl checkout (the folder holding ``tools/ops_test``). Output:
 ``OUT/<target>_s<bits>/<Op>/<case>_s<bits>.espdl`` (+ ESP-PPQ's .info/.json/.onnx), logs in
 ``OUT/logs/``, a summary in ``OUT/summary.json``. ESP-DL's generator seeds torch with 42 at import,
@@ -37,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -63,8 +69,42 @@ def config_ops(ops_dir: Path) -> dict:
         return tomllib.load(f)["ops_test"]
 
 
+def case_size(case: dict) -> int:
+    shapes = case.get("input_shape", [])
+    if shapes and not isinstance(shapes[0], list):
+        shapes = [shapes]
+    return sum(int(math.prod(sh)) for sh in shapes)
+
+
+def subset_config(ops_dir: Path, out: Path, suite: str, op: str, max_cases: int) -> tuple[str, list | None]:
+    """With --max-cases K, a copy of op_cfg.toml (data only) holding K of this operator's cases,
+    spread by input size over its smaller half, written to OUT/cfg/.
+    Returns (config path, case names or None)."""
+    if max_cases <= 0:
+        return "config/op_cfg.toml", None
+    import toml  # ships with esp-ppq
+
+    with open(ops_dir / "config" / "op_cfg.toml") as f:
+        full = toml.load(f)
+    entry = full["ops_test"][op]
+    if len(entry["cfg"]) <= max_cases:
+        return "config/op_cfg.toml", None
+    # spread over the smaller half by input size: ranks 0 .. n/2 evenly (tiny and mid-size cases)
+    order = sorted(range(len(entry["cfg"])), key=lambda i: (case_size(entry["cfg"][i]), i))
+    half = (len(order) - 1) // 2
+    ranks = sorted({round(j * half / max(1, max_cases - 1)) for j in range(max_cases)})
+    keep = [order[r] for r in ranks]
+    cases = [entry["cfg"][i] for i in sorted(keep)]
+    one = {"meta": full["meta"], "ops_test": {op: {**{k: v for k, v in entry.items() if k != "cfg"},
+                                                   "cfg": cases}}}
+    (out / "cfg").mkdir(parents=True, exist_ok=True)
+    path = out / "cfg" / f"{suite}_{op}_smallest{max_cases}.toml"
+    path.write_text(toml.dumps(one))
+    return str(path), [c["export_name_prefix"] for c in cases]
+
+
 def run_one(python: str, ops_dir: Path, out: Path, target: str, bits: int, op: str, timeout: float,
-            skip_existing: bool, split: bool = True) -> dict:
+            skip_existing: bool, split: bool = True, max_cases: int = 0) -> dict:
     suite = f"{target}_s{bits}"
     dest = out / suite
     logs = out / "logs"
@@ -75,7 +115,8 @@ def run_one(python: str, ops_dir: Path, out: Path, target: str, bits: int, op: s
                           or (logs / f"{suite}_{op}.done").exists()):
         return {"suite": suite, "op": op, "rc": 0, "files": len(existing), "seconds": 0.0, "skipped": True}
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    cmd = [python, "gen_test_cases.py", "-c", "config/op_cfg.toml", "-o", str(dest),
+    cfg_path, names = subset_config(ops_dir, out, suite, op, max_cases)
+    cmd = [python, "gen_test_cases.py", "-c", cfg_path, "-o", str(dest),
            "-t", target, "-b", str(bits), "--ops", op]
     t0 = time.time()
     with open(log, "w") as fh:
@@ -90,6 +131,8 @@ def run_one(python: str, ops_dir: Path, out: Path, target: str, bits: int, op: s
     if rc == 0:
         (logs / f"{suite}_{op}.ok").write_text("")
     res = {"suite": suite, "op": op, "rc": rc, "files": len(files), "seconds": round(time.time() - t0, 1)}
+    if names is not None:
+        res["subset"] = names
     if rc != 0:
         tail = log.read_text(errors="replace").strip().splitlines()[-3:]
         res["error"] = " | ".join(tail)[-400:]
@@ -97,12 +140,13 @@ def run_one(python: str, ops_dir: Path, out: Path, target: str, bits: int, op: s
     # a native crash (negative rc: a signal) kills the remaining cases; a Python error is per case
     # deterministic, the same at every try
     if rc != 0 and rc != "timeout" and rc < 0 and split:
-        res.update(retry_cases(python, ops_dir, out, target, bits, op, timeout))
+        res.update(retry_cases(python, ops_dir, out, target, bits, op, timeout, names))
     (logs / f"{suite}_{op}.done").write_text(json.dumps(res))
     return res
 
 
-def retry_cases(python: str, ops_dir: Path, out: Path, target: str, bits: int, op: str, timeout: float) -> dict:
+def retry_cases(python: str, ops_dir: Path, out: Path, target: str, bits: int, op: str, timeout: float,
+                names: list | None = None) -> dict:
     """After a crashed operator run (ESP-PPQ 1.3.12 aborts natively on some MatMul cases), run each
     missing case alone: a one-case copy of op_cfg.toml (data only) is written to OUT/cfg/."""
     import toml  # ships with esp-ppq
@@ -117,6 +161,8 @@ def retry_cases(python: str, ops_dir: Path, out: Path, target: str, bits: int, o
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     for case in entry["cfg"]:
         name = case["export_name_prefix"]
+        if names is not None and name not in names:
+            continue
         if (out / suite / op / f"{name}_s{bits}.espdl").exists():
             continue
         one = {"meta": full["meta"], "ops_test": {op: {**{k: v for k, v in entry.items() if k != "cfg"},
@@ -155,7 +201,7 @@ def generate(args, ops_dir: Path, out: Path) -> list[dict]:
                 jobs.append((target, bits, op))
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as ex:
         results = list(ex.map(lambda j: run_one(args.python, ops_dir, out, *j, args.timeout,
-                                                args.skip_existing, not args.no_split), jobs))
+                                                args.skip_existing, not args.no_split, args.max_cases), jobs))
     summary = out / "summary.json"
     old = json.loads(summary.read_text()) if summary.exists() else []
     keep = {(r["suite"], r["op"]): r for r in old}
@@ -166,9 +212,9 @@ def generate(args, ops_dir: Path, out: Path) -> list[dict]:
 
 def pick_fixtures(out: Path, fixtures: Path, suites: list[str], per_op: int, op_budget: int,
                   max_file: int) -> None:
-    """Copy, per suite and op, the smallest cases: always the smallest one (if <= max_file), then more
-    (up to per_op) while the op's total stays within op_budget bytes. Only the .espdl is copied."""
-    total = 0
+    """Copy, per suite and op, the smallest case (if <= max_file bytes), then up to per_op - 1 more:
+    the largest ones that keep the op's total within op_budget bytes (a tiny case and a more
+    substantial one). Only the .espdl is copied."""
     for suite in suites:
         src = out / suite
         if not src.is_dir():
@@ -179,21 +225,18 @@ def pick_fixtures(out: Path, fixtures: Path, suites: list[str], per_op: int, op_
             shutil.rmtree(dst_suite)
         for op_dir in sorted(p for p in src.iterdir() if p.is_dir()):
             cands = sorted(op_dir.glob("*.espdl"), key=lambda p: (p.stat().st_size, p.name))
-            chosen, used = [], 0
-            for p in cands:
-                size = p.stat().st_size
-                if not chosen and size <= max_file:
-                    chosen.append(p)
-                    used += size
-                elif chosen and len(chosen) < per_op and used + size <= op_budget:
-                    chosen.append(p)
-                    used += size
-            if not chosen:
+            if not cands or cands[0].stat().st_size > max_file:
                 continue
+            chosen, used = [cands[0]], cands[0].stat().st_size
+            for p in reversed(cands[1:]):
+                if len(chosen) >= per_op:
+                    break
+                if used + p.stat().st_size <= op_budget:
+                    chosen.append(p)
+                    used += p.stat().st_size
             (dst_suite / op_dir.name).mkdir(parents=True, exist_ok=True)
             for p in chosen:
                 shutil.copy2(p, dst_suite / op_dir.name / p.name)
-            total += used
     size = sum(p.stat().st_size for p in fixtures.rglob("*") if p.is_file())
     print(f"fixtures: {size / 1024:.0f} KiB under {fixtures}")
     if size > MAX_FIXTURE_BYTES:
@@ -213,12 +256,14 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per operator")
     ap.add_argument("--skip-existing", action="store_true", help="skip ops already generated OK")
     ap.add_argument("--no-generate", action="store_true", help="only pick fixtures from --out")
+    ap.add_argument("--max-cases", type=int, default=0,
+                    help="only K cases per operator, spread over the smaller half by input size (0: all)")
     ap.add_argument("--reverse", action="store_true",
                     help="operators in reverse order (a second run on the same suite meets the first)")
     ap.add_argument("--no-split", action="store_true",
                     help="do not retry a crashed operator case by case")
     ap.add_argument("--per-op", type=int, default=2, help="max fixture cases per suite/op")
-    ap.add_argument("--op-budget", type=int, default=12000, help="bytes per suite/op beyond the first case")
+    ap.add_argument("--op-budget", type=int, default=16000, help="bytes per suite/op for all its cases (the smallest one is always taken)")
     ap.add_argument("--max-file", type=int, default=64000, help="largest single fixture file (bytes)")
     args = ap.parse_args()
 

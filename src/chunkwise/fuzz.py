@@ -254,7 +254,30 @@ def build_seeds(paths: Iterable[Path], derived: bool = True) -> list[Seed]:
         if edl2:
             items = [(Path(s.name).name, s.data) for s in edl2]
             seeds.append(load_seed("pdl3(" + ",".join(n for n, _ in items) + ")", container.pack_pdl3(items)))
+        seeds += synthetic_seeds()
     return seeds
+
+
+def synthetic_seeds(graphs: Iterable[int] = (1, 2, 3)) -> list[Seed]:
+    """Random causal networks from :mod:`chunkwise.ir.build` (conv, pools, pads, slices, gates, gemm
+    heads), offline and converted to streaming models (StreamingCache nodes, compiled programs)."""
+    from .convert import stream
+    from .espdl.writer import to_bytes
+    from .ir.build import random_causal_graph
+    from .model import Model
+
+    out = []
+    for s in graphs:
+        g, facts = random_causal_graph(s)
+        out.append(load_seed(f"causal{s}.espdl", to_bytes(g)))
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                sm, _ = stream(Model(g), facts["chunk"], verify=False)
+            out.append(load_seed(f"causal{s}_streaming.espdl", to_bytes(sm.graph)))
+        except ChunkwiseError:
+            pass
+    return out
 
 
 # ---- byte mutations ---------------------------------------------------------------------------
@@ -389,7 +412,7 @@ def _weird_attr(rng: random.Random, name: str, a):
 def _random_array(rng: random.Random, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
     nrng = np.random.default_rng(rng.randrange(2**32))
     dt = np.dtype(dtype)
-    size = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    size = int(np.prod(shape, dtype=object)) if shape else 1
     if dt.kind == "f":
         with np.errstate(all="ignore"):
             a = nrng.standard_normal(size).astype(dt) * dt.type(rng.choice((1.0, 100.0, 1e6)))
@@ -478,7 +501,7 @@ def mutate_graph(rng: random.Random, graph) -> str:
         t = g.initializers[rng.choice(sorted(g.initializers))]
         if t.data is not None and t.dtype not in ("undefined", "string"):
             shape = _weird_shape(rng, t.dims)
-            if int(np.prod(shape, dtype=np.int64)) <= 1 << 16:
+            if int(np.prod(shape, dtype=object)) <= 1 << 16:
                 t.data = _random_array(rng, t.dtype, shape)
                 t.dims = tuple(shape)
                 t.layout = None if rng.random() < 0.5 else t.layout
@@ -531,7 +554,7 @@ def mutate_graph(rng: random.Random, graph) -> str:
             return f"del test input {k}"
         shape = _weird_shape(rng, t.dims) if r < 0.7 else tuple(t.dims)
         dt = rng.choice(DTYPES[:-1]) if r >= 0.7 else t.dtype
-        if int(np.prod(shape, dtype=np.int64)) <= 1 << 16 and dt not in ("undefined", "string"):
+        if int(np.prod(shape, dtype=object)) <= 1 << 16 and dt not in ("undefined", "string"):
             g.test_inputs[k] = Tensor(t.name, dt, tuple(shape), _random_array(rng, dt, shape), t.exponents,
                                       storage="raw")
             return f"test input {k}={dt}{shape}"
@@ -680,14 +703,14 @@ def _cli(runner, cmd, args: list[str]) -> BaseException | None:
 def _synth_inputs(model, index: int, folder: Path) -> Path | None:
     """An .npz of random integers for every input with a concrete, modest declared shape."""
     arrays = {}
-    nrng = np.random.default_rng(index)
+    nrng = np.random.default_rng(abs(index))
     for v in model.graph.inputs:
         if v.name in model.graph.initializers:
             continue
         shape = v.shape
         if not shape or not all(isinstance(d, int) and d >= 0 for d in shape):
             return None
-        if int(np.prod(shape, dtype=np.int64)) > 1 << 20:
+        if int(np.prod(shape, dtype=object)) > 1 << 20:
             return None
         if v.dtype in ("int8", "int16"):
             info = np.iinfo(v.dtype)
@@ -697,6 +720,39 @@ def _synth_inputs(model, index: int, folder: Path) -> Path | None:
     if not arrays:
         return None
     p = folder / "input.npz"
+    np.savez(p, **arrays)
+    return p
+
+
+def _weird_inputs(model, index: int, folder: Path) -> Path | None:
+    """An input file that is wrong in one way (shape, rank, dtype, range, NaN, missing name)."""
+    nrng = np.random.default_rng(abs(index))
+    names = [v for v in model.graph.inputs if v.name not in model.graph.initializers]
+    if not names:
+        return None
+    arrays = {}
+    kind = index % 7
+    for v in names:
+        shape = [d if isinstance(d, int) and 0 <= d <= 4096 else 1 for d in (v.shape or (1,))]
+        if kind == 0:
+            shape = shape + [1]
+        elif kind == 1 and shape:
+            shape[-1] += 1
+        elif kind == 2:
+            shape = shape[:1]
+        if int(np.prod(shape, dtype=object)) > 1 << 20:
+            return None
+        if kind == 3:
+            a = np.full(shape, np.nan, np.float32)
+            a.flat[::2] = np.inf
+        elif kind == 4:
+            a = nrng.integers(-(2**40), 2**40, size=shape)
+        elif kind == 5:
+            a = nrng.integers(0, 2, size=shape).astype(bool)
+        else:
+            a = nrng.standard_normal(shape).astype(np.float64) * 1e6
+        arrays[v.name if kind != 6 else v.name + "_renamed"] = a
+    p = folder / "weird.npz"
     np.savez(p, **arrays)
     return p
 
@@ -725,6 +781,11 @@ def run_worker_target(case: Case, target: str, runner, app, folder: Path) -> Out
         return _classify(case.index, target, e, t0)
     if m is None or (m.graph.test_inputs and m.graph.test_outputs):
         exc = _cli(runner, app, ["emu", "test"] + base)
+        if exc is None and m is not None and case.index % 5 == 0:  # and a wrong input file
+            weird = _weird_inputs(m, case.index // 5, folder)
+            if weird is not None:
+                exc = _cli(runner, app, ["emu", "run"] + base + ["--input", str(weird)])
+                exc = None if isinstance(exc, ChunkwiseError) else exc
         return _classify(case.index, target, exc, t0)
     inp = _synth_inputs(m, case.index, folder)
     args = ["emu", "run"] + base + (["--input", str(inp)] if inp is not None else [])
@@ -736,6 +797,12 @@ def run_worker_target(case: Case, target: str, runner, app, folder: Path) -> Out
 
 def _worker_main(conn, max_tensor_bytes: int | None, mem_limit: int | None) -> None:
     os.environ.pop("CHUNKWISE_KEY", None)
+    try:  # a crash is reported by the parent; no fault dump inherited from pytest on stderr
+        import faulthandler
+
+        faulthandler.disable()
+    except ImportError:
+        pass
     if mem_limit:
         try:
             import resource
@@ -866,9 +933,9 @@ def warm_up(seeds: list[Seed]) -> None:
         warnings.simplefilter("ignore")
         for i, s in enumerate(seeds):
             case = Case(-1 - i, s.name, "seed", s.data, s.key, 0 if s.package else None)
-            try:
+            try:  # the outcome does not matter here: seeds are only run to compile their kernels
                 run_worker_target(case, "run", runner, app, Path(tmp))
-            except Exception:
+            except Exception:  # noqa: BLE001
                 pass
 
 

@@ -7,6 +7,7 @@ stale), dtypes and exponents come from the model's value info.
 from __future__ import annotations
 
 import inspect
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -62,10 +63,11 @@ def _check_node(node: Node) -> None:
 MAX_EXPONENT = 64  # |exponent| above this is refused: 2**e overflows float math and shifts exceed 63 bits
 
 
-def _check_exponents(name: str, exps) -> None:
+def _check_exponents(name: str, exps, node: Node | None = None) -> None:
     for e in exps:
         if not -MAX_EXPONENT <= int(e) <= MAX_EXPONENT:
-            raise UnsupportedError(f"exponent {int(e)} of {name!r} is outside [-{MAX_EXPONENT}, {MAX_EXPONENT}]")
+            raise UnsupportedError(f"exponent {int(e)} of {name!r} is outside [-{MAX_EXPONENT}, {MAX_EXPONENT}]",
+                                   node=node.name if node else None, op=node.op_type if node else None)
 
 
 def _name_node(e: ChunkwiseError, node: Node) -> None:
@@ -137,7 +139,7 @@ class Plan:
         for name in node.outputs:
             vi = self.graph.info(name)
             if vi is not None:
-                _check_exponents(name, vi.exponents)
+                _check_exponents(name, vi.exponents, node)
             outs.append(Spec(name, None, vi.dtype if vi else "undefined", tuple(vi.exponents) if vi else ()))
         prepare = get_kernel(node, ctx)
         try:
@@ -152,7 +154,11 @@ class Plan:
                                    node=node.name, op=node.op_type)
         for k, (name, shape) in enumerate(zip(node.outputs, prepared.shapes)):
             dtype = prepared.dtypes[k] if prepared.dtypes else outs[k].dtype
-            size = int(np.prod(shape, dtype=np.int64)) * (np.dtype(dtype).itemsize if dtype != "undefined" else 1)
+            if any(int(s) < 0 for s in shape):
+                raise RuntimeError(f"{node.op_type} kernel planned a negative dimension {list(shape)} for {name!r}: "
+                                   "its prepare() let an invalid input through (a bug)")
+            # Python ints: a hostile attribute must not make the product wrap around in int64
+            size = math.prod(int(s) for s in shape) * (np.dtype(dtype).itemsize if dtype != "undefined" else 1)
             check_alloc(size, f"output {name!r} of node {node.name!r}")
             self.specs[name] = Spec(name, tuple(int(s) for s in shape), dtype, outs[k].exps)
         self.steps.append(Step(node, prepared, list(node.inputs), list(node.outputs)))

@@ -126,6 +126,7 @@ def _bias(ctx, ins, cout, x_exp, w_exps):
         ctx.require(b.const.size == cout, f"bias has {b.const.size} values for {cout} output channels")
         bias = b.const.astype(np.int64).ravel()
         if b.exps:
+            ctx.require(len(b.exps) in (1, cout), f"{len(b.exps)} bias exponents for {cout} output channels")
             be = list(b.exps) * cout if len(b.exps) == 1 else list(b.exps)
             we = list(w_exps) * cout if len(w_exps) == 1 else list(w_exps)
             ctx.require(all(be[c] == x_exp + we[c] for c in range(cout)),

@@ -192,9 +192,9 @@ def prepare_gather(node, ctx, ins, outs):
     ind = np.asarray(ins[1].const)
     ctx.require(str(ind.dtype) in ("int32", "int64"), f"indices dtype {ind.dtype}", supported=["int32", "int64"])
     dim = int(x.shape[axis])
-    ctx.require(ind.size == 0 or (int(ind.min()) >= 0 and int(ind.max()) < dim),
-                f"indices must lie in [0, {dim}) (ESP-DL does not wrap negative indices); "
-                f"got [{int(ind.min())}, {int(ind.max())}]")
+    if ind.size and not (int(ind.min()) >= 0 and int(ind.max()) < dim):
+        raise ctx.fail(f"indices must lie in [0, {dim}) (ESP-DL does not wrap negative indices); "
+                       f"got [{int(ind.min())}, {int(ind.max())}]")
     idx = ind.astype(np.int64)
     shape = tuple(x.shape[:axis]) + tuple(ind.shape) + tuple(x.shape[axis + 1:])
     dt = out_dtype(ctx, x, outs[0])
