@@ -29,12 +29,25 @@ REFS = FIX / "ppq_refs"
 TARGETS = ("esp32p4", "esp32s3", "c")
 
 
+# int16 files where ESP-PPQ's float32 golden differs by one step from the chip's exact integer
+# accumulation at near-ties (evidence: docs/int16-deviations.md). The emulator follows the chip.
+FLOAT32_GOLDEN_DEVIATIONS = {
+    "c_s16/ConvTranspose/transpose_conv1d_ishap_1_16_20_kshap_16_20_5_relu_s16",
+    "esp32p4_s16/Conv/conv1d_ishap_1_22_29_kshap_33_22_3_s16",
+    "esp32p4_s16/ConvTranspose/transpose_conv1d_ishap_1_16_20_kshap_16_32_5_relu_s16",
+    "esp32s3_s16/ConvTranspose/transpose_conv1d_ishap_1_16_20_kshap_16_20_5_relu_s16",
+}
+
+
 def _golden_cases():
     cases = []
     for f in sorted(GOLDEN.glob("*_s*/*/*.espdl")):
         suite, op = f.parent.parent.name, f.parent.name
         target = suite.rsplit("_s", 1)[0]
-        cases.append(pytest.param(f, target, id=f"{target}-{suite}/{op}/{f.stem}"))
+        key = f"{suite}/{op}/{f.stem}"
+        marks = [pytest.mark.xfail(strict=True, reason="ESP-PPQ float32 golden vs the chip's exact int16 "
+                                   "accumulation (docs/int16-deviations.md)")] if key in FLOAT32_GOLDEN_DEVIATIONS else []
+        cases.append(pytest.param(f, target, id=f"{target}-{key}", marks=marks))
     return cases
 
 
