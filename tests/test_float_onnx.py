@@ -117,7 +117,7 @@ def test_golden_op_twins(path):
     """Every golden op model in the fixtures: the twin reproduces ESP-PPQ's test output (cosine)."""
     op = path.parent.name
     m = _load(path)
-    if op in NO_TWIN:
+    if op in NO_TWIN and (op != "ConvTranspose" or any(n.op_type == "InsertZeros" for n in m.graph.nodes)):
         with pytest.raises(UnsupportedError):
             to_float_onnx(m.graph)
         return
@@ -135,7 +135,8 @@ def test_golden_op_twins(path):
         w = m.dequantize(v.name, want)
         nan = np.isnan(w)  # float outputs of Log / Sqrt on negative inputs
         np.testing.assert_array_equal(np.isnan(g), nan)
-        assert _cos(g[~nan], w[~nan]) > 0.9, v.name
+        ok = ~nan & np.isfinite(g)  # x/0 is +-inf in float; the chip saturates
+        assert ok.sum() >= 0.9 * (~nan).sum() and _cos(g[ok], w[ok]) > 0.9, v.name
 
 
 def _zoo(name):
