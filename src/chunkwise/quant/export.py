@@ -30,6 +30,7 @@ import numpy as np
 from ..emu.rounding import TARGETS, qrange, quantize as q_quantize, round_array
 from ..errors import UnsupportedError
 from ..ir.graph import Graph, Node, Tensor, ValueInfo, make_attribute
+from ..ir.layout import layout_doc, weight_layout
 from .prepare import FGraph, FNode
 
 INT16_LUT_STEP = 32
@@ -538,16 +539,6 @@ def _quant_per_channel(w: np.ndarray, exps: np.ndarray, axis: int, dtype: str, m
     return np.clip(round_array(scaled, mode), lo, hi).astype(dtype)
 
 
-def weight_layout(target: str, bits: int, cout: int, spatial: int, depthwise: bool) -> str:
-    if target == "c":
-        if depthwise:
-            return "HWCN" if spatial == 2 else "WCN"
-        return "NHWC" if spatial == 2 else "NWC"
-    a = 16 if bits == 8 else 8
-    s = f"(N/{a}){'HW' if spatial == 2 else 'W'}C{a}"
-    return s if cout % a == 0 else s + "_UNALIGNED"
-
-
 class Exporter:
     def __init__(self, fg: FGraph, qi: QInfo, perm: dict[str, list[int]], target: str, namer: Namer):
         self.fg, self.qi, self.perm, self.target, self.namer = fg, qi, perm, target, namer
@@ -571,7 +562,7 @@ class Exporter:
         data = np.ascontiguousarray(data) if data.ndim else data.copy()
         self.params[name] = Tensor(name=name, dtype=dtype, dims=tuple(int(d) for d in data.shape), data=data,
                                    exponents=tuple(int(e) for e in exps), layout=layout,
-                                   doc_string=f"layout ==> {layout}")
+                                   doc_string=layout_doc(layout))
         return name
 
     def int64_param(self, name: str) -> str:
@@ -791,7 +782,7 @@ class Exporter:
             logical = q.transpose(2, 3, 0, 1) if depthwise else q.transpose(2, 3, 1, 0)
         else:
             logical = q.transpose(2, 0, 1) if depthwise else q.transpose(2, 1, 0)
-        layout = weight_layout(self.target, bits, cout, nsp, depthwise)
+        layout = weight_layout(nsp + 2, cout, self.dtype(bits), self.target, depthwise)
         wname = self.param(n.inputs[1], logical, self.dtype(bits), e_w, layout)
         ins = [x, wname]
         e_in = self.qi.exp[x]
@@ -817,7 +808,7 @@ class Exporter:
         per_ch = self.target in PER_CHANNEL_TARGETS
         e_w = weight_exponents(w, 1 if per_ch else None, bits)
         q = _quant_per_channel(w, e_w, 1, self.dtype(bits), self.mode)
-        layout = weight_layout(self.target, bits, cout, 2, False)
+        layout = weight_layout(4, cout, self.dtype(bits), self.target)
         wname = self.param(n.inputs[1], q.reshape(1, 1, k, cout), self.dtype(bits), e_w, layout)
         ins = [n.inputs[0], wname]
         if len(n.inputs) > 2 and n.inputs[2]:
