@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from chunkwise.emu.check import check_test_values
+from chunkwise.emu.ops import conv as conv_mod
 from chunkwise.errors import UnsupportedError
 from chunkwise.ir.graph import Graph, Node, Tensor, ValueInfo, make_attribute
 from chunkwise.model import Model, load
@@ -168,45 +169,101 @@ CONV_CASES = [
     ((1, 9, 9, 6), (3, 2), 6, 9, 1, [2, 1], [0, 1, 1, 0], [1, 2]),
     ((2, 5, 5, 12), (3, 3), 12, 12, 12, [1, 1], [1, 1, 1, 1], [1, 1]),
     ((1, 11, 4), (5,), 4, 7, 1, [1], [2, 2], [1]),
+    # large enough for the BLAS path: 1x1 direct, 1x1 strided, k x k with pads/dilation, 1-D
+    ((1, 16, 12, 24), (1, 1), 24, 40, 1, [1, 1], [0, 0, 0, 0], [1, 1]),
+    ((1, 17, 13, 16), (1, 1), 16, 24, 1, [2, 2], [0, 0, 0, 0], [1, 1]),
+    ((1, 14, 15, 10), (3, 3), 10, 20, 1, [2, 1], [1, 0, 2, 1], [1, 2]),
+    ((2, 40, 12), (5,), 12, 24, 1, [1], [4, 0], [2]),
+    # depthwise, strided, large
+    ((1, 20, 18, 32), (3, 3), 32, 32, 32, [2, 2], [1, 1, 1, 1], [1, 1]),
 ]
+
+
+def _rounded(acc, shifts, target):
+    """Exact integer division by 2**shift with the target's rule (Python ints through int64); shift >= 0."""
+    assert np.all(shifts >= 0)
+    q, r = np.divmod(acc, 2 ** shifts)
+    half = np.where(shifts > 0, 2 ** np.maximum(shifts - 1, 0), 1)  # shift 0: r == 0 < half, no rounding
+    if target == "esp32p4":
+        return q + ((r > half) | ((r == half) & (q % 2 == 1)))
+    return q + (r >= half)
+
+
+def _check_conv(x_shape, k, cin, cout, group, st, pads, dil, *, dtype, target, x=None, w=None, bias=None,
+                e_w=None, e_in=None, e_out=None, relu=None, seed=1):
+    """Run one Conv node and compare with :func:`conv_exact`; returns the kernel's strategy."""
+    rng = np.random.default_rng(seed)
+    info = np.iinfo(dtype)
+    if x is None:
+        x = rng.integers(info.min, info.max + 1, size=x_shape).astype(dtype)
+    w_shape = tuple(k) + ((cin, 1) if group > 1 else (cin, cout))
+    if w is None:
+        w = rng.integers(info.min, info.max + 1, size=w_shape).astype(dtype)
+    if bias is None:
+        bias = rng.integers(-2**20, 2**20, size=cout).astype("int64" if dtype == "int16" else "int32")
+    if e_w is None:
+        e_w = [int(v) for v in rng.integers(-16 if dtype == "int16" else -9, -6, size=cout)]
+    if e_in is None:
+        e_in, e_out = (-5, -5) if dtype == "int8" else (-12, -11)
+    if relu is None:
+        relu = bool(rng.integers(2))
+    attrs = {"kernel_shape": list(k), "strides": st, "pads": pads, "dilations": dil, "group": group,
+             "activation": "Relu" if relu else "Linear"}
+    m = _conv_model(x_shape, w, bias, attrs, e_in, e_w, e_out, dtype, target)
+    y = m.run({"x": x})["y"]
+    x4, w4 = (x[:, None], w[None]) if len(x_shape) == 3 else (x, w)
+    st4, pads4, dil4 = ((st, pads, dil) if len(x_shape) == 4
+                        else ([1, st[0]], [0, pads[0], 0, pads[1]], [1, dil[0]]))
+    if group > 1:
+        w4 = w4.reshape(w4.shape[0], w4.shape[1], 1, -1)
+    acc = conv_exact(x4, w4, bias, st4, pads4, dil4, group)
+    want = _rounded(acc, np.array([e_out - e_in - e for e in e_w], dtype=np.int64), target)
+    if relu:
+        want = np.maximum(want, 0)
+    want = np.clip(want, info.min, info.max).astype(dtype)
+    np.testing.assert_array_equal(y, want.reshape(y.shape), err_msg=str(x_shape))
+    (plan,) = m._plans.values()
+    return plan.steps[0].prepared.info["strategy"]
 
 
 @pytest.mark.parametrize("target", ["esp32p4", "esp32s3"])
 @pytest.mark.parametrize("dtype", ["int8", "int16"])
-def test_conv_vs_exact(dtype, target):
-    rng = np.random.default_rng(1)
-    info = np.iinfo(dtype)
-    for x_shape, k, cin, cout, group, st, pads, dil in CONV_CASES:
-        x = rng.integers(info.min, info.max + 1, size=x_shape).astype(dtype)
-        w_shape = tuple(k) + ((cin, 1) if group > 1 else (cin, cout))
-        w = rng.integers(info.min, info.max + 1, size=w_shape).astype(dtype)
-        bias = rng.integers(-2**20, 2**20, size=cout).astype("int64" if dtype == "int16" else "int32")
-        e_w = [int(v) for v in rng.integers(-16 if dtype == "int16" else -9, -6, size=cout)]
-        e_in, e_out = (-5, -5) if dtype == "int8" else (-12, -11)
-        relu = bool(rng.integers(2))
-        attrs = {"kernel_shape": list(k), "strides": st, "pads": pads, "dilations": dil, "group": group,
-                 "activation": "Relu" if relu else "Linear"}
-        y = _conv_model(x_shape, w, bias, attrs, e_in, e_w, e_out, dtype, target).run({"x": x})["y"]
-        x4, w4 = (x[:, None], w[None]) if len(x_shape) == 3 else (x, w)
-        st4, pads4, dil4 = ((st, pads, dil) if len(x_shape) == 4
-                            else ([1, st[0]], [0, pads[0], 0, pads[1]], [1, dil[0]]))
-        if group > 1:
-            w4 = w4.reshape(w4.shape[0], w4.shape[1], 1, -1)
-        acc = conv_exact(x4, w4, bias, st4, pads4, dil4, group)
-        want = []
-        for v, s in zip(acc.reshape(-1, cout).T, [e_out - e_in - e for e in e_w]):
-            q, r = np.divmod(v, 2 ** s)
-            half = 2 ** (s - 1)
-            if target == "esp32p4":
-                q = q + ((r > half) | ((r == half) & (q % 2 == 1)))
-            else:
-                q = q + (r >= half)
-            want.append(q)
-        want = np.stack(want, -1).reshape(acc.shape)
-        if relu:
-            want = np.maximum(want, 0)
-        want = np.clip(want, info.min, info.max).astype(dtype)
-        np.testing.assert_array_equal(y, want.reshape(y.shape), err_msg=str(x_shape))
+@pytest.mark.parametrize("case", CONV_CASES, ids=[str(c[0]) for c in CONV_CASES])
+def test_conv_vs_exact(case, dtype, target):
+    strategy = _check_conv(*case, dtype=dtype, target=target)
+    macs = np.prod(case[0][:-1]) * np.prod(case[1]) * case[2] * case[3]  # upper bound (stride 1)
+    if case[4] > 1:
+        assert strategy.startswith("depthwise loops")
+    elif macs > 8 * conv_mod.GEMM_MIN_MACS:
+        # random full-range int16 weights never fit float32's 2**24: those must take float64
+        assert strategy == ("gemm float32" if dtype == "int8" else "gemm float64"), strategy
+
+
+@pytest.mark.parametrize("target", ["esp32p4", "esp32s3"])
+def test_gemm_float32_bound_is_exact_at_the_edge(target):
+    """With x = w = -128 except one 127 * 127 term, K = 1024 terms sum to 16129 + 16384 * 1023 < 2**24:
+    float32 is exact. K = 1025 gives an odd sum above 2**24, which float32 cannot hold, so the kernel
+    must switch to float64. The bias cancels the sum (shift 0), so any accumulation error shows."""
+    for cin, want in ((1024, "gemm float32"), (1025, "gemm float64")):
+        x = np.full((1, 6, 6, cin), -128, dtype=np.int8)
+        x[..., 0] = 127
+        w = np.full((1, 1, cin, 8), -128, dtype=np.int8)
+        w[0, 0, 0, :] = 127
+        total = 127 * 127 + 128 * 128 * (cin - 1)
+        bias = (np.arange(8) - 4 - total).astype(np.int32)
+        got = _check_conv((1, 6, 6, cin), (1, 1), cin, 8, 1, [1, 1], [0, 0, 0, 0], [1, 1], dtype="int8",
+                          target=target, x=x, w=w, bias=bias, e_w=[0] * 8, e_in=0, e_out=0, relu=False)
+        assert got == want
+        assert conv_mod.gemm_dtype(w.reshape(cin, 8), bias, np.zeros(8, dtype=np.int64), "int8") == \
+            np.dtype(want.split()[1])
+
+
+def test_gemm_refuses_when_float64_is_not_exact():
+    w = np.full((1, 1, 4, 2), 32767, dtype=np.int64)
+    assert conv_mod.gemm_dtype(w.reshape(4, 2), np.zeros(2), np.zeros(2, dtype=np.int64), "int16") == np.float64
+    big = np.full((2**23, 1), 32767, dtype=np.int64)  # 32768 * 32767 * 2**23 > 2**52
+    assert conv_mod.gemm_dtype(big, np.zeros(1), np.zeros(1, dtype=np.int64), "int16") is None
+    assert conv_mod.gemm_dtype(w.reshape(4, 2), np.zeros(2), np.array([51, 0]), "int16") is None
 
 
 def test_conv_rejects_auto_pad_and_activation():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,7 +16,7 @@ import numpy as np
 from ..errors import ChunkwiseError, ShapeError, UnsupportedError
 from ..ir.graph import Graph, Node
 from ..limits import check_alloc
-from .registry import ATTR_KIND, Ctx, Prepared, Spec, get_kernel
+from .registry import ATTR_KIND, Ctx, Prepared, Scratch, Spec, get_kernel
 from .rounding import rounding_mode
 
 
@@ -101,6 +102,8 @@ class Plan:
         self.specs: dict[str, Spec] = {}
         self.steps: list[Step] = []
         self.consts: dict[str, np.ndarray] = {}
+        self.scratch = Scratch()  # work buffers shared by the steps (they run one at a time: see run())
+        self._lock = threading.Lock()
         for name, t in graph.initializers.items():
             _check_exponents(name, t.exponents)
             self.specs[name] = Spec(name, tuple(t.dims), t.dtype, tuple(t.exponents), t.data)
@@ -120,7 +123,7 @@ class Plan:
                 raise ChunkwiseError(f"graph output {v.name!r} is produced by no node")
 
     def _prepare(self, node: Node) -> None:
-        ctx = Ctx(self.target, self.mode, node, self.graph)
+        ctx = Ctx(self.target, self.mode, node, self.graph, self.scratch)
         _check_node(node)
         ins = NodeArgs(node, "input")
         for i, name in enumerate(node.inputs):
@@ -170,7 +173,14 @@ class Plan:
                 s.prepared.reset()
 
     def run(self, feeds: dict[str, np.ndarray], keep: bool = False) -> dict[str, np.ndarray]:
-        """Run on validated integer feeds. ``keep`` returns every intermediate value too."""
+        """Run on validated integer feeds. ``keep`` returns every intermediate value too.
+
+        Steps share the plan's work buffers and stateful steps keep state, so runs of one plan are
+        serialized (another thread waits)."""
+        with self._lock:
+            return self._run(feeds, keep)
+
+    def _run(self, feeds: dict[str, np.ndarray], keep: bool) -> dict[str, np.ndarray]:
         values: dict[str, np.ndarray] = dict(self.consts)
         values.update(feeds)
         for s in self.steps:

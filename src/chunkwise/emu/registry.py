@@ -69,14 +69,49 @@ class Prepared:
     info: dict = field(default_factory=dict)
 
 
+class Scratch:
+    """Work buffers shared by the nodes of one plan, which run one after another.
+
+    A kernel reserves a named buffer in ``prepare`` (:meth:`reserve`) and takes a view of it in ``run``
+    (:meth:`get`): the buffer is allocated once, at the largest size any node reserved, so running a
+    prepared plan again allocates no work memory. Two nodes may use the same name only if neither
+    keeps data in it between runs.
+    """
+
+    def __init__(self) -> None:
+        self._need: dict[tuple[str, str], int] = {}
+        self._bufs: dict[tuple[str, str], np.ndarray] = {}
+
+    def reserve(self, name: str, size: int, dtype) -> None:
+        key = (name, np.dtype(dtype).str)
+        self._need[key] = max(self._need.get(key, 0), int(size))
+
+    def get(self, name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
+        key = (name, np.dtype(dtype).str)
+        size = 1
+        for s in shape:
+            size *= int(s)
+        buf = self._bufs.get(key)
+        if buf is None or buf.size < size:
+            buf = np.empty(max(size, self._need.get(key, 0)), dtype=dtype)
+            self._bufs[key] = buf
+        return buf[:size].reshape(shape)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(n * np.dtype(k[1]).itemsize for k, n in self._need.items())
+
+
 @dataclass
 class Ctx:
-    """What a kernel may know besides its inputs: the target and its rounding rule."""
+    """What a kernel may know besides its inputs: the target and its rounding rule, and the plan's
+    shared work buffers."""
 
     target: str
     mode: int
     node: Node | None = None
     graph: "Graph | None" = None
+    scratch: Scratch = field(default_factory=Scratch)
 
     def initializer(self, name: str) -> "Tensor":
         """An initializer named by an attribute (e.g. the ``lut`` table of an activation)."""

@@ -11,6 +11,15 @@ depthwise ``[kH, kW, C, 1]``.
 
 int16 is the same on the chip (QACC accumulation, one ``srcmb`` shift/round/saturate). ESP-PPQ's
 int16 goldens come from torch float32 and differ by one on near-ties: docs/int16-deviations.md.
+
+Two exact ways to compute ``sum(x * w)``, chosen per node in ``prepare``:
+
+- integer loops (``_conv2d``), for depthwise / grouped convs and small layers;
+- a float GEMM through BLAS (``_gemm_conv``), for the rest: x (im2col for k > 1, strides, pads) times
+  the weights as a ``[kH*kW*Cin, Cout]`` matrix. Every product and every partial sum is an integer, so
+  float32 computes them exactly while ``max|x| * max_c sum|w[:, c]| <= 2**24`` (float64: ``2**52``),
+  whatever order BLAS adds in; :func:`gemm_dtype` checks that bound from the weights. The exact sums
+  are then requantized by :func:`_requant_gemm` with the same rounding rule as the integer path.
 """
 
 from __future__ import annotations
@@ -19,7 +28,7 @@ import numpy as np
 from numba import njit
 
 from ..registry import Prepared, kernel
-from ..rounding import qrange, shift_round
+from ..rounding import qrange, round_f, shift_round
 
 ACTIVATIONS = ("Linear", "Relu")
 
@@ -69,6 +78,111 @@ def _conv2d(x, w, bias, shifts, out, acc, sh, sw, dh, dw, pt, pl, groups, relu, 
                         v = hi
                     out[n, oh, ow, co] = v
     return out
+
+
+@njit(cache=True)
+def _dwconv2d(x, w, bias, shifts, out, acc, sh, sw, dh, dw, pt, pl, relu, lo, hi, mode):
+    """Depthwise: x [N,H,W,C]; w [kH,kW,C]; out [N,OH,OW,C]; acc [OW, C] scratch (int32 or int64).
+
+    One output row at a time, so that the innermost loop runs over contiguous channels of a whole
+    row of accumulators (the same sums as ``_conv2d``, in a different order: exact either way).
+    """
+    n_, h_, w_, c_ = x.shape
+    kh_, kw_, _ = w.shape
+    _, oh_, ow_, _ = out.shape
+    for n in range(n_):
+        for oh in range(oh_):
+            for ow in range(ow_):
+                for c in range(c_):
+                    acc[ow, c] = bias[c]
+            for kh in range(kh_):
+                ih = oh * sh - pt + kh * dh
+                if ih < 0 or ih >= h_:
+                    continue
+                xrow = x[n, ih]
+                for ow in range(ow_):
+                    a = acc[ow]
+                    for kw in range(kw_):
+                        iw = ow * sw - pl + kw * dw
+                        if iw < 0 or iw >= w_:
+                            continue
+                        xp = xrow[iw]
+                        wp = w[kh, kw]
+                        for c in range(c_):
+                            a[c] += xp[c] * wp[c]
+            for ow in range(ow_):
+                for c in range(c_):
+                    v = shift_round(np.int64(acc[ow, c]), shifts[c], mode)
+                    if relu and v < 0:
+                        v = 0
+                    if v < lo:
+                        v = lo
+                    elif v > hi:
+                        v = hi
+                    out[n, oh, ow, c] = v
+
+
+@njit(cache=True)
+def _im2col(x, cols, kh_, kw_, sh, sw, dh, dw, pt, pl, oh_, ow_):
+    """x [N,H,W,C] -> cols [N*OH*OW, kH*kW*C] (float), zeros where the window is in the padding."""
+    n_, h_, w_, c_ = x.shape
+    r = 0
+    for n in range(n_):
+        for oh in range(oh_):
+            for ow in range(ow_):
+                col = 0
+                for kh in range(kh_):
+                    ih = oh * sh - pt + kh * dh
+                    for kw in range(kw_):
+                        iw = ow * sw - pl + kw * dw
+                        if ih < 0 or ih >= h_ or iw < 0 or iw >= w_:
+                            for c in range(c_):
+                                cols[r, col + c] = 0
+                        else:
+                            for c in range(c_):
+                                cols[r, col + c] = x[n, ih, iw, c]
+                        col += c_
+                r += 1
+
+
+@njit(cache=True)
+def _requant_gemm(sums, bias, scale, out, lo, hi, mode):
+    """out[r, c] = clamp(round((sums[r, c] + bias[c]) * scale[c]), lo, hi), ``scale = 2**-shift``.
+
+    ``sums`` hold exact integers and ``gemm_dtype`` bounds |sums + bias| by 2**52, so the float64
+    products are exact and ``round_f`` rounds them as ``shift_round`` rounds the integers. A fused Relu
+    is ``lo = max(lo, 0)``.
+    """
+    rows, cout = sums.shape
+    for r in range(rows):
+        for c in range(cout):
+            v = round_f((np.float64(sums[r, c]) + bias[c]) * scale[c], mode)
+            if v < lo:
+                v = lo
+            elif v > hi:
+                v = hi
+            out[r, c] = v
+
+
+GEMM_MIN_MACS = 1 << 15  # below this the BLAS call costs more than the integer loops
+F32_EXACT = 2**24  # integers up to this magnitude are exact in float32
+F64_EXACT = 2**52  # ... in float64, with room for the +0.5 of half-up rounding
+MAX_GEMM_SHIFT = 50  # (sum + bias) * 2**-shift and its rounding stay exact in float64
+
+
+def gemm_dtype(w2d: np.ndarray, bias: np.ndarray, shifts: np.ndarray, x_dtype: str) -> np.dtype | None:
+    """The float type in which ``x @ w2d`` is exact for every input of ``x_dtype``, or None.
+
+    Each partial sum of ``x[k] * w2d[k, c]`` is an integer bounded by ``max|x| * sum_k |w2d[k, c]|``;
+    integers up to 2**24 (float32) / 2**53 (float64) are exact, so any summation order gives the exact
+    sum. The requantization adds the bias and scales by a power of two in float64 (exact below 2**52).
+    """
+    xmax = 128 if x_dtype == "int8" else 32768
+    bound = xmax * int(np.abs(w2d.astype(np.int64)).sum(axis=0).max(initial=0))
+    total = bound + int(np.abs(bias.astype(np.int64)).max(initial=0))
+    if total > F64_EXACT or int(np.abs(shifts).max(initial=0)) > MAX_GEMM_SHIFT:
+        return None
+    return np.dtype(np.float32) if bound <= F32_EXACT else np.dtype(np.float64)
 
 
 def acc_dtype(w: np.ndarray, bias: np.ndarray, x_dtype: str) -> np.dtype:
@@ -170,15 +284,35 @@ def prepare_conv(node, ctx, ins, outs):
     bias = _bias(ctx, ins, cout, x.exp, w.exps)
     relu = _activation(ctx)
     lo, hi = qrange(x.dtype)
-    adt = acc_dtype(wt, bias, x.dtype)
-    wt = np.ascontiguousarray(wt.astype(adt))
-    bias = bias.astype(adt)
-    acc = np.zeros(cout, dtype=adt)
     dtype = np.dtype(x.dtype)
     n = x.shape[0]
     out_shape4 = (n, oh, ow, cout)
     out_shape = (n, ow, cout) if len(x.shape) == 3 else out_shape4
     mode = ctx.mode
+    macs = n * oh * ow * cout * kh * kw * (cin // group)
+    fdt = gemm_dtype(wt.reshape(-1, cout), bias, shifts, x.dtype) if group == 1 and macs >= GEMM_MIN_MACS else None
+    if fdt is not None:
+        run = _gemm_conv(ctx, wt, bias, shifts, fdt, (n, ih, iw, cin), (oh, ow), (kh, kw), (sh, sw), (dh, dw),
+                         (pt, pl, pb, pr), relu, x.dtype)
+        return Prepared([out_shape], lambda xa, *_: (run(xa).reshape(out_shape),), macs=macs,
+                        info={"strategy": f"gemm {fdt.name}"})
+    adt = acc_dtype(wt, bias, x.dtype)
+    wt = np.ascontiguousarray(wt.astype(adt))
+    bias = bias.astype(adt)
+    if wt.shape[2] == 1 and group == cout:  # depthwise
+        # int16 weights (all ESP-DL weights fit) let the products vectorize as 16-bit multiplies
+        small = adt == np.int32 and int(np.abs(wt.astype(np.int64)).max(initial=0)) < 2**15
+        wd = np.ascontiguousarray(wt.reshape(kh, kw, cout).astype(np.int16 if small else adt))
+        acc_row = np.zeros((ow, cout), dtype=adt)
+
+        def run(xa, *_):
+            out = np.empty(out_shape4, dtype=dtype)
+            _dwconv2d(xa.reshape(n, ih, iw, cin), wd, bias, shifts, out, acc_row, sh, sw, dh, dw, pt, pl, relu,
+                      lo, hi, mode)
+            return (out.reshape(out_shape),)
+
+        return Prepared([out_shape], run, macs=macs, info={"strategy": f"depthwise loops {adt.name}"})
+    acc = np.zeros(cout, dtype=adt)
 
     def run(xa, *_):
         x4 = xa.reshape(n, ih, iw, cin)
@@ -186,8 +320,41 @@ def prepare_conv(node, ctx, ins, outs):
         _conv2d(x4, wt, bias, shifts, out, acc, sh, sw, dh, dw, pt, pl, group, relu, lo, hi, mode)
         return (out.reshape(out_shape),)
 
-    macs = n * oh * ow * cout * kh * kw * (cin // group)
-    return Prepared([out_shape], run, macs=macs)
+    return Prepared([out_shape], run, macs=macs, info={"strategy": f"loops {adt.name}"})
+
+
+def _gemm_conv(ctx, wt, bias, shifts, fdt, x_shape, o_hw, k_hw, strides, dils, pads, relu, x_dtype):
+    """``run(x) -> out [N*OH*OW, Cout]`` computing a (group 1) conv as one exact float GEMM."""
+    n, ih, iw, cin = x_shape
+    (oh, ow), (kh, kw), (sh, sw), (dh, dw), (pt, pl, pb, pr) = o_hw, k_hw, strides, dils, pads
+    cout = wt.shape[3]
+    rows, depth = n * oh * ow, kh * kw * cin
+    w2 = np.ascontiguousarray(wt.reshape(depth, cout).astype(fdt))  # rows (kh, kw, ci) = im2col's columns
+    bias_f = bias.astype(np.float64)
+    scale = np.ldexp(1.0, -shifts.astype(np.int64)).astype(np.float64)
+    lo, hi = qrange(x_dtype)
+    if relu:
+        lo = max(lo, 0)
+    mode = ctx.mode
+    dtype = np.dtype(x_dtype)
+    direct = kh == kw == sh == sw == 1 and not any(pads)  # 1x1, stride 1: x itself is the matrix
+    scratch = ctx.scratch
+    scratch.reserve("gemm.a", rows * depth, fdt)
+    scratch.reserve("gemm.c", rows * cout, fdt)
+
+    def run(xa):
+        a = scratch.get("gemm.a", (rows, depth), fdt)
+        if direct:
+            np.copyto(a, xa.reshape(rows, depth), casting="unsafe")
+        else:
+            _im2col(xa.reshape(n, ih, iw, cin), a, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow)
+        sums = scratch.get("gemm.c", (rows, cout), fdt)
+        np.matmul(a, w2, out=sums)
+        out = np.empty((rows, cout), dtype=dtype)
+        _requant_gemm(sums, bias_f, scale, out, lo, hi, mode)
+        return out
+
+    return run
 
 
 @kernel("Gemm")
@@ -213,12 +380,18 @@ def prepare_gemm(node, ctx, ins, outs):
     bias = _bias(ctx, ins, nout, x.exp, w.exps)
     relu = _activation(ctx)
     lo, hi = qrange(x.dtype)
+    out_shape = tuple(x.shape[:-1]) + (nout,)
+    fdt = gemm_dtype(wt, bias, shifts, x.dtype) if rows * k * nout >= GEMM_MIN_MACS else None
+    if fdt is not None:
+        run = _gemm_conv(ctx, wt.reshape(1, 1, k, nout), bias, shifts, fdt, (1, 1, rows, k), (1, rows), (1, 1),
+                         (1, 1), (1, 1), (0, 0, 0, 0), relu, x.dtype)
+        return Prepared([out_shape], lambda xa, *_: (run(xa).reshape(out_shape),), macs=rows * k * nout,
+                        info={"strategy": f"gemm {fdt.name}"})
     adt = acc_dtype(wt, bias, x.dtype)
     w4 = np.ascontiguousarray(wt.reshape(1, 1, k, nout).astype(adt))
     bias = bias.astype(adt)
     acc = np.zeros(nout, dtype=adt)
     dtype = np.dtype(x.dtype)
-    out_shape = tuple(x.shape[:-1]) + (nout,)
     mode = ctx.mode
 
     def run(xa, *_):
@@ -227,4 +400,4 @@ def prepare_gemm(node, ctx, ins, outs):
         _conv2d(x4, w4, bias, shifts, out, acc, 1, 1, 1, 1, 0, 0, 1, relu, lo, hi, mode)
         return (out.reshape(out_shape),)
 
-    return Prepared([out_shape], run, macs=rows * k * nout)
+    return Prepared([out_shape], run, macs=rows * k * nout, info={"strategy": f"loops {adt.name}"})
