@@ -15,14 +15,22 @@ def _feeds(m):
     return {v.name: rng.integers(-100, 101, size=v.shape).astype(np.int8) for v in m.graph.inputs}
 
 
+@pytest.mark.parametrize("threads", [1, None], ids=["1thread", "default_threads"])
 @pytest.mark.parametrize("which", list(MODELS))
-def test_model_run(benchmark, which):
+def test_model_run(benchmark, which, threads):
+    """The integer kernels are single-threaded numba; the exact float GEMMs (emu/ops/conv.py) run in
+    numpy's BLAS, limited here to one thread for the 1-thread figure (threadpoolctl)."""
+    from threadpoolctl import threadpool_limits
+
     m = load(MODELS[which])
     feeds = _feeds(m)
     m.run(feeds)  # plan + compile once
-    benchmark.pedantic(m.run, args=(feeds,), rounds=7, iterations=1, warmup_rounds=1)
+    with threadpool_limits(limits=threads, user_api="blas"):
+        benchmark.pedantic(m.run, args=(feeds,), rounds=9, iterations=1, warmup_rounds=1)
     macs = m.plan({k: v.shape for k, v in feeds.items()}).macs
-    record(benchmark, f"{which}_run", f"Model.run, int8 bit-exact ({macs / 1e6:.0f} M MACs)")
+    t = "BLAS 1 thread" if threads == 1 else "BLAS default threads"
+    record(benchmark, f"{which}_run{'_1t' if threads == 1 else ''}",
+           f"Model.run, int8 bit-exact ({macs / 1e6:.0f} M MACs), {t}")
 
 
 @pytest.mark.parametrize("threads", [1, None], ids=["1thread", "default_threads"])

@@ -80,7 +80,7 @@ def _conv2d(x, w, bias, shifts, out, acc, sh, sw, dh, dw, pt, pl, groups, relu, 
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _dwconv2d(x, w, bias, shifts, out, acc, sh, sw, dh, dw, pt, pl, relu, lo, hi, mode):
     """Depthwise: x [N,H,W,C]; w [kH,kW,C]; out [N,OH,OW,C]; acc [OW, C] scratch (int32 or int64).
 
@@ -122,7 +122,7 @@ def _dwconv2d(x, w, bias, shifts, out, acc, sh, sw, dh, dw, pt, pl, relu, lo, hi
                     out[n, oh, ow, c] = v
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _im2col(x, cols, kh_, kw_, sh, sw, dh, dw, pt, pl, oh_, ow_):
     """x [N,H,W,C] -> cols [N*OH*OW, kH*kW*C] (float), zeros where the window is in the padding."""
     n_, h_, w_, c_ = x.shape
@@ -145,7 +145,7 @@ def _im2col(x, cols, kh_, kw_, sh, sw, dh, dw, pt, pl, oh_, ow_):
                 r += 1
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _requant_gemm(sums, bias, scale, out, lo, hi, mode):
     """out[r, c] = clamp(round((sums[r, c] + bias[c]) * scale[c]), lo, hi), ``scale = 2**-shift``.
 
@@ -349,7 +349,7 @@ def _gemm_conv(ctx, wt, bias, shifts, fdt, x_shape, o_hw, k_hw, strides, dils, p
         else:
             _im2col(xa.reshape(n, ih, iw, cin), a, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow)
         sums = scratch.get("gemm.c", (rows, cout), fdt)
-        np.matmul(a, w2, out=sums)
+        np.matmul(a, w2, out=sums)  # numpy's BLAS may use several threads here
         out = np.empty((rows, cout), dtype=dtype)
         _requant_gemm(sums, bias_f, scale, out, lo, hi, mode)
         return out
