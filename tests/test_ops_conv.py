@@ -272,3 +272,19 @@ def test_conv_rejects_auto_pad_and_activation():
         m = _conv_model((1, 5, 5, 4), w, None, {"kernel_shape": [3, 3], **attrs}, -5, [-5], -5, "int8", "esp32p4")
         with pytest.raises(UnsupportedError, match=match):
             m.run({"x": np.zeros((1, 5, 5, 4), dtype=np.int8)})
+
+
+def test_results_are_not_overwritten_by_the_next_run():
+    """Conv kernels write into buffers the plan owns; what run() hands out must be the caller's."""
+    rng = np.random.default_rng(3)
+    w = rng.integers(-128, 128, size=(3, 3, 8, 16)).astype(np.int8)
+    attrs = {"kernel_shape": [3, 3], "strides": [1, 1], "pads": [1, 1, 1, 1], "dilations": [1, 1], "group": 1}
+    m = _conv_model((1, 12, 12, 8), w, None, attrs, -5, [-7], -5, "int8", "esp32p4")
+    x1, x2 = (rng.integers(-128, 128, size=(1, 12, 12, 8)).astype(np.int8) for _ in range(2))
+    first = m.run({"x": x1})["y"]
+    kept = m.run({"x": x1}, intermediates=True)["y"]
+    saved = first.copy()
+    second = m.run({"x": x2})["y"]
+    assert not np.array_equal(second, saved)
+    np.testing.assert_array_equal(first, saved)
+    np.testing.assert_array_equal(kept, saved)

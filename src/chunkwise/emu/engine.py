@@ -193,9 +193,10 @@ class Plan:
                         f"internal error: node {s.node.name!r} ({s.node.op_type}) produced {arr.shape} "
                         f"for {name!r}, planned {spec.shape}")
                 values[name] = arr
+        # kernels may write into buffers the plan owns (Ctx.output_buffer): hand out copies
         if keep:
-            return {k: v for k, v in values.items() if k not in self.consts}
-        return {v.name: values[v.name] for v in self.graph.outputs}
+            return {k: v.copy() for k, v in values.items() if k not in self.consts}
+        return {v.name: values[v.name].copy() for v in self.graph.outputs}
 
     @property
     def macs(self) -> int:

@@ -113,6 +113,12 @@ class Ctx:
     graph: "Graph | None" = None
     scratch: Scratch = field(default_factory=Scratch)
 
+    def output_buffer(self, shape: tuple[int, ...], dtype) -> np.ndarray:
+        """A buffer for one of this node's outputs, allocated once, when the plan is prepared: the kernel
+        writes it on every run and returns it. The plan copies the values it hands out to callers, so
+        a kernel that uses this must not return an input or another node's array in its place."""
+        return np.empty(shape, dtype=dtype)
+
     def initializer(self, name: str) -> "Tensor":
         """An initializer named by an attribute (e.g. the ``lut`` table of an activation)."""
         t = self.graph.initializers.get(name) if self.graph is not None else None

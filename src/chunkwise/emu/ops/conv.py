@@ -305,18 +305,19 @@ def prepare_conv(node, ctx, ins, outs):
         wd = np.ascontiguousarray(wt.reshape(kh, kw, cout).astype(np.int16 if small else adt))
         acc_row = np.zeros((ow, cout), dtype=adt)
 
+        out = ctx.output_buffer(out_shape4, dtype)
+
         def run(xa, *_):
-            out = np.empty(out_shape4, dtype=dtype)
             _dwconv2d(xa.reshape(n, ih, iw, cin), wd, bias, shifts, out, acc_row, sh, sw, dh, dw, pt, pl, relu,
                       lo, hi, mode)
             return (out.reshape(out_shape),)
 
         return Prepared([out_shape], run, macs=macs, info={"strategy": f"depthwise loops {adt.name}"})
     acc = np.zeros(cout, dtype=adt)
+    out = ctx.output_buffer(out_shape4, dtype)
 
     def run(xa, *_):
         x4 = xa.reshape(n, ih, iw, cin)
-        out = np.empty(out_shape4, dtype=dtype)
         _conv2d(x4, wt, bias, shifts, out, acc, sh, sw, dh, dw, pt, pl, group, relu, lo, hi, mode)
         return (out.reshape(out_shape),)
 
@@ -342,6 +343,8 @@ def _gemm_conv(ctx, wt, bias, shifts, fdt, x_shape, o_hw, k_hw, strides, dils, p
     scratch.reserve("gemm.a", rows * depth, fdt)
     scratch.reserve("gemm.c", rows * cout, fdt)
 
+    out = ctx.output_buffer((rows, cout), dtype)
+
     def run(xa):
         a = scratch.get("gemm.a", (rows, depth), fdt)
         if direct:
@@ -350,7 +353,6 @@ def _gemm_conv(ctx, wt, bias, shifts, fdt, x_shape, o_hw, k_hw, strides, dils, p
             _im2col(xa.reshape(n, ih, iw, cin), a, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow)
         sums = scratch.get("gemm.c", (rows, cout), fdt)
         np.matmul(a, w2, out=sums)  # numpy's BLAS may use several threads here
-        out = np.empty((rows, cout), dtype=dtype)
         _requant_gemm(sums, bias_f, scale, out, lo, hi, mode)
         return out
 
@@ -394,9 +396,10 @@ def prepare_gemm(node, ctx, ins, outs):
     dtype = np.dtype(x.dtype)
     mode = ctx.mode
 
+    out = ctx.output_buffer((1, 1, rows, nout), dtype)
+
     def run(xa, *_):
         x4 = xa.reshape(1, 1, rows, k)
-        out = np.empty((1, 1, rows, nout), dtype=dtype)
         _conv2d(x4, w4, bias, shifts, out, acc, 1, 1, 1, 1, 0, 0, 1, relu, lo, hi, mode)
         return (out.reshape(out_shape),)
 
