@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 from numba import njit
+from numpy.lib.stride_tricks import sliding_window_view
 
 from ..registry import Prepared, kernel
 from ..rounding import qrange, round_f, shift_round
@@ -120,29 +121,6 @@ def _dwconv2d(x, w, bias, shifts, out, acc, sh, sw, dh, dw, pt, pl, relu, lo, hi
                     elif v > hi:
                         v = hi
                     out[n, oh, ow, c] = v
-
-
-@njit(cache=True, nogil=True)
-def _im2col(x, cols, kh_, kw_, sh, sw, dh, dw, pt, pl, oh_, ow_):
-    """x [N,H,W,C] -> cols [N*OH*OW, kH*kW*C] (float), zeros where the window is in the padding."""
-    n_, h_, w_, c_ = x.shape
-    r = 0
-    for n in range(n_):
-        for oh in range(oh_):
-            for ow in range(ow_):
-                col = 0
-                for kh in range(kh_):
-                    ih = oh * sh - pt + kh * dh
-                    for kw in range(kw_):
-                        iw = ow * sw - pl + kw * dw
-                        if ih < 0 or ih >= h_ or iw < 0 or iw >= w_:
-                            for c in range(c_):
-                                cols[r, col + c] = 0
-                        else:
-                            for c in range(c_):
-                                cols[r, col + c] = x[n, ih, iw, c]
-                        col += c_
-                r += 1
 
 
 @njit(cache=True, nogil=True)
@@ -339,18 +317,24 @@ def _gemm_conv(ctx, wt, bias, shifts, fdt, x_shape, o_hw, k_hw, strides, dils, p
     mode = ctx.mode
     dtype = np.dtype(x_dtype)
     direct = kh == kw == sh == sw == 1 and not any(pads)  # 1x1, stride 1: x itself is the matrix
+    padded = np.zeros((n, ih + pt + pb, iw + pl + pr, cin), dtype=dtype) if any(pads) else None  # border stays 0
+    keh, kew = dh * (kh - 1) + 1, dw * (kw - 1) + 1  # the kernel's reach
     scratch = ctx.scratch
     scratch.reserve("gemm.a", rows * depth, fdt)
     scratch.reserve("gemm.c", rows * cout, fdt)
-
     out = ctx.output_buffer((rows, cout), dtype)
 
     def run(xa):
         a = scratch.get("gemm.a", (rows, depth), fdt)
         if direct:
             np.copyto(a, xa.reshape(rows, depth), casting="unsafe")
-        else:
-            _im2col(xa.reshape(n, ih, iw, cin), a, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow)
+        else:  # im2col: every window as a row, columns in (kh, kw, c) order like w2's rows
+            x4 = xa.reshape(n, ih, iw, cin)
+            if padded is not None:
+                padded[:, pt:pt + ih, pl:pl + iw] = x4
+                x4 = padded
+            win = sliding_window_view(x4, (keh, kew), axis=(1, 2))[:, ::sh, ::sw, :, ::dh, ::dw]
+            np.copyto(a.reshape(n, oh, ow, kh, kw, cin), win.transpose(0, 1, 2, 4, 5, 3), casting="unsafe")
         sums = scratch.get("gemm.c", (rows, cout), fdt)
         np.matmul(a, w2, out=sums)  # numpy's BLAS may use several threads here
         _requant_gemm(sums, bias_f, scale, out, lo, hi, mode)
