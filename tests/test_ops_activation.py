@@ -387,3 +387,22 @@ def test_zoo_nodes_prepare():
             assert res[0].shape == p.shapes[0]
             seen += 1
     assert seen > 0
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("op", ["Sigmoid", "Swish", "Log"])
+def test_large_int16_tabulated_matches_naive(op, target):
+    """Large int16 tensors use a 65536-entry table computed by the same kernel; every input value
+    (all of -32768..32767 occur) must give what the per-element float path gives."""
+    from chunkwise.emu.ops.activation import TABULATE_INT16_ABOVE
+
+    x = np.arange(-32768, 32768, dtype=np.int16)
+    x = np.concatenate([x, _ints("int16", (TABULATE_INT16_ABOVE + 1 - x.size,))]).reshape(1, -1, 1)
+    e_out = {"Log": -11}.get(op, -14)
+    m = _model(op, x, -12, "int16", e_out, {"quant_type": "S16"}, target=target)
+    with np.errstate(all="ignore"):
+        got = _run(m, x)["y0"]
+        want = naive.activation_q(op, x, -12, e_out, "int16", target, np.float32(0), np.float32(0))
+    (plan,) = m._plans.values()
+    assert plan.steps[0].prepared.info["path"] == "float32, tabulated"
+    np.testing.assert_array_equal(got, want)

@@ -32,6 +32,7 @@ FLOAT_OPS = {"Sigmoid": SIGMOID, "Tanh": TANH, "Swish": SWISH, "HardSigmoid": HA
              "HardSwish": HARDSWISH, "Elu": ELU, "Exp": EXP, "Log": LOG, "Sqrt": SQRT}
 
 QUANT_DTYPES = {"S8": "int8", "S16": "int16", "F32": "float32"}
+TABULATE_INT16_ABOVE = 1 << 18  # int16 tensors larger than this use a 65536-entry table of the same values
 
 
 def quant_dtype(ctx, x) -> str:
@@ -170,10 +171,21 @@ def prepare_activation(node, ctx, ins, outs):
     lo, hi = qrange(dt)
     mode = ctx.mode
     npdt = np.dtype(dt)
+    size = int(np.prod(shape, dtype=np.int64))
+    if dt == "int8" or size > TABULATE_INT16_ABOVE:
+        # y depends on x alone: compute it once for every possible input (same kernel, so the same
+        # values) and look it up, as the LUT module would
+        info = np.iinfo(npdt)
+        xs = np.arange(info.min, info.max + 1, dtype=npdt)
+        table = _act_q(xs, np.empty(xs.shape, dtype=npdt), op, in_scale, out_scale, alpha, beta, mode, lo, hi)
+        if dt == "int16":
+            table = np.append(table, table[-1])  # 65537 entries: step 1, index x + 32768 (never the last)
+        return Prepared([shape], lambda xa, *_: (apply_lut(xa, table, 1, mode),), dtypes=[dt],
+                        info={"path": "float32, tabulated"})
 
     def run(xa, *_):
         flat = np.ascontiguousarray(xa).ravel()
         out = np.empty(flat.shape, dtype=npdt)
         return (_act_q(flat, out, op, in_scale, out_scale, alpha, beta, mode, lo, hi).reshape(shape),)
 
-    return Prepared([shape], run, dtypes=[dt])
+    return Prepared([shape], run, dtypes=[dt], info={"path": "float32"})
