@@ -359,6 +359,31 @@ def test_invalid_nodes_are_refused_with_the_node_named(change, words):
         assert g.nodes[0].name in str(e.value)
 
 
+def test_every_attribute_a_kernel_reads_has_a_checked_kind():
+    """The engine checks an attribute's kind (int, string, ints ...) before a kernel reads it, but only for
+    names in ATTR_KIND: a name missing there reaches the kernel unchecked (fuzzing found
+    ``gate_exponent=[-1e30]`` crashing GRU with a TypeError). Every name a kernel reads must be listed."""
+    import re
+
+    from chunkwise.emu.registry import ATTR_KIND
+
+    src = Path(chunkwise.__file__).parent / "emu"
+    read = set()
+    for f in src.rglob("*.py"):
+        read |= set(re.findall(r'(?:node|ctx)\.attr\("([A-Za-z0-9_]+)"', f.read_text()))
+    assert len(read) > 40
+    assert sorted(read - set(ATTR_KIND)) == []
+
+
+def test_gru_with_a_float_list_gate_exponent_is_refused():
+    g = chunkwise.load(FIXTURES / "golden" / "esp32p4_s16" / "GRU" / "gru_3_7_5_1_1_s16.espdl").graph
+    (node,) = [n for n in g.nodes if n.op_type == "GRU"]
+    node.set_attr("gate_exponent", [-1e30])
+    m = Model(g, target="esp32p4")
+    with pytest.raises(ChunkwiseError, match="attribute 'gate_exponent' is of kind"):
+        m.run(m.test_feeds())
+
+
 def test_kernel_bugs_are_not_hidden(monkeypatch):
     """An exception that is not a ChunkwiseError from a kernel's prepare() propagates (it is a bug):
     the CLI reports it as an internal error, it is not dressed up as a model problem."""
