@@ -288,3 +288,15 @@ def test_results_are_not_overwritten_by_the_next_run():
     assert not np.array_equal(second, saved)
     np.testing.assert_array_equal(first, saved)
     np.testing.assert_array_equal(kept, saved)
+
+
+@pytest.mark.parametrize("group", [1, 8], ids=["gemm", "depthwise"])
+def test_huge_pads_are_refused_before_allocation(group):
+    """Fuzzing: pads of 2**31 made prepare() allocate a 240 GiB accumulator row (MemoryError)."""
+    from chunkwise.errors import ChunkwiseError
+
+    w = np.ones((3, 3, 8, 1 if group > 1 else 8), dtype=np.int8)
+    attrs = {"kernel_shape": [3, 3], "pads": [1, 2**31, 1, 1], "group": group}
+    m = _conv_model((1, 6, 6, 8), w, None, attrs, -5, [-5], -5, "int8", "esp32p4")
+    with pytest.raises(ChunkwiseError, match="limit"):
+        m.run({"x": np.zeros((1, 6, 6, 8), dtype=np.int8)})

@@ -398,3 +398,14 @@ def test_kernel_bugs_are_not_hidden(monkeypatch):
         m.run(m.test_feeds())
     r = cli("emu", "test", GEMM)
     assert r.exit_code == 1 and "internal error" in r.stderr
+
+
+def test_float_input_with_a_huge_exponent_is_refused():
+    """Fuzzing: quantizing a float input at exponent -2**62 overflowed (OverflowError) before the
+    engine's exponent check ran."""
+    g = _gemm_graph()
+    g.inputs[0].exponents = (-(2**62),)
+    m = Model(g, target="esp32p4")
+    x = np.zeros(g.inputs[0].shape, dtype=np.float32)
+    with pytest.raises(ChunkwiseError, match=r"outside \[-64, 64\]"):
+        m.run({g.inputs[0].name: x})

@@ -123,12 +123,14 @@ class Model:
 
     def _coerce(self, v, a: np.ndarray) -> np.ndarray:
         """dtype of one input: float is quantized with its exponent, integers range-checked."""
+        from .emu.engine import check_exponents
         from .emu.rounding import qrange, quantize, rounding_mode
 
         if v.dtype in ("int8", "int16"):
             if len(v.exponents) != 1:
                 raise ShapeError(f"input {v.name!r} has {len(v.exponents)} exponents in the model; "
                                  "a quantized input needs exactly one")
+            check_exponents(v.name, v.exponents)
             if a.dtype.kind == "f":
                 a = quantize(a, v.exponent, v.dtype, rounding_mode(self.target))
             elif a.dtype.kind in "iub":

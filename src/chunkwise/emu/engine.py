@@ -64,7 +64,7 @@ def _check_node(node: Node) -> None:
 MAX_EXPONENT = 64  # |exponent| above this is refused: 2**e overflows float math and shifts exceed 63 bits
 
 
-def _check_exponents(name: str, exps, node: Node | None = None) -> None:
+def check_exponents(name: str, exps, node: Node | None = None) -> None:
     for e in exps:
         if not -MAX_EXPONENT <= int(e) <= MAX_EXPONENT:
             raise UnsupportedError(f"exponent {int(e)} of {name!r} is outside [-{MAX_EXPONENT}, {MAX_EXPONENT}]",
@@ -105,7 +105,7 @@ class Plan:
         self.scratch = Scratch()  # work buffers shared by the steps (they run one at a time: see run())
         self._lock = threading.Lock()
         for name, t in graph.initializers.items():
-            _check_exponents(name, t.exponents)
+            check_exponents(name, t.exponents)
             self.specs[name] = Spec(name, tuple(t.dims), t.dtype, tuple(t.exponents), t.data)
             if t.data is not None:
                 self.consts[name] = t.data
@@ -114,7 +114,7 @@ class Plan:
                 continue
             if v.name not in input_shapes:
                 raise ShapeError(f"no shape for input {v.name!r}")
-            _check_exponents(v.name, v.exponents)
+            check_exponents(v.name, v.exponents)
             self.specs[v.name] = Spec(v.name, tuple(input_shapes[v.name]), v.dtype, tuple(v.exponents))
         for node in graph.nodes:
             self._prepare(node)
@@ -142,7 +142,7 @@ class Plan:
         for name in node.outputs:
             vi = self.graph.info(name)
             if vi is not None:
-                _check_exponents(name, vi.exponents, node)
+                check_exponents(name, vi.exponents, node)
             outs.append(Spec(name, None, vi.dtype if vi else "undefined", tuple(vi.exponents) if vi else ()))
         prepare = get_kernel(node, ctx)
         try:

@@ -10,12 +10,14 @@ arithmetic. Unsupported attributes raise :class:`UnsupportedError` naming the no
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 
 from ..errors import UnsupportedError
+from ..limits import check_alloc
 from ..ir.graph import Graph, Node, Tensor
 
 KERNELS: dict[str, Callable] = {}
@@ -83,6 +85,7 @@ class Scratch:
         self._bufs: dict[tuple[str, str], np.ndarray] = {}
 
     def reserve(self, name: str, size: int, dtype) -> None:
+        check_alloc(int(size) * np.dtype(dtype).itemsize, f"work buffer {name!r}")
         key = (name, np.dtype(dtype).str)
         self._need[key] = max(self._need.get(key, 0), int(size))
 
@@ -117,7 +120,14 @@ class Ctx:
         """A buffer for one of this node's outputs, allocated once, when the plan is prepared: the kernel
         writes it on every run and returns it. The plan copies the values it hands out to callers, so
         a kernel that uses this must not return an input or another node's array in its place."""
-        return np.empty(shape, dtype=dtype)
+        return self.zeros(shape, dtype, "output")
+
+    def zeros(self, shape: tuple[int, ...], dtype, what: str) -> np.ndarray:
+        """A zeroed array for ``prepare`` (state, padding, accumulators), refused before allocation when
+        it exceeds the tensor size limit (a hostile model can ask for any shape)."""
+        size = math.prod(int(s) for s in shape) * np.dtype(dtype).itemsize
+        check_alloc(size, f"{what} {list(shape)} of node {self.node.name if self.node else '?'!r}")
+        return np.zeros(shape, dtype=dtype)
 
     def initializer(self, name: str) -> "Tensor":
         """An initializer named by an attribute (e.g. the ``lut`` table of an activation)."""

@@ -281,7 +281,7 @@ def prepare_conv(node, ctx, ins, outs):
         # int16 weights (all ESP-DL weights fit) let the products vectorize as 16-bit multiplies
         small = adt == np.int32 and int(np.abs(wt.astype(np.int64)).max(initial=0)) < 2**15
         wd = np.ascontiguousarray(wt.reshape(kh, kw, cout).astype(np.int16 if small else adt))
-        acc_row = np.zeros((ow, cout), dtype=adt)
+        acc_row = ctx.zeros((ow, cout), adt, "accumulator row")
 
         out = ctx.output_buffer(out_shape4, dtype)
 
@@ -317,7 +317,9 @@ def _gemm_conv(ctx, wt, bias, shifts, fdt, x_shape, o_hw, k_hw, strides, dils, p
     mode = ctx.mode
     dtype = np.dtype(x_dtype)
     direct = kh == kw == sh == sw == 1 and not any(pads)  # 1x1, stride 1: x itself is the matrix
-    padded = np.zeros((n, ih + pt + pb, iw + pl + pr, cin), dtype=dtype) if any(pads) else None  # border stays 0
+    padded = None  # a copy of x inside a zero border that no run writes
+    if any(pads):
+        padded = ctx.zeros((n, ih + pt + pb, iw + pl + pr, cin), dtype, "padded input")
     keh, kew = dh * (kh - 1) + 1, dw * (kw - 1) + 1  # the kernel's reach
     scratch = ctx.scratch
     scratch.reserve("gemm.a", rows * depth, fdt)
