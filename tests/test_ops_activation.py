@@ -269,6 +269,31 @@ def test_layernorm(shape, axis, dtype, target):
     np.testing.assert_array_equal(_run(m, x)["y0"], want)
 
 
+@pytest.mark.parametrize("op", ["LayerNormalization", "RMSNormalization"])
+def test_norm_with_zero_epsilon_on_a_constant_line_follows_ieee(op):
+    """Fuzzing: epsilon 0 and a zero-variance line divide by zero. The chip's FPU gives inf / nan there
+    (then the float -> int conversion saturates); numba's default would raise ZeroDivisionError."""
+    x = _ints("int8", (3, 8))
+    x[1] = 5  # a constant line: variance (LayerNorm) is 0
+    x[2] = 0  # all zero: mean square (RMSNorm) is 0
+    if op == "LayerNormalization":
+        w, b = np.full(8, 64, np.int8), np.zeros(8, np.int8)
+        inits = [Tensor("w", "int8", (8,), w, (-6,)), Tensor("b", "int8", (8,), b, (-6,))]
+        extra = ["w", "b"]
+    else:
+        w = np.full(8, 1.0, np.float32)  # ESP-DL keeps the RMSNorm scale float32
+        inits, extra = [Tensor("w", "float32", (8,), w, ())], ["w"]
+    m = _model(op, x, -5, "int8", -5, {"axis": -1, "epsilon": 0.0, "quant_type": "S8"}, inits=inits,
+               extra_inputs=extra)
+    y = _run(m, x)["y0"]
+    with np.errstate(all="ignore"):
+        if op == "LayerNormalization":
+            want = naive.layernorm_q(x, w, b, -1, np.float32(0.0), -5, -6, -6, -5, "int8", "esp32p4")
+        else:
+            want = naive.rmsnorm_q(x, w, -1, np.float32(0.0), -5, -5, "int8", "esp32p4")
+    np.testing.assert_array_equal(y, want)
+
+
 @pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("dtype", ["int8", "int16"])
 @pytest.mark.parametrize("shape,axis", [((3, 43), -1), ((1, 20, 16), -1), ((2, 3, 4, 5), 2)])

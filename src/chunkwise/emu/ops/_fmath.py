@@ -26,6 +26,11 @@ from numba.extending import intrinsic
 
 F32 = np.float32
 
+#: Decorator for kernels with float arithmetic: IEEE semantics like the chip's FPU, so x / 0 gives
+#: inf or nan instead of numba's default ZeroDivisionError (e.g. LayerNormalization with epsilon 0
+#: on a constant line). Integer kernels keep ``njit(cache=True)``.
+float_kernel = njit(cache=True, error_model="numpy")
+
 
 @intrinsic
 def _llvm_fma_f32(typingctx, a, b, c):
@@ -82,7 +87,7 @@ def tanh(x):
     return np.float32(np.float32(2.0) * s) - np.float32(1.0)
 
 
-@njit(cache=True)
+@float_kernel
 def sqrt_newton(x):
     """``dl::math::sqrt_newton`` (float Newton iteration until two iterates differ by <= 1e-5).
 

@@ -24,7 +24,7 @@ from numba import njit
 
 from ..registry import Prepared, kernel
 from ..rounding import qrange, round_f32_sat
-from ._fmath import expf, fma32, logf, sigmoid, sqrtf, tanh
+from ._fmath import expf, float_kernel, fma32, logf, sigmoid, sqrtf, tanh
 from ._lut import apply_lut, lut_table
 
 SIGMOID, TANH, SWISH, HARDSIGMOID, HARDSWISH, ELU, EXP, LOG, SQRT = range(9)
@@ -85,7 +85,7 @@ def _f(op, t, alpha, beta):
     return sqrtf(t)
 
 
-@njit(cache=True)
+@float_kernel
 def _act_q(x, out, op, in_scale, out_scale, alpha, beta, mode, lo, hi):
     for i in range(x.size):
         t = np.float32(np.float32(x[i]) * in_scale)
@@ -94,7 +94,7 @@ def _act_q(x, out, op, in_scale, out_scale, alpha, beta, mode, lo, hi):
     return out
 
 
-@njit(cache=True)
+@float_kernel
 def _act_f(x, out, op, alpha, beta):
     for i in range(x.size):
         out[i] = _f(op, np.float32(x[i]), alpha, beta)

@@ -22,8 +22,8 @@ Facts (ESP-DL ``dl/base/dl_base_<op>.cpp``, ``dl/module/include/dl_module_<op>.h
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
+from ._fmath import float_kernel
 from ..registry import Prepared, kernel
 from ..rounding import qrange, round_saturate, shift_round
 from ._lut import apply_lut, lut_table
@@ -36,7 +36,7 @@ SIMD_TARGETS = ("esp32p4", "esp32s31", "esp32s3")
 OP_ADD, OP_SUB, OP_MAX, OP_MIN, OP_MUL = 0, 1, 2, 3, 4
 
 
-@njit(cache=True)
+@float_kernel
 def _binary4(a, b, out, op, shift, mode, lo, hi):
     """``out = saturate(a OP b)`` on 4-D views; an axis of length 1 in an input broadcasts.
 
@@ -75,7 +75,7 @@ def _binary4(a, b, out, op, shift, mode, lo, hi):
     return out
 
 
-@njit(cache=True)
+@float_kernel
 def _requant_flat(x, out, shift, mode, lo, hi):
     for i in range(x.size):
         v = shift_round(np.int64(x[i]), shift, mode)
@@ -96,7 +96,7 @@ def requant_fast(x: np.ndarray, shift: int, dtype: str, mode: int) -> np.ndarray
     return out.reshape(np.shape(x))
 
 
-@njit(cache=True)
+@float_kernel
 def _prelu_rows(x, alpha, out, simd, act_shift, pos_shift, mode, lo, hi):
     """x, out [rows, C]; alpha [C] (int64)."""
     rows, c = x.shape

@@ -28,11 +28,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
 
 from ..registry import Prepared, kernel
 from ..rounding import qrange, round_f32_sat
-from ._fmath import fma32, sqrt_newton, sqrtf
+from ._fmath import float_kernel, fma32, sqrt_newton, sqrtf
 from .activation import dl_scale, quant_dtype
 
 
@@ -51,7 +50,7 @@ def _split(shape, axis):
 
 # ---------------------------------------------------------------- LayerNormalization
 
-@njit(cache=True)
+@float_kernel
 def _layernorm_q(x, w, b, y, mean_o, inv_o, s_in, s_w, s_b, s_out, s_mean, s_inv, eps, mode, lo, hi,
                  has_w, has_b, want_mean, want_inv, mlo, mhi, ilo, ihi):
     outer, n = x.shape
@@ -83,7 +82,7 @@ def _layernorm_q(x, w, b, y, mean_o, inv_o, s_in, s_w, s_b, s_out, s_mean, s_inv
             y[o, j] = round_f32_sat(np.float32(r * s_out), mode, lo, hi)
 
 
-@njit(cache=True)
+@float_kernel
 def _layernorm_f(x, w, b, y, mean_o, inv_o, eps, has_w, has_b, want_mean, want_inv):
     outer, n = x.shape
     nf = np.float32(n)
@@ -178,7 +177,7 @@ def prepare_layernorm(node, ctx, ins, outs):
 
 # ---------------------------------------------------------------- RMSNormalization
 
-@njit(cache=True)
+@float_kernel
 def _rmsnorm_q(x, w, y, s_in_sq, factor, eps, mode, lo, hi):
     outer, n = x.shape
     nf = np.float32(n)
@@ -195,7 +194,7 @@ def _rmsnorm_q(x, w, y, s_in_sq, factor, eps, mode, lo, hi):
             y[o, j] = round_f32_sat(v, mode, lo, hi)
 
 
-@njit(cache=True)
+@float_kernel
 def _rmsnorm_f(x, w, y, eps):
     outer, n = x.shape
     nf = np.float32(n)
@@ -254,7 +253,7 @@ def prepare_rmsnorm(node, ctx, ins, outs):
 
 # ---------------------------------------------------------------- LpNormalization
 
-@njit(cache=True)
+@float_kernel
 def _lpnorm(x, y, p, quant, s_out, mode, lo, hi):
     """x [outer, len, inner]; quantized (int in/out) or float32."""
     outer, n, inner = x.shape

@@ -24,11 +24,10 @@ With keepdims=0 and every axis reduced the output has shape ``[1]`` (ESP-DL).
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
 from ..registry import Prepared, kernel
 from ..rounding import qrange, round_f32_sat, round_f64, shift_round
-from ._fmath import expf, logf, sqrt_newton
+from ._fmath import expf, float_kernel, logf, sqrt_newton
 
 OPS = {
     "ReduceSum": 0,
@@ -54,7 +53,7 @@ def _pattern_name(p):
     return "".join("R" if f else "K" for f in p)
 
 
-@njit(cache=True)
+@float_kernel
 def _clip(v, lo, hi):
     if v < lo:
         return lo
@@ -63,7 +62,7 @@ def _clip(v, lo, hi):
     return v
 
 
-@njit(cache=True)
+@float_kernel
 def _reduce(x, out, op, e_in, e_out, shift, lo, hi, mode, wide):
     """x [outer, inner] ints, reduced along axis 1 in memory order, into out [outer]."""
     outer, inner = x.shape

@@ -29,13 +29,13 @@ from numba import njit
 
 from ..registry import Prepared, kernel
 from ..rounding import qrange, round_f32, round_f32_sat, shift_round
-from ._fmath import fma32, sigmoid, tanh
+from ._fmath import float_kernel, fma32, sigmoid, tanh
 
 PIE_TARGETS = ("esp32p4", "esp32s31", "esp32s3")
 
 
 # ---- lookup tables -------------------------------------------------------------------------------
-@njit(cache=True)
+@float_kernel
 def _fill_table(table, scale, is_tanh):
     for i in range(table.shape[0]):
         v = np.float32(np.float32(i) * scale)
@@ -75,7 +75,7 @@ def _wrap16(v):
     return ((np.int64(v) + 32768) & 0xFFFF) - 32768
 
 
-@njit(cache=True)
+@float_kernel
 def _matvec(m, v, out, shift, isa, wide, mode):
     """out[j] = dotprod(m[j, :], v) as int16 (kept in int64)."""
     rows, cols = m.shape
@@ -99,7 +99,7 @@ def _matvec(m, v, out, shift, isa, wide, mode):
 
 
 # ---- GRU ------------------------------------------------------------------------------------------
-@njit(cache=True)
+@float_kernel
 def _gru(x, w, r, b, h0, y, yh, hidden, w_shift, r_shift, isa_w, isa_r, wide, rescale,
          sig_t, sig_min, sig_max, tanh_t, tanh_min, tanh_max, lo, hi, mode):
     seq = x.shape[0]
@@ -136,7 +136,7 @@ def _gru(x, w, r, b, h0, y, yh, hidden, w_shift, r_shift, isa_w, isa_r, wide, re
 
 
 # ---- LSTM -----------------------------------------------------------------------------------------
-@njit(cache=True)
+@float_kernel
 def _lstm(x, w, r, b, h0, c0, y, yh, yc, hidden, w_shift, r_shift, isa_w, isa_r, wide, rescale_y,
           rescale_c, sig_t, sig_min, sig_max, tanh_t, tanh_min, tanh_max, lo, hi, mode):
     seq = x.shape[0]

@@ -14,14 +14,13 @@ Sums run sequentially in float32 from index 0.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
 from ..registry import Prepared, kernel
-from ._fmath import expf, logf
+from ._fmath import expf, float_kernel, logf
 from .activation import dl_scale, quant_dtype
 
 
-@njit(cache=True)
+@float_kernel
 def _softmax_lut(x, table, out, log, scale):
     """x [outer, len, inner] int8; out float32 of the same shape."""
     outer, n, inner = x.shape
@@ -40,7 +39,7 @@ def _softmax_lut(x, table, out, log, scale):
     return out
 
 
-@njit(cache=True)
+@float_kernel
 def _softmax_float(f, out, log):
     """f [outer, len, inner] float32 (already dequantized); out float32."""
     outer, n, inner = f.shape
