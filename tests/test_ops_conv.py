@@ -300,3 +300,45 @@ def test_huge_pads_are_refused_before_allocation(group):
     m = _conv_model((1, 6, 6, 8), w, None, attrs, -5, [-5], -5, "int8", "esp32p4")
     with pytest.raises(ChunkwiseError, match="limit"):
         m.run({"x": np.zeros((1, 6, 6, 8), dtype=np.int8)})
+
+
+@pytest.mark.parametrize("name", ["imagenet_mobilenetv2_s8_p4", "imagenet_mobilenetv2_s8_s3", "yolo11n_320_s8_p4",
+                                  "pp_ocr_v6_rec_s16_p4"])
+def test_zoo_gemm_path_equals_integer_loops(shared_dir, name, monkeypatch):
+    """Every intermediate of real models: the BLAS path (float32 / float64 by the weights' bound) gives
+    the integer loops' values exactly (ESP-DL zoo models carry no test values of their own)."""
+    path = shared_dir / "zoo" / f"{name}.espdl"
+    if not path.exists():
+        pytest.skip(f"{path} is absent")
+    runs, strategies = [], []
+    for min_macs in (conv_mod.GEMM_MIN_MACS, 2**62):
+        monkeypatch.setattr(conv_mod, "GEMM_MIN_MACS", min_macs)
+        m = load(path)
+        rng = np.random.default_rng(7)
+        feeds = {v.name: rng.integers(-128, 128, size=v.shape).astype(v.dtype) for v in m.graph.inputs}
+        runs.append(m.run(feeds, intermediates=True))
+        (plan,) = m._plans.values()
+        strategies.append({s.prepared.info.get("strategy") for s in plan.steps if s.node.op_type == "Conv"})
+    assert any(s and s.startswith("gemm") for s in strategies[0])
+    assert not any(s and s.startswith("gemm") for s in strategies[1])
+    fast, loops = runs
+    assert fast.keys() == loops.keys()
+    for k in fast:
+        np.testing.assert_array_equal(fast[k], loops[k], err_msg=k)
+
+
+def test_one_model_run_from_several_threads():
+    """A plan's steps share work buffers and output buffers; runs from several threads are serialized
+    (Plan.run holds a lock), so each caller gets its own input's result."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(11)
+    w = rng.integers(-128, 128, size=(3, 3, 16, 32)).astype(np.int8)
+    attrs = {"kernel_shape": [3, 3], "strides": [1, 1], "pads": [1, 1, 1, 1], "dilations": [1, 1], "group": 1}
+    m = _conv_model((1, 24, 24, 16), w, None, attrs, -5, [-7], -5, "int8", "esp32p4")
+    xs = [rng.integers(-128, 128, size=(1, 24, 24, 16)).astype(np.int8) for _ in range(6)]
+    want = [m.run({"x": x})["y"] for x in xs]
+    with ThreadPoolExecutor(3) as pool:
+        got = list(pool.map(lambda x: m.run({"x": x})["y"], xs * 4))
+    for i, y in enumerate(got):
+        np.testing.assert_array_equal(y, want[i % len(xs)])
