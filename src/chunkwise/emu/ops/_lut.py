@@ -79,10 +79,11 @@ def _lut_s16(x, table, out, shift, mode):
     return out
 
 
-def apply_lut(x: np.ndarray, table: np.ndarray, step: int, mode: int) -> np.ndarray:
-    """Look every element of ``x`` up in ``table`` (ESP-DL ``lut_s8`` / ``lut_s16_nearest_neighbor``)."""
+def apply_lut(x: np.ndarray, table: np.ndarray, step: int, mode: int, out: np.ndarray | None = None) -> np.ndarray:
+    """Look every element of ``x`` up in ``table`` (ESP-DL ``lut_s8`` / ``lut_s16_nearest_neighbor``), into
+    ``out`` (an array of ``x.size`` elements of the table's dtype) when given."""
     flat = np.ascontiguousarray(x).ravel()
-    out = np.empty(flat.shape, dtype=table.dtype)
+    out = np.empty(flat.shape, dtype=table.dtype) if out is None else out.reshape(flat.shape)
     if table.dtype == np.int8:
         _lut_s8(flat, table, out)
     else:

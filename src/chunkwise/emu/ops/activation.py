@@ -104,9 +104,10 @@ def _act_f(x, out, op, alpha, beta):
 def _lut_prepared(ctx, x, outs, dt, table, step):
     mode = ctx.mode
     shape = tuple(x.shape)
+    out = ctx.output_buffer(shape, table.dtype)
 
     def run(xa, *_):
-        return (apply_lut(xa, table, step, mode),)
+        return (apply_lut(xa, table, step, mode, out),)
 
     return Prepared([shape], run, dtypes=[dt])
 
@@ -180,7 +181,8 @@ def prepare_activation(node, ctx, ins, outs):
         table = _act_q(xs, np.empty(xs.shape, dtype=npdt), op, in_scale, out_scale, alpha, beta, mode, lo, hi)
         if dt == "int16":
             table = np.append(table, table[-1])  # 65537 entries: step 1, index x + 32768 (never the last)
-        return Prepared([shape], lambda xa, *_: (apply_lut(xa, table, 1, mode),), dtypes=[dt],
+        out = ctx.output_buffer(shape, npdt)
+        return Prepared([shape], lambda xa, *_: (apply_lut(xa, table, 1, mode, out),), dtypes=[dt],
                         info={"path": "float32, tabulated"})
 
     def run(xa, *_):

@@ -210,6 +210,12 @@ class Broadcast:
         self.size0 = int(np.prod(s0, dtype=np.int64))
         self.size1 = int(np.prod(s1, dtype=np.int64))
 
+    @property
+    def out4(self) -> tuple[int, ...]:
+        """The output's merged shape padded to 4-D (what :meth:`views4` gives the compiled loops)."""
+        mo = self.merged[2]
+        return (1,) * (4 - len(mo)) + tuple(mo)
+
     def views4(self, x, y):
         """The inputs reshaped to their merged shapes, padded to 4-D (for the compiled loops)."""
         m0, m1, mo = self.merged
@@ -270,10 +276,10 @@ def prepare_raw_binary(node, ctx, ins, outs):
     else:
         lo, hi = qrange(dtype)
         op = {"Add": OP_ADD, "Sub": OP_SUB, "Max": OP_MAX, "Min": OP_MIN}[node.op_type]
+        out = ctx.output_buffer(bc.out4, dtype)
 
         def run(x, y):
-            x4, y4, o4 = bc.views4(x, y)
-            out = np.empty(o4, dtype=dtype)
+            x4, y4, _ = bc.views4(x, y)
             _binary4(x4, y4, out, op, 0, 0, lo, hi)
             return (out.reshape(shape),)
 
@@ -303,6 +309,7 @@ def prepare_mul(node, ctx, ins, outs):
     scale = _pow2_f32(-shift)
     mode = ctx.mode
     lo, hi = qrange(dtype)
+    out = None if via_float else ctx.output_buffer(bc.out4, dtype)
 
     def run(x, y):
         if via_float:  # c_impl_mul_*: float out = temp * scale; truncate(tool::round(out))
@@ -310,8 +317,7 @@ def prepare_mul(node, ctx, ins, outs):
             r = round_saturate(p.astype(np.float32) * scale, dtype, mode)
             return (np.ascontiguousarray(np.broadcast_to(r, shape)),)
         # esp.vmulas.*.qacc (exact) + esp.srcmb.*.qacc (target rounding, saturation)
-        x4, y4, o4 = bc.views4(x, y)
-        out = np.empty(o4, dtype=dtype)
+        x4, y4, _ = bc.views4(x, y)
         _binary4(x4, y4, out, OP_MUL, shift, mode, lo, hi)
         return (out.reshape(shape),)
 
@@ -541,9 +547,10 @@ def prepare_prelu(node, ctx, ins, outs):
     simd = dtype == "int8" and ctx.target in SIMD_TARGETS
     c_ = int(c)
 
+    out = ctx.output_buffer((int(np.prod(shape, dtype=np.int64)) // c_, c_), dtype)
+
     def run(xa, *_):
         x2 = np.ascontiguousarray(xa).reshape(-1, c_)
-        out = np.empty(x2.shape, dtype=dtype)
         _prelu_rows(x2, al, out, simd, act_shift, e_out - e_in, mode, lo, hi)
         return (out.reshape(shape),)
 

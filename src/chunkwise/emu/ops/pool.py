@@ -161,9 +161,9 @@ def _prepare_avg(ctx, x, out, geo):
     dtype = np.dtype(x.dtype)
     mode = ctx.mode
     out_shape = _out_shape(x.shape, oh, ow)
+    o = ctx.output_buffer((n, oh, ow, c), dtype)
 
     def run(xa, *_):
-        o = np.empty((n, oh, ow, c), dtype=dtype)
         _avg_pool(xa.reshape(n, h, w, c), o, kh, kw, sh, sw, pt, pl, scale, lo, hi, mode)
         return (o.reshape(out_shape),)
 
@@ -205,9 +205,9 @@ def prepare_max_pool(node, ctx, ins, outs):
     _check_dtype(ctx, x, out)
     dtype = np.dtype(x.dtype)
     out_shape = _out_shape(x.shape, oh, ow)
+    o = ctx.output_buffer((n, oh, ow, c), dtype)
 
     def run(xa, *_):
-        o = np.empty((n, oh, ow, c), dtype=dtype)
         _max_pool(xa.reshape(n, h, w, c), o, kh, kw, sh, sw, pt, pl)
         return (o.reshape(out_shape),)
 
