@@ -157,8 +157,13 @@ def gemm_dtype(w2d: np.ndarray, bias: np.ndarray, shifts: np.ndarray, x_dtype: s
     """
     xmax = 128 if x_dtype == "int8" else 32768
     bound = xmax * int(np.abs(w2d.astype(np.int64)).sum(axis=0).max(initial=0))
-    total = bound + int(np.abs(bias.astype(np.int64)).max(initial=0))
-    if total > F64_EXACT or int(np.abs(shifts).max(initial=0)) > MAX_GEMM_SHIFT:
+    return exact_float_dtype(bound, int(np.abs(bias.astype(np.int64)).max(initial=0)), shifts)
+
+
+def exact_float_dtype(bound: int, bias_max: int, shifts: np.ndarray) -> np.dtype | None:
+    """float32 / float64 / None for integer dot products whose partial sums are bounded by ``bound``
+    (see :func:`gemm_dtype`), then ``+ bias`` (``|bias| <= bias_max``) and a shift by ``shifts``."""
+    if bound + bias_max > F64_EXACT or int(np.abs(shifts).max(initial=0)) > MAX_GEMM_SHIFT:
         return None
     return np.dtype(np.float32) if bound <= F32_EXACT else np.dtype(np.float64)
 

@@ -28,6 +28,7 @@ from numba import njit
 from ...ir.layout import _order
 from ..registry import Prepared, kernel
 from ..rounding import qrange, shift_round
+from .conv import GEMM_MIN_MACS, _requant_gemm, exact_float_dtype
 
 ACTIVATIONS = ("Linear", "Relu")
 LAYOUTS = ("packed", "native_kn")
@@ -152,10 +153,33 @@ def prepare_matmul(node, ctx, ins, outs):
         logical[:, order] = flat
         return logical.reshape(b3)
 
+    o = ctx.output_buffer((t, m, n), dtype)
+    macs = t * m * n * a3[2]
+    # exact float GEMM (see conv.gemm_dtype): the bound comes from B's values when B is constant,
+    # else from the dtype's range
+    xmax = 128 if a.dtype == "int8" else 32768
+    if b_const is not None:
+        bound = xmax * int(np.abs(b_const.astype(np.int64)).sum(axis=1).max(initial=0))
+    else:
+        bound = xmax * xmax * a3[2]
+    fdt = exact_float_dtype(bound, 0, shifts) if macs >= GEMM_MIN_MACS else None
+    if fdt is not None:
+        no_bias = np.zeros(n, dtype=np.float64)
+        scale = np.ldexp(1.0, -shifts).astype(np.float64)
+        lo_f = max(lo, 0) if relu else lo
+
+        def run(aa, ba):
+            af = np.ascontiguousarray(aa).reshape(a3).astype(fdt)
+            bf = logical_b(ba).astype(fdt)
+            sums = np.matmul(af[ia_arr], bf[ib_arr])  # [t, m, n], exact
+            _requant_gemm(sums.reshape(t * m, n), no_bias, scale, o.reshape(t * m, n), lo_f, hi, mode)
+            return (o.reshape(out_shape),)
+
+        return Prepared([out_shape], run, macs=macs, info={"strategy": f"gemm {fdt.name}"})
+
     def run(aa, ba):
-        o = np.empty((t, m, n), dtype=dtype)
         _matmul(np.ascontiguousarray(aa).reshape(a3), logical_b(ba), ia_arr, ib_arr, o, shifts,
                 relu, lo, hi, mode)
         return (o.reshape(out_shape),)
 
-    return Prepared([out_shape], run, macs=t * m * n * a3[2])
+    return Prepared([out_shape], run, macs=macs, info={"strategy": "loops int64"})
