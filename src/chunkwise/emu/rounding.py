@@ -75,6 +75,20 @@ def shift_round(v: np.int64, shift: int, mode: int) -> np.int64:
 
 
 @njit(cache=True, inline="always")
+def requant(acc: np.int64, shift: int, mode: int, relu: bool, lo: int, hi: int) -> np.int64:
+    """A kernel's output from an exact accumulator: ``shift_round``, then the fused Relu, then
+    saturation to ``[lo, hi]`` (ESP-DL's conv / matmul epilogue, ``srcmb`` on the SIMD targets)."""
+    v = shift_round(acc, shift, mode)
+    if relu and v < 0:
+        v = 0
+    if v < lo:
+        return np.int64(lo)
+    if v > hi:
+        return np.int64(hi)
+    return v
+
+
+@njit(cache=True, inline="always")
 def clamp(v, lo, hi):
     if v < lo:
         return lo

@@ -29,7 +29,7 @@ from numba import njit
 from numpy.lib.stride_tricks import sliding_window_view
 
 from ..registry import Prepared, kernel
-from ..rounding import qrange, round_f, shift_round
+from ..rounding import qrange, requant, round_f
 
 ACTIVATIONS = ("Linear", "Relu")
 
@@ -70,14 +70,7 @@ def _conv2d(x, w, bias, shifts, out, acc, sh, sw, dh, dw, pt, pl, groups, relu, 
                                     for j in range(cout_g):
                                         acc[base + j] += xv * w[kh, kw, ci, base + j]
                 for co in range(cout):
-                    v = shift_round(np.int64(acc[co]), shifts[co], mode)
-                    if relu and v < 0:
-                        v = 0
-                    if v < lo:
-                        v = lo
-                    elif v > hi:
-                        v = hi
-                    out[n, oh, ow, co] = v
+                    out[n, oh, ow, co] = requant(np.int64(acc[co]), shifts[co], mode, relu, lo, hi)
     return out
 
 
@@ -113,14 +106,7 @@ def _dwconv2d(x, w, bias, shifts, out, acc, sh, sw, dh, dw, pt, pl, relu, lo, hi
                             a[c] += xp[c] * wp[c]
             for ow in range(ow_):
                 for c in range(c_):
-                    v = shift_round(np.int64(acc[ow, c]), shifts[c], mode)
-                    if relu and v < 0:
-                        v = 0
-                    if v < lo:
-                        v = lo
-                    elif v > hi:
-                        v = hi
-                    out[n, oh, ow, c] = v
+                    out[n, oh, ow, c] = requant(np.int64(acc[ow, c]), shifts[c], mode, relu, lo, hi)
 
 
 @njit(cache=True, nogil=True)

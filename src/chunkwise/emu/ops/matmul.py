@@ -27,7 +27,7 @@ from numba import njit
 
 from ...ir.layout import _order
 from ..registry import Prepared, kernel
-from ..rounding import qrange, shift_round
+from ..rounding import qrange, requant
 from .conv import GEMM_MIN_MACS, _requant_gemm, exact_float_dtype
 
 ACTIVATIONS = ("Linear", "Relu")
@@ -47,14 +47,7 @@ def _matmul(a, b, ia, ib, out, shifts, relu, lo, hi, mode):
                 acc = np.int64(0)
                 for k in range(k_):
                     acc += np.int64(a[aa, m, k]) * np.int64(b[bb, k, n])
-                v = shift_round(acc, shifts[n], mode)
-                if relu and v < 0:
-                    v = 0
-                if v < lo:
-                    v = lo
-                elif v > hi:
-                    v = hi
-                out[t, m, n] = v
+                out[t, m, n] = requant(acc, shifts[n], mode, relu, lo, hi)
     return out
 
 
