@@ -111,7 +111,7 @@ def _conv_reference(m: Model, x: np.ndarray) -> np.ndarray:
     if x.ndim == 3:
         x4 = x.reshape(x.shape[0], 1, x.shape[1], x.shape[2])
         w4 = wl.reshape(1, *wl.shape)
-        k, s, d = node.attr("kernel_shape"), node.attr("strides"), node.attr("dilations")
+        s, d = node.attr("strides"), node.attr("dilations")
         p = node.attr("pads")
         strides, dil, pads = (1, s[0]), (1, d[0]), (0, p[0], 0, p[1])
     else:

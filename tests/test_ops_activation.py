@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,9 +13,8 @@ from chunkwise.emu.check import check_test_values
 from chunkwise.errors import UnsupportedError
 from chunkwise.ir.graph import Graph, Node, Tensor, ValueInfo, make_attribute
 from chunkwise.model import Model, load
+from golden_files import SHARED, golden_files, golden_id
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-GOLDEN = SHARED / "golden"
 OPS = ["Sigmoid", "Tanh", "Swish", "HardSigmoid", "HardSwish", "Elu", "Exp", "Log", "Sqrt", "Softmax",
        "LogSoftmax", "LayerNormalization", "RMSNormalization", "LpNormalization"]
 MINE = set(OPS) | {"LUT", "Gelu"}
@@ -33,15 +31,7 @@ KNOWN_TIES = {
 }
 
 
-def _golden_files():
-    out = []
-    for suite in ("esp32p4_s8", "esp32p4_s16"):
-        for op in OPS:
-            out += sorted((GOLDEN / suite / op).glob("*.espdl"))
-    return out
-
-
-GOLDEN_FILES = _golden_files() if GOLDEN.is_dir() else []
+GOLDEN_FILES = golden_files(OPS)
 
 
 def _run_golden(path):
@@ -82,8 +72,7 @@ def _naive_for(m, outs, node):
     return None
 
 
-@pytest.mark.skipif(not GOLDEN_FILES, reason="../shared/golden is absent")
-@pytest.mark.parametrize("path", GOLDEN_FILES, ids=lambda p: f"{p.parent.parent.name}/{p.parent.name}/{p.name}")
+@pytest.mark.parametrize("path", GOLDEN_FILES, ids=golden_id)
 def test_golden(path):
     m, outs = _run_golden(path)
     checks = check_test_values(m)

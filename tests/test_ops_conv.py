@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -12,9 +10,8 @@ from chunkwise.emu.ops import conv as conv_mod
 from chunkwise.errors import UnsupportedError
 from chunkwise.ir.graph import Graph, Node, Tensor, ValueInfo, make_attribute
 from chunkwise.model import Model, load
+from golden_files import golden_files, golden_params
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-GOLDEN = SHARED / "golden"
 OPS = ["Conv", "Gemm", "ConvTranspose"]
 
 # ESP-PPQ computes these int16 goldens in torch float32; the chip accumulates exact integers
@@ -39,27 +36,9 @@ INT16_DEVIATIONS = {
 TIE_WINDOW = 0.006  # output units: every deviation is an exact value this close to k + 0.5
 
 
-def _golden_files():
-    out = []
-    for suite in ("esp32p4_s8", "esp32p4_s16"):
-        for op in OPS:
-            out += sorted((GOLDEN / suite / op).glob("*.espdl"))
-    return out
-
-
-GOLDEN_FILES = _golden_files() if GOLDEN.is_dir() else []
+GOLDEN_FILES = golden_files(OPS)
 DEVIATION_FILES = [p for p in GOLDEN_FILES if p.name in INT16_DEVIATIONS]
-
-
-def _params():
-    out = []
-    for p in GOLDEN_FILES:
-        marks = []
-        if p.name in INT16_DEVIATIONS:
-            marks.append(pytest.mark.xfail(strict=True, reason="ESP-PPQ float32 golden vs the chip's exact int16 "
-                                                                 "conv: docs/int16-deviations.md"))
-        out.append(pytest.param(p, marks=marks, id=f"{p.parent.parent.name}/{p.parent.name}/{p.name}"))
-    return out
+DEVIATION_REASON = "ESP-PPQ float32 golden vs the chip's exact int16 conv: docs/int16-deviations.md"
 
 
 def _run(m):
@@ -71,8 +50,7 @@ def _run(m):
         raise
 
 
-@pytest.mark.skipif(not GOLDEN_FILES, reason="../shared/golden not available")
-@pytest.mark.parametrize("path", _params())
+@pytest.mark.parametrize("path", golden_params(OPS, dict.fromkeys(INT16_DEVIATIONS, DEVIATION_REASON)))
 def test_golden_bit_exact(path):
     m = load(path)
     _run(m)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import warnings
 from fractions import Fraction
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,31 +11,10 @@ import naive_elementwise as nv
 from chunkwise.emu.engine import Plan
 from chunkwise.errors import UnsupportedError
 from chunkwise.ir.graph import Graph, Node, Tensor, ValueInfo, make_attribute
+from golden_files import golden_params, load_quiet
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-GOLDEN = SHARED / "golden"
 OPS = ["Add", "Sub", "Mul", "Div", "Mod", "Pow", "Equal", "Greater", "GreaterOrEqual", "Less",
        "LessOrEqual", "Neg", "Relu", "LeakyRelu", "PRelu", "Clip", "Requantize"]
-SUITES = ["esp32p4_s8", "esp32p4_s16"]
-
-
-def _golden_files():
-    if not GOLDEN.is_dir():
-        return [pytest.param(None, id="no-shared-golden")]
-    out = []
-    for suite in SUITES:
-        for op in OPS:
-            for f in sorted((GOLDEN / suite / op).glob("*.espdl")):
-                out.append(pytest.param(f, id=f"{suite}/{op}/{f.stem}"))
-    return out
-
-
-def _load(path):
-    import chunkwise
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return chunkwise.load(path)
 
 
 # ---- deviations of ESP-PPQ's goldens from the chip, checked element by element -------------------------
@@ -93,11 +70,9 @@ def _check_prelu_s16(m, ours, golden, plan):
 DEVIATIONS = {("esp32p4_s16", "Mul"): _check_mul_s16, ("esp32p4_s16", "PRelu"): _check_prelu_s16}
 
 
-@pytest.mark.parametrize("path", _golden_files())
+@pytest.mark.parametrize("path", golden_params(OPS))
 def test_golden(path):
-    if path is None:
-        pytest.skip("../shared/golden is absent")
-    m = _load(path)
+    m = load_quiet(path)
     feeds = m.test_feeds()
     outs = m.run(feeds)
     plan = m.plan({k: v.shape for k, v in feeds.items()})

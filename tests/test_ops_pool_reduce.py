@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -12,9 +10,8 @@ from chunkwise.emu.check import check_test_values
 from chunkwise.errors import UnsupportedError
 from chunkwise.ir.graph import Graph, Node, Tensor, ValueInfo, make_attribute
 from chunkwise.model import Model, load
+from golden_files import golden_files, golden_id, golden_params
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-GOLDEN = SHARED / "golden"
 POOLS = ["AveragePool", "GlobalAveragePool", "MaxPool"]
 REDUCES = ["ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceSumSquare",
            "ReduceLogSum", "ReduceLogSumExp", "ReduceL1", "ReduceL2"]
@@ -32,19 +29,8 @@ CONV_DEVIATION = {
 }
 
 
-def _golden_files():
-    out = []
-    for suite in ("esp32p4_s8", "esp32p4_s16"):
-        for op in POOLS + REDUCES + OTHERS:
-            out += sorted((GOLDEN / suite / op).glob("*.espdl"))
-    return out
-
-
-GOLDEN_FILES = _golden_files() if GOLDEN.is_dir() else []
-
-
-def _ids(paths):
-    return [f"{p.parent.parent.name}/{p.parent.name}/{p.name}" for p in paths]
+GOLDEN_FILES = golden_files(POOLS + REDUCES + OTHERS)
+CONV_DEVIATION_REASON = "preceding int16 Conv: ESP-PPQ float32 near-ties, docs/int16-deviations.md"
 
 
 def _run(m):
@@ -57,19 +43,8 @@ def _run(m):
         raise
 
 
-def _golden_params():
-    out = []
-    for p in GOLDEN_FILES:
-        marks = []
-        if p.name in CONV_DEVIATION:
-            marks.append(pytest.mark.xfail(strict=True, reason="preceding int16 Conv: ESP-PPQ float32 near-ties, "
-                                                                 "docs/int16-deviations.md"))
-        out.append(pytest.param(p, marks=marks, id=f"{p.parent.parent.name}/{p.parent.name}/{p.name}"))
-    return out
-
-
-@pytest.mark.skipif(not GOLDEN_FILES, reason="../shared/golden not available")
-@pytest.mark.parametrize("path", _golden_params())
+@pytest.mark.parametrize("path", golden_params(POOLS + REDUCES + OTHERS,
+                                                dict.fromkeys(CONV_DEVIATION, CONV_DEVIATION_REASON)))
 def test_golden_bit_exact(path):
     m = load(path)
     _run(m)
@@ -100,8 +75,7 @@ def _node_reference(m, vals, node):
     return y.reshape(vals[node.outputs[0]].shape)
 
 
-@pytest.mark.skipif(not GOLDEN_FILES, reason="../shared/golden not available")
-@pytest.mark.parametrize("path", GOLDEN_FILES, ids=_ids(GOLDEN_FILES))
+@pytest.mark.parametrize("path", GOLDEN_FILES, ids=[golden_id(p) for p in GOLDEN_FILES])
 def test_golden_node_matches_naive(path):
     """Our node's output equals the naive ESP-DL formula on the node's (emulated) input."""
     m = load(path)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,31 +13,17 @@ from chunkwise.emu.rounding import requantize
 from chunkwise.errors import UnsupportedError
 from chunkwise.ir.graph import Graph, Node, Tensor, ValueInfo, make_attribute
 from chunkwise.model import load
+from golden_files import GOLDEN, SHARED, golden_params, load_quiet
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-GOLDEN = SHARED / "golden"
 ZOO = SHARED / "zoo"
 OPS = ["Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Concat", "Split", "Slice", "Gather", "Pad",
        "DepthToSpace", "SpaceToDepth", "ReverseSequence", "ScatterND", "Resize"]
 MINE = set(OPS) | {"Identity", "InsertZeros", "StreamingCache"}
 
 
-def _golden_files():
-    if not GOLDEN.is_dir():
-        return []
-    out = []
-    for suite in ("esp32p4_s8", "esp32p4_s16"):
-        for op in OPS:
-            out += [pytest.param(f, id=f"{suite}/{op}/{f.stem}") for f in sorted((GOLDEN / suite / op).glob("*.espdl"))]
-    return out
-
-
-@pytest.mark.skipif(not GOLDEN.is_dir(), reason="../shared/golden not present")
-@pytest.mark.parametrize("path", _golden_files())
+@pytest.mark.parametrize("path", golden_params(OPS))
 def test_golden(path):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        m = load(path)
+    m = load_quiet(path)
     try:
         checks = check_test_values(m)
     except UnsupportedError as e:

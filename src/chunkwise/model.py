@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import warnings
 from pathlib import Path
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
 
@@ -15,6 +15,9 @@ from .espdl import container
 from .espdl.reader import read_file
 from .espdl.writer import write_file
 from .ir.graph import Graph
+
+if TYPE_CHECKING:
+    from .emu.session import Session
 
 _NAME_HINTS = (
     (re.compile(r"esp32p4|_p4(?=[_.]|$)", re.I), "esp32p4"),

@@ -26,7 +26,7 @@ from .engine import Plan
 from .ops.conv import _conv2d, acc_dtype, conv_geometry, out_size
 from .ops.pool import _avg_pool, _avg_scale, _max_pool
 from .registry import Ctx
-from .rounding import HALF_EVEN, qrange, round_f32_sat, shift_round
+from .rounding import qrange, round_f32_sat, shift_round
 
 ROW = 32
 OP_CONV, OP_CACHE, OP_COPY, OP_LUT8, OP_RELU, OP_ADD, OP_SUB, OP_MUL, OP_AVG, OP_MAX, OP_PAD = range(1, 12)
@@ -269,7 +269,7 @@ def _lower_transpose(b, node, ins, outs, ctx):
 def _lower_slice(b, node, ins, outs, ctx):
     shape = ins[0].shape
     rank = len(shape)
-    starts, ends = ins[1].const.ravel(), ins[2].const.ravel()
+    starts = ins[1].const.ravel()
     axes = ins[3].const.ravel() if len(ins) > 3 and ins[3].name else np.arange(len(starts))
     steps = ins[4].const.ravel() if len(ins) > 4 and ins[4].name else np.ones(len(starts), dtype=np.int64)
     out_shape = b.plan.specs[outs[0].name].shape

@@ -261,9 +261,9 @@ def prepare_conv(node, ctx, ins, outs):
     macs = n * oh * ow * cout * kh * kw * (cin // group)
     fdt = gemm_dtype(wt.reshape(-1, cout), bias, shifts, x.dtype) if group == 1 and macs >= GEMM_MIN_MACS else None
     if fdt is not None:
-        run = _gemm_conv(ctx, wt, bias, shifts, fdt, (n, ih, iw, cin), (oh, ow), (kh, kw), (sh, sw), (dh, dw),
-                         (pt, pl, pb, pr), relu, x.dtype)
-        return Prepared([out_shape], lambda xa, *_: (run(xa).reshape(out_shape),), macs=macs,
+        gemm = _gemm_conv(ctx, wt, bias, shifts, fdt, (n, ih, iw, cin), (oh, ow), (kh, kw), (sh, sw), (dh, dw),
+                          (pt, pl, pb, pr), relu, x.dtype)
+        return Prepared([out_shape], lambda xa, *_: (gemm(xa).reshape(out_shape),), macs=macs,
                         info={"strategy": f"gemm {fdt.name}"})
     adt = acc_dtype(wt, bias, x.dtype)
     wt = np.ascontiguousarray(wt.astype(adt))
@@ -362,9 +362,9 @@ def prepare_gemm(node, ctx, ins, outs):
     out_shape = tuple(x.shape[:-1]) + (nout,)
     fdt = gemm_dtype(wt, bias, shifts, x.dtype) if rows * k * nout >= GEMM_MIN_MACS else None
     if fdt is not None:
-        run = _gemm_conv(ctx, wt.reshape(1, 1, k, nout), bias, shifts, fdt, (1, 1, rows, k), (1, rows), (1, 1),
-                         (1, 1), (1, 1), (0, 0, 0, 0), relu, x.dtype)
-        return Prepared([out_shape], lambda xa, *_: (run(xa).reshape(out_shape),), macs=rows * k * nout,
+        gemm = _gemm_conv(ctx, wt.reshape(1, 1, k, nout), bias, shifts, fdt, (1, 1, rows, k), (1, rows), (1, 1),
+                          (1, 1), (1, 1), (0, 0, 0, 0), relu, x.dtype)
+        return Prepared([out_shape], lambda xa, *_: (gemm(xa).reshape(out_shape),), macs=rows * k * nout,
                         info={"strategy": f"gemm {fdt.name}"})
     adt = acc_dtype(wt, bias, x.dtype)
     w4 = np.ascontiguousarray(wt.reshape(1, 1, k, nout).astype(adt))

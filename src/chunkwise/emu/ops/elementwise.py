@@ -445,11 +445,21 @@ def lut_or_none(ctx, x, outs, dtype):
     table, step = got
     shape = tuple(x.shape)
     mode = ctx.mode
+    out = ctx.output_buffer(shape, table.dtype)
 
     def run(xa, *_):
-        return (apply_lut(xa, table, step, mode),)
+        return (apply_lut(xa, table, step, mode, out),)
 
     return Prepared([shape], run, info={"lut": True})
+
+
+def unary_prologue(ctx, ins, outs):
+    """(input spec, dtype, LUT module or None) of an activation that ESP-DL replaces by its LUT module
+    when the int8 node carries a table: the caller returns the LUT module when there is one."""
+    x = unary_input(ctx, ins)
+    dtype = compute_dtype(ctx, x)
+    check_out_dtype(ctx, outs, dtype)
+    return x, dtype, lut_or_none(ctx, x, outs, dtype)
 
 
 @kernel("Neg")
@@ -472,10 +482,7 @@ def prepare_neg(node, ctx, ins, outs):
 
 @kernel("Relu")
 def prepare_relu(node, ctx, ins, outs):
-    x = unary_input(ctx, ins)
-    dtype = compute_dtype(ctx, x)
-    check_out_dtype(ctx, outs, dtype)
-    lut = lut_or_none(ctx, x, outs, dtype)
+    x, dtype, lut = unary_prologue(ctx, ins, outs)
     if lut is not None:
         return lut
     shape = tuple(x.shape)
@@ -492,10 +499,7 @@ def prepare_relu(node, ctx, ins, outs):
 
 @kernel("LeakyRelu")
 def prepare_leaky_relu(node, ctx, ins, outs):
-    x = unary_input(ctx, ins)
-    dtype = compute_dtype(ctx, x)
-    check_out_dtype(ctx, outs, dtype)
-    lut = lut_or_none(ctx, x, outs, dtype)
+    x, dtype, lut = unary_prologue(ctx, ins, outs)
     if lut is not None:
         return lut
     alpha = np.float32(ctx.attr("alpha", 0.01))
@@ -515,10 +519,7 @@ def prepare_leaky_relu(node, ctx, ins, outs):
 
 @kernel("PRelu")
 def prepare_prelu(node, ctx, ins, outs):
-    x = unary_input(ctx, ins)
-    dtype = compute_dtype(ctx, x)
-    check_out_dtype(ctx, outs, dtype)
-    lut = lut_or_none(ctx, x, outs, dtype)
+    x, dtype, lut = unary_prologue(ctx, ins, outs)
     if lut is not None:
         return lut
     ctx.require(len(ins) >= 2 and ins[1].name, "missing slope input")
@@ -546,7 +547,6 @@ def prepare_prelu(node, ctx, ins, outs):
     # and the C target: prelu_11c, positives copied unchanged, negatives (x * alpha) >> shift (floor).
     simd = dtype == "int8" and ctx.target in SIMD_TARGETS
     c_ = int(c)
-
     out = ctx.output_buffer((int(np.prod(shape, dtype=np.int64)) // c_, c_), dtype)
 
     def run(xa, *_):
@@ -559,10 +559,7 @@ def prepare_prelu(node, ctx, ins, outs):
 
 @kernel("Clip")
 def prepare_clip(node, ctx, ins, outs):
-    x = unary_input(ctx, ins)
-    dtype = compute_dtype(ctx, x)
-    check_out_dtype(ctx, outs, dtype)
-    lut = lut_or_none(ctx, x, outs, dtype)
+    x, dtype, lut = unary_prologue(ctx, ins, outs)
     if lut is not None:
         return lut
     shape = tuple(x.shape)

@@ -25,8 +25,6 @@ LpNormalization (p = 1 or 2, slice = one line along ``axis``)::
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from ..registry import Prepared, kernel
