@@ -237,6 +237,15 @@ def binary_inputs(ctx, ins, n=2):
     return ins[0], ins[1]
 
 
+def binary_prologue(ctx, ins, outs):
+    """(a, b, dtype, broadcast) of a two-input element-wise op: both inputs and the output of one dtype."""
+    a, b = binary_inputs(ctx, ins)
+    dtype = compute_dtype(ctx, a)
+    ctx.require(b.dtype == dtype, f"inputs have dtypes {a.dtype} and {b.dtype}")
+    check_out_dtype(ctx, outs, dtype)
+    return a, b, dtype, Broadcast(ctx, a.shape, b.shape)
+
+
 def _exps_note(ctx, ins, outs, dtype):
     """ESP-DL ignores exponents in Add/Sub/Max/Min/Neg: record when they disagree."""
     if dtype == "float32":
@@ -258,15 +267,11 @@ _RAW_BINARY = {  # float32 versions
 
 @kernel("Add", "Sub", "Max", "Min")
 def prepare_raw_binary(node, ctx, ins, outs):
-    a, b = binary_inputs(ctx, ins)
-    dtype = compute_dtype(ctx, a)
-    ctx.require(b.dtype == dtype, f"inputs have dtypes {a.dtype} and {b.dtype}")
-    check_out_dtype(ctx, outs, dtype)
+    a, b, dtype, bc = binary_prologue(ctx, ins, outs)
     if dtype != "float32":
         one_exp(ctx, a, "input")
         one_exp(ctx, b, "input")
         out_exp(ctx, outs, dtype)
-    bc = Broadcast(ctx, a.shape, b.shape)
     fn = _RAW_BINARY[node.op_type]
     shape = bc.shape
 
@@ -293,11 +298,7 @@ def _pow2_f32(e: int) -> np.float32:
 
 @kernel("Mul")
 def prepare_mul(node, ctx, ins, outs):
-    a, b = binary_inputs(ctx, ins)
-    dtype = compute_dtype(ctx, a)
-    ctx.require(b.dtype == dtype, f"inputs have dtypes {a.dtype} and {b.dtype}")
-    check_out_dtype(ctx, outs, dtype)
-    bc = Broadcast(ctx, a.shape, b.shape)
+    a, b, dtype, bc = binary_prologue(ctx, ins, outs)
     shape = bc.shape
     if dtype == "float32":
         def run(x, y):
@@ -329,11 +330,7 @@ def prepare_mul(node, ctx, ins, outs):
 
 @kernel("Div")
 def prepare_div(node, ctx, ins, outs):
-    a, b = binary_inputs(ctx, ins)
-    dtype = compute_dtype(ctx, a)
-    ctx.require(b.dtype == dtype, f"inputs have dtypes {a.dtype} and {b.dtype}")
-    check_out_dtype(ctx, outs, dtype)
-    bc = Broadcast(ctx, a.shape, b.shape)
+    a, b, dtype, bc = binary_prologue(ctx, ins, outs)
     shape = bc.shape
     if dtype == "float32":
         # dl_base_div.cpp float: n_1 multiplies by (float)(1.0 / b) (a double division), 1_n and
@@ -389,16 +386,12 @@ def prepare_div(node, ctx, ins, outs):
 # ---- Mod / Pow (float32 math on dequantized values) ----------------------------------------------------
 @kernel("Mod", "Pow")
 def prepare_mod_pow(node, ctx, ins, outs):
-    a, b = binary_inputs(ctx, ins)
-    dtype = compute_dtype(ctx, a)
-    ctx.require(b.dtype == dtype, f"inputs have dtypes {a.dtype} and {b.dtype}")
-    check_out_dtype(ctx, outs, dtype)
+    a, b, dtype, bc = binary_prologue(ctx, ins, outs)
     if node.op_type == "Mod":
         fmod = int(ctx.attr("fmod", 0) or 0)
         # ESP-DL reads the attribute but always computes fmodf (C semantics, sign of the dividend).
         ctx.require(fmod == 1 or dtype != "float32",
                     "fmod=0 on float32 (ESP-DL computes fmodf regardless)", supported=["fmod=1"])
-    bc = Broadcast(ctx, a.shape, b.shape)
     shape = bc.shape
     is_mod = node.op_type == "Mod"
 
