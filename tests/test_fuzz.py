@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import tempfile
 import time
 from pathlib import Path
 
@@ -64,6 +65,7 @@ def _one_seed():
 
 
 def _patch_gemm(monkeypatch, behaviour):
+    registry._load_all()  # the kernels register on first use
     real = registry.KERNELS["Gemm"]
 
     def prepare(node, ctx, ins, outs):
@@ -103,10 +105,15 @@ def test_harness_survives_segfaults(tmp_path, monkeypatch):
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="workers inherit the patched kernel through fork")
 def test_harness_records_hangs(tmp_path, monkeypatch):
     _patch_gemm(monkeypatch, lambda: time.sleep(60))
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     t0 = time.monotonic()
     report = _campaign(tmp_path, timeout=1.0)
     assert report.hangs >= 1 and not report.ok
     assert time.monotonic() - t0 < 50
+    # killed workers leave no scratch folders behind (the parent owns and removes them)
+    assert not list(scratch.glob("chunkwise-fuzz-*"))
 
 
 def test_read_target_time_limit():

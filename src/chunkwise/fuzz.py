@@ -39,6 +39,7 @@ import json
 import multiprocessing
 import os
 import random
+import shutil
 import signal
 import struct
 import tempfile
@@ -795,7 +796,7 @@ def run_worker_target(case: Case, target: str, runner, app, folder: Path) -> Out
     return _classify(case.index, target, exc, t0)
 
 
-def _worker_main(conn, max_tensor_bytes: int | None, mem_limit: int | None) -> None:
+def _worker_main(conn, folder: str, max_tensor_bytes: int | None, mem_limit: int | None) -> None:
     os.environ.pop("CHUNKWISE_KEY", None)
     try:  # a crash is reported by the parent; no fault dump inherited from pytest on stderr
         import faulthandler
@@ -817,27 +818,27 @@ def _worker_main(conn, max_tensor_bytes: int | None, mem_limit: int | None) -> N
     if max_tensor_bytes is not None:
         limits.set_max_tensor_bytes(max_tensor_bytes)
     warnings.simplefilter("ignore")
-    with tempfile.TemporaryDirectory(prefix="chunkwise-fuzz-") as tmp:
-        folder = Path(tmp)
-        while True:
-            try:
-                job = conn.recv()
-            except (EOFError, OSError):
-                return
-            if job is None:
-                return
-            case, target = job
-            try:
-                out = run_worker_target(case, target, runner, app, folder)
-            except BaseException as e:  # noqa: BLE001 - anything escaping is a crash of the target
-                out = _classify(case.index, target, e, time.monotonic())
-            conn.send(out)
+    while True:  # ``folder`` belongs to the parent, which removes it even when it kills this process
+        try:
+            job = conn.recv()
+        except (EOFError, OSError):
+            return
+        if job is None:
+            return
+        case, target = job
+        try:
+            out = run_worker_target(case, target, runner, app, Path(folder))
+        except BaseException as e:  # noqa: BLE001 - anything escaping is a crash of the target
+            out = _classify(case.index, target, e, time.monotonic())
+        conn.send(out)
 
 
 class _Worker:
     def __init__(self, ctx, max_tensor_bytes, mem_limit):
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_worker_main, args=(child, max_tensor_bytes, mem_limit), daemon=True)
+        self.folder = tempfile.mkdtemp(prefix="chunkwise-fuzz-")  # the worker's scratch files
+        self.proc = ctx.Process(target=_worker_main, args=(child, self.folder, max_tensor_bytes, mem_limit),
+                                daemon=True)
         self.proc.start()
         child.close()
         self.tasks = 0
@@ -862,6 +863,7 @@ class _Worker:
             self.proc.kill()
             self.proc.join()
         self.conn.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def run_in_workers(jobs: list[tuple[Case, str]], *, workers: int = 2, timeout: float = 10.0,
