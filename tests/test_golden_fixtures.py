@@ -36,6 +36,7 @@ FLOAT32_GOLDEN_DEVIATIONS = {
     "esp32p4_s16/Conv/conv1d_ishap_1_22_29_kshap_33_22_3_s16",
     "esp32p4_s16/ConvTranspose/transpose_conv1d_ishap_1_16_20_kshap_16_32_5_relu_s16",
     "esp32s3_s16/ConvTranspose/transpose_conv1d_ishap_1_16_20_kshap_16_20_5_relu_s16",
+    "esp32s3_s16/ReduceSumSquare/ReduceSumSquare_ishap_1_10_10_reduce_0_1_s16",
 }
 
 
@@ -167,3 +168,25 @@ def test_chip_test_tolerance(dtype, diff, chip):
     c = compare("y", got, want)
     assert c.bit_exact is (diff == 0)
     assert c.chip_test is chip
+
+
+def test_reduce_sum_square_deviation_is_esp_ppq_float32():
+    """The one esp32s3 int16 ReduceSumSquare difference: the exact sum of squares is just below a rounding
+    tie, ESP-PPQ's float32 sum lands on it (and rounds half up); the chip sums exact integers."""
+    m = chunkwise.load(GOLDEN / "esp32s3_s16" / "ReduceSumSquare"
+                       / "ReduceSumSquare_ishap_1_10_10_reduce_0_1_s16.espdl")
+    (node,) = m.graph.nodes
+    x = m.test_feeds()[node.inputs[0]].astype(np.int64)[0]  # [10, 10], reduced over axes 0 and 1 -> [10]
+    shift = m.graph.info(node.outputs[0]).exponent - 2 * m.graph.info(node.inputs[0]).exponent
+    ours = m.run(m.test_feeds())[node.outputs[0]]
+    golden = m.graph.test_outputs[node.outputs[0]].data.reshape(ours.shape)
+    (bad,) = np.nonzero(ours != golden)
+    assert list(bad) == [8]
+    exact = int((x[:, 8] ** 2).sum())
+    assert int(ours[8]) == (exact + 2 ** (shift - 1)) >> shift  # half up of the exact sum (esp32s3)
+    xf = (x[:, 8] * 2.0 ** m.graph.info(node.inputs[0]).exponent).astype(np.float32)
+    f32 = np.float32(0)
+    for v in xf:
+        f32 = np.float32(f32 + np.float32(v * v))
+    scaled = float(f32) * 2.0 ** -m.graph.info(node.outputs[0]).exponent
+    assert scaled == int(golden[8]) - 0.5  # float32 landed exactly on the tie, rounded up
