@@ -22,10 +22,11 @@ Facts (ESP-DL ``dl/base/dl_base_<op>.cpp``, ``dl/module/include/dl_module_<op>.h
 from __future__ import annotations
 
 import numpy as np
+from numba import njit
 
-from ._fmath import float_kernel
 from ..registry import Prepared, kernel
-from ..rounding import qrange, round_saturate, shift_round
+from ..rounding import qrange, requant, round_saturate, shift_round
+from ._fmath import float_kernel
 from ._lut import apply_lut, lut_table
 
 INT_TYPES = ("int8", "int16")
@@ -75,23 +76,19 @@ def _binary4(a, b, out, op, shift, mode, lo, hi):
     return out
 
 
-@float_kernel
+@njit(cache=True)
 def _requant_flat(x, out, shift, mode, lo, hi):
     for i in range(x.size):
-        v = shift_round(np.int64(x[i]), shift, mode)
-        if v < lo:
-            v = lo
-        elif v > hi:
-            v = hi
-        out[i] = v
+        out[i] = requant(np.int64(x[i]), shift, mode, False, lo, hi)
     return out
 
 
-def requant_fast(x: np.ndarray, shift: int, dtype: str, mode: int) -> np.ndarray:
-    """``saturate(shift_round(x, shift))`` (ESP-DL requantize), compiled."""
+def requant_fast(x: np.ndarray, shift: int, dtype: str, mode: int, out: np.ndarray | None = None) -> np.ndarray:
+    """``saturate(shift_round(x, shift))`` (ESP-DL requantize), compiled; into ``out`` (``x.size`` elements of
+    ``dtype``) when given."""
     lo, hi = qrange(dtype)
     flat = np.ascontiguousarray(x).reshape(-1)
-    out = np.empty(flat.shape, dtype=dtype)
+    out = np.empty(flat.shape, dtype=dtype) if out is None else out.reshape(flat.shape)
     _requant_flat(flat, out, shift, mode, lo, hi)
     return out.reshape(np.shape(x))
 

@@ -70,8 +70,10 @@ def prepare_concat(node, ctx, ins, outs):
     shape[axis] = sum(int(s.shape[axis]) for s in ins)
     shape = tuple(shape)
 
+    out = ctx.output_buffer(shape, x0.dtype)  # out_dtype() made sure the output has the inputs' dtype
+
     def run(*arrays):
-        return (np.concatenate(arrays, axis=axis),)
+        return (np.concatenate(arrays, axis=axis, out=out, casting="unsafe"),)
 
     return Prepared([shape], run, dtypes=dt)
 
@@ -109,8 +111,12 @@ def prepare_split(node, ctx, ins, outs):
     bounds = np.cumsum([0] + sizes)
     pieces = [(slice(None),) * axis + (slice(int(bounds[i]), int(bounds[i + 1])),) for i in range(len(sizes))]
 
+    bufs = [ctx.output_buffer(sh, x.dtype) for sh in shapes]
+
     def run(xa, *_):
-        return tuple(np.ascontiguousarray(xa[p]) for p in pieces)
+        for buf, p in zip(bufs, pieces):
+            buf[...] = xa[p]
+        return tuple(bufs)
 
     return Prepared(shapes, run, dtypes=dts)
 

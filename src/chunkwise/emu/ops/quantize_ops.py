@@ -53,8 +53,9 @@ def prepare_requantize(node, ctx, ins, outs):
         scale = np.float32(2.0 ** exp_of(x, "input"))
         return Prepared([shape], lambda xa, *_: (xa.astype(np.float32) * scale,), info={"kind": "dequantize"})
     shift = exp_of(outs[0], "output") - exp_of(x, "input")
+    out = ctx.output_buffer(shape, odt)
 
     def run(xa, *_):
-        return (requant_fast(xa, shift, odt, mode),)
+        return (requant_fast(xa, shift, odt, mode, out),)
 
     return Prepared([shape], run, info={"kind": "requantize", "shift": shift})
