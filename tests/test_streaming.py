@@ -16,7 +16,7 @@ import chunkwise
 from chunkwise.cli import app
 from chunkwise.convert import TableEntry, stream
 from chunkwise.emu.streamcheck import split_chunks, verify_streaming
-from chunkwise.errors import StreamingError
+from chunkwise.errors import ShapeError, StreamingError
 from chunkwise.ir.build import GraphBuilder, random_causal_graph
 from chunkwise.model import Model
 
@@ -281,3 +281,29 @@ def test_cli_compare_failure_exit_code(tmp_path):
                                    str(tmp_path / "off.espdl"), "--input", str(tmp_path / "x.npy")])
     assert res.exit_code == 3
     assert "first mismatching chunk" in res.output
+
+
+def test_push_fast_path_matches_validated_inputs():
+    """An array of exactly the input's dtype and shape skips prepare_inputs; other forms (float chunks,
+    dicts, other integer dtypes) are validated and quantized. All give the same outputs, and a wrong
+    shape or an out-of-range value is still refused."""
+    graph, facts = random_causal_graph(8, head="per-frame")
+    streaming, _ = stream(Model(graph), facts["chunk"])
+    from chunkwise.convert.streaming import random_input
+
+    x = random_input(Model(graph), 2)
+    name = next(iter(x))
+    chunks = split_chunks(x[name], facts["chunk"], 1)
+    a, b = streaming.session(), streaming.session()
+    assert a._exact is not None and chunks[0].dtype == a._exact[1]
+    for c in chunks:
+        fast = a.push(c)
+        slow = b.push({name: c.astype(np.int32)})
+        for o in fast:
+            np.testing.assert_array_equal(fast[o], slow[o])
+    with pytest.raises(ShapeError):
+        a.push(chunks[0][:, :0])
+    wide = chunks[0].astype(np.int32)
+    wide.flat[0] = 1000
+    with pytest.raises(ShapeError, match="outside"):
+        a.push(wide)
