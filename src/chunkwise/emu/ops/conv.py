@@ -273,7 +273,6 @@ def prepare_conv(node, ctx, ins, outs):
         small = adt == np.int32 and int(np.abs(wt.astype(np.int64)).max(initial=0)) < 2**15
         wd = np.ascontiguousarray(wt.reshape(kh, kw, cout).astype(np.int16 if small else adt))
         acc_row = ctx.zeros((ow, cout), adt, "accumulator row")
-
         out = ctx.output_buffer(out_shape4, dtype)
 
         def run(xa, *_):
