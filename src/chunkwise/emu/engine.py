@@ -140,6 +140,9 @@ class Plan:
                 raise ChunkwiseError(f"node {node.name!r} ({node.op_type}): input {i} {name!r} is not produced "
                                      "by any earlier node, input or initializer")
             spec = self.specs[name]
+            if spec.const is None and name in self.graph.initializers:
+                raise UnsupportedError(f"input {i} {name!r} is an initializer that carries no data in the file",
+                                       node=node.name, op=node.op_type)
             if spec.dtype in ("undefined", "string") and spec.const is None:
                 raise UnsupportedError(f"input {i} {name!r} has no numeric dtype ({spec.dtype}) in the model",
                                        node=node.name, op=node.op_type)
