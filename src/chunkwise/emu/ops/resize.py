@@ -207,9 +207,11 @@ def prepare_resize(node, ctx, ins, outs):
         # plain cast, which wraps when 2**(e_in - e_out) scales a value out of range
         wrap = ctx.target == "c" and shift < 0
 
+        flat_idx = (iy[:, None] * w_in + ix[None, :]).ravel()  # source pixel of every output pixel
+        picked = ctx.output_buffer((h_out * w_out, c), x.dtype)
+
         def run(xa, *_):
-            x3 = xa.reshape(h_in, w_in, c)
-            y = x3[iy][:, ix]
+            y = np.take(xa.reshape(h_in * w_in, c), flat_idx, axis=0, out=picked)
             if wrap:
                 y = (y.astype(np.int64) << -shift).astype(dtype)
             elif shift != 0:
@@ -231,13 +233,13 @@ def prepare_resize(node, ctx, ins, outs):
     inv_scale = _scale_pow2(-e_out)
     fused = FMA_BLEND
 
+    out = ctx.output_buffer((h_out, w_out, c) if nsp == 2 else (w_out, c), dtype)
+
     def run(xa, *_):
         if nsp == 2:
-            out = np.empty((h_out, w_out, c), dtype=dtype)
             _resize_linear(xa.reshape(h_in, w_in, c), out, ix, rx0, rx1, iy, ry0, ry1,
                            in_scale, inv_scale, mode, lo, hi, fused)
         else:
-            out = np.empty((w_out, c), dtype=dtype)
             _resize_linear_1d(xa.reshape(w_in, c), out, ix, rx0, rx1, in_scale, inv_scale, mode, lo, hi, fused)
         return (out.reshape(shape),)
 
