@@ -150,11 +150,32 @@ def test_deviating_int16_fixture_passes_the_chips_own_test(key):
 
     from chunkwise.cli import app
 
-    r = CliRunner().invoke(app, ["emu", "test", str(GOLDEN / f"{key}.espdl"), "--json"])
+    path = str(GOLDEN / f"{key}.espdl")
+    r = CliRunner().invoke(app, ["emu", "test", path, "--json"])
     assert r.exit_code == 3, r.output
     doc = json.loads(r.stdout)
     assert doc["bit_exact"] is False and doc["chip_test_pass"] is True
     assert all(o["max_abs_diff"] == 1 and o["chip_test"] for o in doc["outputs"] if not o["bit_exact"])
+    r = CliRunner().invoke(app, ["emu", "test", path, "--chip-tolerance"])
+    assert r.exit_code == 0, r.output
+    assert "within model->test()'s tolerance" in r.output
+
+
+def test_chip_tolerance_does_not_accept_int8_differences(tmp_path):
+    """int8 outputs must be exact for ESP-DL's test too: a one-step change of a test output fails."""
+    from typer.testing import CliRunner
+
+    from chunkwise.cli import app
+
+    m = chunkwise.load(GOLDEN / "esp32p4_s8" / "Conv" / sorted(p.name for p in (GOLDEN / "esp32p4_s8" / "Conv")
+                                                              .glob("*.espdl"))[0])
+    (name, t), = m.graph.test_outputs.items()
+    t.data = t.data.copy()
+    t.data.flat[0] = t.data.flat[0] + (1 if t.data.flat[0] < 127 else -1)
+    path = tmp_path / "changed.espdl"
+    m.save(path)
+    r = CliRunner().invoke(app, ["emu", "test", str(path), "--chip-tolerance"])
+    assert r.exit_code == 3, r.output
 
 
 @pytest.mark.parametrize("dtype,diff,chip", [("int16", 1, True), ("int16", 2, False), ("uint16", 1, True),
