@@ -413,18 +413,21 @@ class Program:
         self.out_sizes = np.array([_size(plan.specs[n].shape) for n in self.outputs], dtype=np.int64)
         self.out_shapes = [plan.specs[n].shape for n in self.outputs]
         self.out_dtypes = [np.dtype(plan.specs[n].dtype) for n in self.outputs]
+        # the same as plain Python ints, for run(): one chunk's bookkeeping costs microseconds
+        self._in_slices = [(name, int(o), int(o + n)) for name, o, n in zip(self.inputs, self.in_offs, self.in_sizes)]
+        self._out_slices = [(name, int(o), int(o + n), shape, dt) for name, o, n, shape, dt in
+                            zip(self.outputs, self.out_offs, self.out_sizes, self.out_shapes, self.out_dtypes)]
 
     def reset(self) -> None:
         for off, n in self.state:
             self.act[off:off + n] = 0
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        for name, off, n in zip(self.inputs, self.in_offs, self.in_sizes):
-            self.act[off:off + n] = feeds[name].reshape(-1)
-        _exec(self.code, self.act, self.c32, self.c64, self.cf, self.acc32, self.acc64, self.mode)
-        return {name: self.act[off:off + n].astype(dt).reshape(shape)
-                for name, off, n, shape, dt in zip(self.outputs, self.out_offs, self.out_sizes, self.out_shapes,
-                                                   self.out_dtypes)}
+        act = self.act
+        for name, start, stop in self._in_slices:
+            act[start:stop] = feeds[name].reshape(-1)
+        _exec(self.code, act, self.c32, self.c64, self.cf, self.acc32, self.acc64, self.mode)
+        return {name: act[start:stop].astype(dt).reshape(shape) for name, start, stop, shape, dt in self._out_slices}
 
     def run_many(self, xs: np.ndarray) -> np.ndarray:
         """``xs`` [T, sum of input sizes] int32 -> [T, sum of output sizes] int32, in one compiled call."""
