@@ -29,7 +29,7 @@ from numba import njit
 from numpy.lib.stride_tricks import sliding_window_view
 
 from ..registry import Prepared, kernel
-from ..rounding import qrange, requant, round_f
+from ..rounding import clamp, qrange, requant, round_f
 
 ACTIVATIONS = ("Linear", "Relu")
 
@@ -120,12 +120,7 @@ def _requant_gemm(sums, bias, scale, out, lo, hi, mode):
     rows, cout = sums.shape
     for r in range(rows):
         for c in range(cout):
-            v = round_f((np.float64(sums[r, c]) + bias[c]) * scale[c], mode)
-            if v < lo:
-                v = lo
-            elif v > hi:
-                v = hi
-            out[r, c] = v
+            out[r, c] = clamp(round_f((np.float64(sums[r, c]) + bias[c]) * scale[c], mode), lo, hi)
 
 
 GEMM_MIN_MACS = 1 << 15  # below this the BLAS call costs more than the integer loops
