@@ -23,7 +23,15 @@ import numpy as np
 from numba import njit
 
 from ..registry import Prepared, kernel
-from ..rounding import qrange, round_f32
+from ..rounding import clamp, qrange, round_f32
+
+
+@njit(cache=True, inline="always")
+def _span(o, stride, pad, k, size):
+    """``[start, stop)`` of the input positions under output position ``o``'s window that lie inside the
+    input (never empty: pool_geometry requires pads < kernel)."""
+    start = o * stride - pad
+    return max(start, 0), min(start + k, size)
 
 
 @njit(cache=True)
@@ -33,27 +41,16 @@ def _avg_pool(x, out, kh, kw, sh, sw, pt, pl, scale, lo, hi, mode):
     acc = np.zeros(c_, dtype=np.int64)
     for n in range(n_):
         for oh in range(oh_):
-            h0 = oh * sh - pt
+            h0, h1 = _span(oh, sh, pt, kh, h_)
             for ow in range(ow_):
-                w0 = ow * sw - pl
+                w0, w1 = _span(ow, sw, pl, kw, w_)
                 acc[:] = 0
-                for i in range(kh):
-                    ih = h0 + i
-                    if ih < 0 or ih >= h_:
-                        continue
-                    for j in range(kw):
-                        iw = w0 + j
-                        if iw < 0 or iw >= w_:
-                            continue
+                for ih in range(h0, h1):
+                    for iw in range(w0, w1):
                         for c in range(c_):
                             acc[c] += x[n, ih, iw, c]
                 for c in range(c_):
-                    v = round_f32(np.float32(np.float32(acc[c]) * scale), mode)
-                    if v < lo:
-                        v = lo
-                    elif v > hi:
-                        v = hi
-                    out[n, oh, ow, c] = v
+                    out[n, oh, ow, c] = clamp(round_f32(np.float32(np.float32(acc[c]) * scale), mode), lo, hi)
     return out
 
 
@@ -63,26 +60,16 @@ def _max_pool(x, out, kh, kw, sh, sw, pt, pl):
     _, oh_, ow_, _ = out.shape
     for n in range(n_):
         for oh in range(oh_):
-            h0 = oh * sh - pt
+            h0, h1 = _span(oh, sh, pt, kh, h_)
             for ow in range(ow_):
-                w0 = ow * sw - pl
-                first = True
-                for i in range(kh):
-                    ih = h0 + i
-                    if ih < 0 or ih >= h_:
-                        continue
-                    for j in range(kw):
-                        iw = w0 + j
-                        if iw < 0 or iw >= w_:
-                            continue
-                        if first:
-                            for c in range(c_):
+                w0, w1 = _span(ow, sw, pl, kw, w_)
+                for c in range(c_):
+                    out[n, oh, ow, c] = x[n, h0, w0, c]
+                for ih in range(h0, h1):
+                    for iw in range(w0, w1):
+                        for c in range(c_):
+                            if x[n, ih, iw, c] > out[n, oh, ow, c]:
                                 out[n, oh, ow, c] = x[n, ih, iw, c]
-                            first = False
-                        else:
-                            for c in range(c_):
-                                if x[n, ih, iw, c] > out[n, oh, ow, c]:
-                                    out[n, oh, ow, c] = x[n, ih, iw, c]
     return out
 
 
