@@ -30,7 +30,7 @@ from numba import njit
 
 from ...limits import check_alloc
 from ..registry import Prepared, kernel
-from ..rounding import HALF_EVEN, qrange, requantize
+from ..rounding import qrange, requantize, round_f32_sat
 from ._fmath import fma32
 from .shape import out_dtype
 
@@ -74,20 +74,6 @@ def _blend(a, r0, b, r1, fused):
     return np.float32(np.float32(a * r0) + np.float32(b * r1))
 
 
-@njit(cache=True, inline="always")
-def _quantize(v, inv_scale, mode, lo, hi):
-    t = np.float32(v * inv_scale)
-    if mode == HALF_EVEN:
-        q = np.rint(np.float64(t))
-    else:  # (int)floorf(value + 0.5): the sum is double, converted to float for floorf
-        q = np.floor(np.float64(np.float32(np.float64(t) + 0.5)))
-    if q < lo:
-        q = lo
-    elif q > hi:
-        q = hi
-    return q
-
-
 @njit(cache=True)
 def _resize_linear(x, out, ix, rx0, rx1, iy, ry0, ry1, in_scale, inv_scale, mode, lo, hi, fused):
     """x [H, W, C] int; out [OH, OW, C]; separable: W first (rows), then H."""
@@ -122,24 +108,7 @@ def _resize_linear(x, out, ix, rx0, rx1, iy, ry0, ry1, in_scale, inv_scale, mode
         for xo in range(ow_):
             for c in range(c_):
                 v = _blend(row0[xo, c], b0, row1[xo, c], b1, fused)
-                out[y, xo, c] = _quantize(v, inv_scale, mode, lo, hi)
-    return out
-
-
-@njit(cache=True)
-def _resize_linear_1d(x, out, ix, rx0, rx1, in_scale, inv_scale, mode, lo, hi, fused):
-    w_, c_ = x.shape
-    ow_, _ = out.shape
-    for xo in range(ow_):
-        x0 = ix[xo]
-        x1 = x0 + 1
-        if x0 < 0:
-            x0 = 0
-        if x1 > w_ - 1:
-            x1 = w_ - 1
-        for c in range(c_):
-            v = _blend(np.float32(x[x0, c]) * in_scale, rx0[xo], np.float32(x[x1, c]) * in_scale, rx1[xo], fused)
-            out[xo, c] = _quantize(v, inv_scale, mode, lo, hi)
+                out[y, xo, c] = round_f32_sat(np.float32(v * inv_scale), mode, lo, hi)
     return out
 
 
@@ -233,14 +202,11 @@ def prepare_resize(node, ctx, ins, outs):
     inv_scale = _scale_pow2(-e_out)
     fused = FMA_BLEND
 
-    out = ctx.output_buffer((h_out, w_out, c) if nsp == 2 else (w_out, c), dtype)
+    out = ctx.output_buffer((h_out, w_out, c), dtype)
 
-    def run(xa, *_):
-        if nsp == 2:
-            _resize_linear(xa.reshape(h_in, w_in, c), out, ix, rx0, rx1, iy, ry0, ry1,
-                           in_scale, inv_scale, mode, lo, hi, fused)
-        else:
-            _resize_linear_1d(xa.reshape(w_in, c), out, ix, rx0, rx1, in_scale, inv_scale, mode, lo, hi, fused)
+    def run(xa, *_):  # 1-D runs as H = 1: its row weights (iy -1, ratios 0 / 1) select the one row exactly
+        _resize_linear(xa.reshape(h_in, w_in, c), out, ix, rx0, rx1, iy, ry0, ry1, in_scale, inv_scale, mode, lo,
+                       hi, fused)
         return (out.reshape(shape),)
 
     macs = h_out * w_out * c * 6
