@@ -24,7 +24,8 @@ def test(model: ModelArg, key: KeyOpt = None, target: TargetOpt = None, pick: Pi
          chip_tolerance: Annotated[bool, typer.Option(
              "--chip-tolerance", help="Pass (exit 0) when ESP-DL's own model->test() would: int16 outputs within "
              "+-1, everything else exact. Default: pass only when bit-exact.")] = False) -> None:
-    """Run the embedded test inputs and compare with the embedded test outputs (exit 0 iff bit-exact)."""
+    """Run the embedded test inputs and compare with the embedded test outputs (exit 0 iff bit-exact; with
+    --chip-tolerance, iff ESP-DL's model->test() would pass)."""
     import chunkwise
     from ..emu.check import check_test_values
 
