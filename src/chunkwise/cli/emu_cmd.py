@@ -33,6 +33,7 @@ def test(model: ModelArg, key: KeyOpt = None, target: TargetOpt = None, pick: Pi
     checks = check_test_values(m)
     exact = all(c.bit_exact for c in checks)
     chip = all(c.chip_test for c in checks)
+    passed = exact or (chip_tolerance and chip)
     if as_json:
         typer.echo(json.dumps({"model": str(model), "target": m.target, "target_source": m.target_source,
                                "bit_exact": exact, "chip_test_pass": chip,
@@ -45,13 +46,12 @@ def test(model: ModelArg, key: KeyOpt = None, target: TargetOpt = None, pick: Pi
                 within = " (within the +-1 ESP-DL's model->test() allows for int16)" if c.chip_test else ""
                 typer.echo(f"{c.name}: {c.mismatches} mismatches, max |diff| {c.max_abs_diff:g}, "
                            f"first at index {c.first_mismatch}{within}")
-        passed = exact or (chip_tolerance and chip)
         typer.echo(f"{'PASS' if passed else 'FAIL'}: {model} on {m.target}"
                    + (" (within model->test()'s tolerance, not bit-exact)" if passed and not exact else ""))
         if not exact and chip and not chip_tolerance:
             typer.echo("Not bit-exact, but ESP-DL's model->test() on the chip would pass (int16 outputs off by "
                        "at most 1: docs/int16-deviations.md; --chip-tolerance accepts that).")
-    if not (exact or (chip_tolerance and chip)):
+    if not passed:
         raise typer.Exit(3)
 
 

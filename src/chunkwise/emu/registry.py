@@ -91,9 +91,7 @@ class Scratch:
 
     def get(self, name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
         key = (name, np.dtype(dtype).str)
-        size = 1
-        for s in shape:
-            size *= int(s)
+        size = math.prod(int(s) for s in shape)
         buf = self._bufs.get(key)
         if buf is None or buf.size < size:
             buf = np.empty(max(size, self._need.get(key, 0)), dtype=dtype)

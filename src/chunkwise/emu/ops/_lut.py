@@ -8,7 +8,7 @@ ESP-DL (``dl_module_lut.hpp`` / ``dl_base_lut.cpp``):
   half-up elsewhere); ``step == 1`` indexes ``table[x + 32768]`` directly.
 
 An op node names its table by the ``lut`` attribute (an initializer); ``lut_table`` fetches and
-checks it, ``apply_lut`` runs it.
+checks it, ``apply_lut`` runs it, ``lut_module`` makes it a prepared kernel.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from ..registry import Prepared
 from ..rounding import HALF_EVEN
 
 
@@ -79,13 +80,25 @@ def _lut_s16(x, table, out, shift, mode):
     return out
 
 
-def apply_lut(x: np.ndarray, table: np.ndarray, step: int, mode: int, out: np.ndarray | None = None) -> np.ndarray:
+def apply_lut(x: np.ndarray, table: np.ndarray, step: int, mode: int, out: np.ndarray) -> np.ndarray:
     """Look every element of ``x`` up in ``table`` (ESP-DL ``lut_s8`` / ``lut_s16_nearest_neighbor``), into
-    ``out`` (an array of ``x.size`` elements of the table's dtype) when given."""
+    ``out`` (``x.size`` elements of the table's dtype), returned in ``x``'s shape."""
     flat = np.ascontiguousarray(x).ravel()
-    out = np.empty(flat.shape, dtype=table.dtype) if out is None else out.reshape(flat.shape)
+    out = out.reshape(flat.shape)
     if table.dtype == np.int8:
         _lut_s8(flat, table, out)
     else:
         _lut_s16(flat, table, out, int(step).bit_length() - 1, mode)
     return out.reshape(x.shape)
+
+
+def lut_module(ctx, shape: tuple[int, ...], table: np.ndarray, step: int, **prepared) -> Prepared:
+    """ESP-DL's LUT module as a prepared kernel: every element of the input looked up in ``table``, into an
+    output buffer of the plan. ``prepared`` goes to :class:`Prepared` (``dtypes``, ``info``)."""
+    mode = ctx.mode
+    out = ctx.output_buffer(shape, table.dtype)
+
+    def run(xa, *_):
+        return (apply_lut(xa, table, step, mode, out),)
+
+    return Prepared([shape], run, **prepared)

@@ -25,7 +25,7 @@ from numba import njit
 from ..registry import Prepared, kernel
 from ..rounding import qrange, round_f32_sat
 from ._fmath import expf, float_kernel, fma32, logf, sigmoid, sqrtf, tanh
-from ._lut import apply_lut, lut_table
+from ._lut import lut_module, lut_table
 
 SIGMOID, TANH, SWISH, HARDSIGMOID, HARDSWISH, ELU, EXP, LOG, SQRT = range(9)
 FLOAT_OPS = {"Sigmoid": SIGMOID, "Tanh": TANH, "Swish": SWISH, "HardSigmoid": HARDSIGMOID,
@@ -101,17 +101,6 @@ def _act_f(x, out, op, alpha, beta):
     return out
 
 
-def _lut_prepared(ctx, x, outs, dt, table, step):
-    mode = ctx.mode
-    shape = tuple(x.shape)
-    out = ctx.output_buffer(shape, table.dtype)
-
-    def run(xa, *_):
-        return (apply_lut(xa, table, step, mode, out),)
-
-    return Prepared([shape], run, dtypes=[dt])
-
-
 def _check_io(ctx, x, outs, dt):
     ctx.require(len(outs) == 1, f"{len(outs)} outputs; the op has one")
     ctx.require(outs[0].dtype in (dt, "undefined"), f"output dtype {outs[0].dtype} differs from the "
@@ -138,7 +127,7 @@ def prepare_lut(node, ctx, ins, outs):
     if dt == "int16" and attr_step is not None:
         ctx.require(int(attr_step) == step, f"int16_lut_step={attr_step} but the table's {table.size} entries "
                     f"mean step {step} (ESP-DL uses the table size)")
-    return _lut_prepared(ctx, x, outs, dt, table, step)
+    return lut_module(ctx, tuple(x.shape), table, step, dtypes=[dt])
 
 
 @kernel(*FLOAT_OPS)
@@ -151,7 +140,7 @@ def prepare_activation(node, ctx, ins, outs):
     if dt == "int8":  # only S8 looks at the table (the S16 modules ignore it)
         got = lut_table(ctx, dt, outs[0].exps)
         if got is not None:
-            return _lut_prepared(ctx, x, outs, dt, *got)
+            return lut_module(ctx, tuple(x.shape), *got, dtypes=[dt])
     if op == HARDSIGMOID:
         alpha, beta = float(node.attr("alpha", 0.2)), float(node.attr("beta", 0.5))
     elif op == ELU:
@@ -181,9 +170,7 @@ def prepare_activation(node, ctx, ins, outs):
         table = _act_q(xs, np.empty(xs.shape, dtype=npdt), op, in_scale, out_scale, alpha, beta, mode, lo, hi)
         if dt == "int16":
             table = np.append(table, table[-1])  # 65537 entries: step 1, index x + 32768 (never the last)
-        out = ctx.output_buffer(shape, npdt)
-        return Prepared([shape], lambda xa, *_: (apply_lut(xa, table, 1, mode, out),), dtypes=[dt],
-                        info={"path": "float32, tabulated"})
+        return lut_module(ctx, shape, table, 1, dtypes=[dt], info={"path": "float32, tabulated"})
 
     def run(xa, *_):
         flat = np.ascontiguousarray(xa).ravel()

@@ -129,16 +129,28 @@ F64_EXACT = 2**52  # ... in float64, with room for the +0.5 of half-up rounding
 MAX_GEMM_SHIFT = 50  # (sum + bias) * 2**-shift and its rounding stay exact in float64
 
 
+def dot_bound(w: np.ndarray, x_dtype: str, axis: int = 0) -> int:
+    """The largest |partial sum| of ``sum_k x[k] * w[k, c]`` over all inputs of ``x_dtype`` (``k`` along
+    ``axis``): ``max|x| * max_c sum_k |w[k, c]|``."""
+    xmax = -qrange(x_dtype)[0]
+    return xmax * int(np.abs(w.astype(np.int64)).sum(axis=axis).max(initial=0))
+
+
 def gemm_dtype(w2d: np.ndarray, bias: np.ndarray, shifts: np.ndarray, x_dtype: str) -> np.dtype | None:
     """The float type in which ``x @ w2d`` is exact for every input of ``x_dtype``, or None.
 
-    Each partial sum of ``x[k] * w2d[k, c]`` is an integer bounded by ``max|x| * sum_k |w2d[k, c]|``;
-    integers up to 2**24 (float32) / 2**53 (float64) are exact, so any summation order gives the exact
-    sum. The requantization adds the bias and scales by a power of two in float64 (exact below 2**52).
+    Each partial sum of ``x[k] * w2d[k, c]`` is an integer bounded by :func:`dot_bound`; integers up to
+    2**24 (float32) / 2**53 (float64) are exact, so any summation order gives the exact sum. The
+    requantization adds the bias and scales by a power of two in float64 (exact below 2**52).
     """
-    xmax = 128 if x_dtype == "int8" else 32768
-    bound = xmax * int(np.abs(w2d.astype(np.int64)).sum(axis=0).max(initial=0))
-    return exact_float_dtype(bound, int(np.abs(bias.astype(np.int64)).max(initial=0)), shifts)
+    return exact_float_dtype(dot_bound(w2d, x_dtype), int(np.abs(bias.astype(np.int64)).max(initial=0)), shifts)
+
+
+def gemm_epilogue(bias: np.ndarray, shifts: np.ndarray, relu: bool, x_dtype: str):
+    """The arguments of :func:`_requant_gemm` after ``bias``/``shifts``: (bias as float64, ``2**-shift`` as
+    float64, lo, hi), a fused Relu raising ``lo`` to 0."""
+    lo, hi = qrange(x_dtype)
+    return bias.astype(np.float64), np.ldexp(1.0, -shifts.astype(np.int64)), (max(lo, 0) if relu else lo), hi
 
 
 def exact_float_dtype(bound: int, bias_max: int, shifts: np.ndarray) -> np.dtype | None:
@@ -151,9 +163,7 @@ def exact_float_dtype(bound: int, bias_max: int, shifts: np.ndarray) -> np.dtype
 
 def acc_dtype(w: np.ndarray, bias: np.ndarray, x_dtype: str) -> np.dtype:
     """int32 accumulators when no sum can leave int32 (|x| <= 2**(bits-1)), else int64."""
-    xmax = 128 if x_dtype == "int8" else 32768
-    wsum = np.abs(w.astype(np.int64)).reshape(-1, w.shape[-1]).sum(axis=0)
-    bound = int((wsum * xmax).max(initial=0)) + int(np.abs(bias.astype(np.int64)).max(initial=0))
+    bound = dot_bound(w.reshape(-1, w.shape[-1]), x_dtype) + int(np.abs(bias.astype(np.int64)).max(initial=0))
     return np.dtype(np.int32) if bound < 2**31 - 1 else np.dtype(np.int64)
 
 
@@ -294,11 +304,7 @@ def _gemm_conv(ctx, wt, bias, shifts, fdt, x_shape, o_hw, k_hw, strides, dils, p
     cout = wt.shape[3]
     rows, depth = n * oh * ow, kh * kw * cin
     w2 = np.ascontiguousarray(wt.reshape(depth, cout).astype(fdt))  # rows (kh, kw, ci) = im2col's columns
-    bias_f = bias.astype(np.float64)
-    scale = np.ldexp(1.0, -shifts.astype(np.int64)).astype(np.float64)
-    lo, hi = qrange(x_dtype)
-    if relu:
-        lo = max(lo, 0)
+    bias_f, scale, lo, hi = gemm_epilogue(bias, shifts, relu, x_dtype)
     mode = ctx.mode
     dtype = np.dtype(x_dtype)
     direct = kh == kw == sh == sw == 1 and not any(pads)  # 1x1, stride 1: x itself is the matrix
@@ -366,7 +372,6 @@ def prepare_gemm(node, ctx, ins, outs):
     acc = np.zeros(nout, dtype=adt)
     dtype = np.dtype(x.dtype)
     mode = ctx.mode
-
     out = ctx.output_buffer((1, 1, rows, nout), dtype)
 
     def run(xa, *_):

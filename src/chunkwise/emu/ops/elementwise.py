@@ -26,8 +26,7 @@ from numba import njit
 
 from ..registry import Prepared, kernel
 from ..rounding import qrange, requant, round_saturate, shift_round
-from ._fmath import float_kernel
-from ._lut import apply_lut, lut_table
+from ._lut import lut_module, lut_table
 
 INT_TYPES = ("int8", "int16")
 QUANT_TYPES = {"S8": "int8", "S16": "int16", "F32": "float32"}
@@ -37,7 +36,7 @@ SIMD_TARGETS = ("esp32p4", "esp32s31", "esp32s3")
 OP_ADD, OP_SUB, OP_MAX, OP_MIN, OP_MUL = 0, 1, 2, 3, 4
 
 
-@float_kernel
+@njit(cache=True)
 def _binary4(a, b, out, op, shift, mode, lo, hi):
     """``out = saturate(a OP b)`` on 4-D views; an axis of length 1 in an input broadcasts.
 
@@ -93,7 +92,7 @@ def requant_fast(x: np.ndarray, shift: int, dtype: str, mode: int, out: np.ndarr
     return out.reshape(np.shape(x))
 
 
-@float_kernel
+@njit(cache=True)
 def _prelu_rows(x, alpha, out, simd, act_shift, pos_shift, mode, lo, hi):
     """x, out [rows, C]; alpha [C] (int64)."""
     rows, c = x.shape
@@ -433,14 +432,7 @@ def lut_or_none(ctx, x, outs, dtype):
     if got is None:
         return None
     table, step = got
-    shape = tuple(x.shape)
-    mode = ctx.mode
-    out = ctx.output_buffer(shape, table.dtype)
-
-    def run(xa, *_):
-        return (apply_lut(xa, table, step, mode, out),)
-
-    return Prepared([shape], run, info={"lut": True})
+    return lut_module(ctx, tuple(x.shape), table, step, info={"lut": True})
 
 
 def unary_prologue(ctx, ins, outs):

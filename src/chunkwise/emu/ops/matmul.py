@@ -28,7 +28,7 @@ from numba import njit
 from ...ir.layout import _order
 from ..registry import Prepared, kernel
 from ..rounding import qrange, requant
-from .conv import GEMM_MIN_MACS, _requant_gemm, exact_float_dtype
+from .conv import GEMM_MIN_MACS, _requant_gemm, dot_bound, exact_float_dtype, gemm_epilogue
 
 ACTIVATIONS = ("Linear", "Relu")
 LAYOUTS = ("packed", "native_kn")
@@ -150,22 +150,19 @@ def prepare_matmul(node, ctx, ins, outs):
     macs = t * m * n * a3[2]
     # exact float GEMM (see conv.gemm_dtype): the bound comes from B's values when B is constant,
     # else from the dtype's range
-    xmax = 128 if a.dtype == "int8" else 32768
     if b_const is not None:
-        bound = xmax * int(np.abs(b_const.astype(np.int64)).sum(axis=1).max(initial=0))
+        bound = dot_bound(b_const, a.dtype, axis=1)
     else:
-        bound = xmax * xmax * a3[2]
+        bound = qrange(a.dtype)[0] ** 2 * a3[2]
     fdt = exact_float_dtype(bound, 0, shifts) if macs >= GEMM_MIN_MACS else None
     if fdt is not None:
-        no_bias = np.zeros(n, dtype=np.float64)
-        scale = np.ldexp(1.0, -shifts).astype(np.float64)
-        lo_f = max(lo, 0) if relu else lo
+        no_bias, scale, lo_f, hi_f = gemm_epilogue(np.zeros(n, dtype=np.int64), shifts, relu, a.dtype)
 
         def run(aa, ba):
             af = np.ascontiguousarray(aa).reshape(a3).astype(fdt)
             bf = logical_b(ba).astype(fdt)
             sums = np.matmul(af[ia_arr], bf[ib_arr])  # [t, m, n], exact
-            _requant_gemm(sums.reshape(t * m, n), no_bias, scale, o.reshape(t * m, n), lo_f, hi, mode)
+            _requant_gemm(sums.reshape(t * m, n), no_bias, scale, o.reshape(t * m, n), lo_f, hi_f, mode)
             return (o.reshape(out_shape),)
 
         return Prepared([out_shape], run, macs=macs, info={"strategy": f"gemm {fdt.name}"})

@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..registry import Prepared, kernel
-from ..rounding import qrange, round_f32_sat, round_f64, shift_round
+from ..rounding import clamp, qrange, round_f32_sat, round_f64, shift_round
 from ._fmath import expf, float_kernel, logf, sqrt_newton
 
 OPS = {
@@ -54,15 +54,6 @@ def _pattern_name(p):
 
 
 @float_kernel
-def _clip(v, lo, hi):
-    if v < lo:
-        return lo
-    if v > hi:
-        return hi
-    return v
-
-
-@float_kernel
 def _reduce(x, out, op, e_in, e_out, shift, lo, hi, mode, wide):
     """x [outer, inner] ints, reduced along axis 1 in memory order, into out [outer]."""
     outer, inner = x.shape
@@ -82,7 +73,7 @@ def _reduce(x, out, op, e_in, e_out, shift, lo, hi, mode, wide):
                     acc += v if v >= 0 else -v
             if not wide:  # int8 models accumulate in int32 on the chip
                 acc = np.int64(np.int32(acc))
-            out[o] = _clip(shift_round(acc, shift, mode), lo, hi)
+            out[o] = clamp(shift_round(acc, shift, mode), lo, hi)
         elif op == 3 or op == 4:
             m = x[o, 0]
             for i in range(1, inner):

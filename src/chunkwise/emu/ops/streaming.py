@@ -18,9 +18,10 @@ consulted). ``window_size`` 1 would make a zero-length cache tensor, which ESP-D
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-from ...limits import check_alloc
 from ..registry import Prepared, kernel
 from .shape import out_dtype
 
@@ -44,8 +45,7 @@ def prepare_streaming_cache(node, ctx, ins, outs):
     cache_shape = list(out_shape)
     cache_shape[axis] = window - 1
     dtype = np.dtype(x.dtype)
-    check_alloc(int(np.prod(cache_shape, dtype=object)) * dtype.itemsize, f"cache of node {node.name!r}")
-    cache = np.zeros(int(np.prod(cache_shape, dtype=np.int64)), dtype=dtype)  # flat, preallocated once
+    cache = ctx.zeros((math.prod(cache_shape),), dtype, "cache")  # flat, preallocated once
     n_cache = cache.size
     n_in = int(np.prod(x.shape, dtype=np.int64))
 
