@@ -411,3 +411,32 @@ def test_float_input_with_a_huge_exponent_is_refused():
     x = np.zeros(g.inputs[0].shape, dtype=np.float32)
     with pytest.raises(ChunkwiseError, match=r"outside \[-64, 64\]"):
         m.run({g.inputs[0].name: x})
+
+
+def _zoo_files():
+    from conftest import SHARED
+
+    return sorted((SHARED / "zoo").glob("*.espdl")) if (SHARED / "zoo").is_dir() else []
+
+
+@pytest.mark.parametrize("path", _zoo_files(), ids=lambda p: p.name)
+def test_every_zoo_model_runs_end_to_end_deterministically(path):
+    """Issue #3's "every model in ../shared/zoo runs end to end deterministically": two runs of a fresh
+    plan and a second model object give identical outputs; files with ESP-PPQ test values match them."""
+    from chunkwise.emu.check import check_test_values
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        a, b = chunkwise.load(path), chunkwise.load(path)
+    if a.graph.test_inputs:
+        feeds = a.test_feeds()
+        assert all(c.bit_exact for c in check_test_values(a))
+    else:
+        rng = np.random.default_rng(0)
+        feeds = {v.name: rng.integers(-100, 101, size=v.shape).astype(v.dtype)
+                 for v in a.graph.inputs if v.name not in a.graph.initializers}
+    first, second, other = a.run(feeds), a.run(feeds), b.run(feeds)
+    assert first.keys() == {v.name for v in a.graph.outputs}
+    for k in first:
+        np.testing.assert_array_equal(first[k], second[k])
+        np.testing.assert_array_equal(first[k], other[k])
