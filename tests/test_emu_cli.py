@@ -7,6 +7,7 @@ ESP-PPQ: the checks below compare with those, not with values this project compu
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -97,3 +98,49 @@ def test_json_describes_each_output(gemm):
     out = doc["outputs"][y_name]
     assert doc["target"] == "esp32p4"
     assert out["dtype"] == "int8" and out["min"] == golden.min() and out["max"] == golden.max()
+
+
+def _copy_without_target_hints(src: Path, dst: Path, *, keep_metadata: bool) -> Path:
+    m = chunkwise.load(src)
+    if not keep_metadata:
+        m.graph.metadata.pop("target", None)
+    m.save(dst)
+    return dst
+
+
+@pytest.mark.parametrize("src,keep,name,want", [
+    ("golden/esp32s3_s8/Gemm", True, "m.espdl", ("esp32s3", "metadata")),
+    ("golden/esp32s3_s8/Gemm", False, "m_esp32s3.espdl", ("esp32s3", "file name")),
+    ("golden/c_s8/Gemm", False, "m.espdl", ("c", "unpacked weight layouts")),
+    ("golden/esp32s3_s8/Gemm", False, "m.espdl", ("esp32p4", "default")),
+])
+def test_target_inference_and_override(tmp_path, src, keep, name, want):
+    """The target comes from the metadata, else the file name, else the weight layouts (c keeps them
+    unpacked), else esp32p4; every guess warns; --target / target= override it."""
+    folder = Path(__file__).resolve().parent / "fixtures" / src
+    path = _copy_without_target_hints(sorted(folder.glob("*.espdl"))[0], tmp_path / name, keep_metadata=keep)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        m = chunkwise.load(path)
+    assert (m.target, m.target_source) == want
+    guessed = [w for w in record if issubclass(w.category, chunkwise.TargetGuessWarning)]
+    assert len(guessed) == (0 if want[1] == "metadata" else 1)
+    assert chunkwise.load(path, target="esp32s31").target_source == "given"
+    doc = json.loads(_cli("emu", "test", path, "--json", "--target", "c").stdout)
+    assert (doc["target"], doc["target_source"]) == ("c", "given")
+
+
+def test_unknown_operator_is_named_with_the_supported_list(tmp_path):
+    from chunkwise.errors import UnsupportedError
+
+    m = chunkwise.load(GEMM)
+    m.graph.nodes[0].op_type = "NoSuchOp"
+    path = tmp_path / "unknown.espdl"
+    m.save(path)
+    with pytest.raises(UnsupportedError) as e:
+        chunkwise.load(path).run(m.test_feeds())
+    text = str(e.value)
+    assert "NoSuchOp" in text and m.graph.nodes[0].name in text and "Gemm" in text and "StreamingCache" in text
+    r = CliRunner().invoke(app, ["emu", "test", str(path)])
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    assert "NoSuchOp" in r.stderr and "Supported" in r.stderr
