@@ -170,7 +170,10 @@ class Model:
         return out
 
     def run(self, feeds: dict[str, np.ndarray], *, intermediates: bool = False) -> dict[str, np.ndarray]:
-        """Run once from a fresh state. Arrays in the model's own layout (NHWC / NWC)."""
+        """Run once from a fresh state. Arrays in the model's own layout (NHWC / NWC).
+
+        Runs the model's cached plan (:meth:`plan`), which no :class:`Session` runs: sessions keep
+        their state, whatever runs in between."""
         x = self.prepare_inputs(feeds)
         plan = self.plan({k: v.shape for k, v in x.items()})
         plan.reset()
@@ -179,10 +182,11 @@ class Model:
     def test_feeds(self) -> dict[str, np.ndarray]:
         return {k: t.data for k, t in self.graph.test_inputs.items()}
 
-    def session(self) -> "Session":
+    def session(self, compiled: bool = True) -> "Session":
+        """A new streaming session with its own zeroed caches (see :class:`chunkwise.emu.session.Session`)."""
         from .emu.session import Session
 
-        return Session(self)
+        return Session(self, compiled=compiled)
 
     def dequantize(self, name: str, value: np.ndarray) -> np.ndarray:
         from .emu.rounding import dequantize

@@ -1,10 +1,18 @@
-"""Streaming sessions: push chunks through a model whose StreamingCache nodes keep state."""
+"""Streaming sessions: push chunks through a model whose StreamingCache nodes keep state.
+
+Every session owns its state. A compiled session lowers the model's prepared plan (shared through
+``Model.plan``, read-only here: lowering copies its constants) into its own :class:`~.program.Program`,
+whose arena holds the caches. A session on the per-node path (``compiled=False``, or a graph without a
+lowering for one of its ops) prepares its own :class:`~.engine.Plan`, so its StreamingCache state is
+its alone. Neither ever runs or resets the plan ``Model.run`` uses: two sessions of one model and any
+number of offline runs interleave freely.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
-from ..errors import ShapeError
+from ..errors import ShapeError, UnsupportedError
 
 
 class Session:
@@ -26,16 +34,19 @@ class Session:
                     raise ShapeError(f"input {v.name!r} has no fixed shape {v.shape}; cannot stream it")
                 shapes[v.name] = tuple(v.shape)
         self.shapes = shapes
-        self.plan = model.plan(shapes)
-        self.plan.reset()
         self.program = None
         self.why_not_compiled = "disabled"
         if compiled:
             from .program import compile_plan
 
-            self.program, self.why_not_compiled = compile_plan(self.plan)
-            if self.program is not None:
-                self.program.reset()
+            # the model's plan is only read (shapes, constants); the program owns the session's state
+            self.program, self.why_not_compiled = compile_plan(model.plan(shapes))
+        if self.program is not None:
+            self.plan = self.program.plan  # what the program was lowered from; never run by the session
+        else:
+            from .engine import Plan
+
+            self.plan = Plan(model.graph, model.target, shapes)  # this session's own kernels and caches
         self.pushed = 0
         # A single integer input given as an array of exactly its dtype and shape needs no other check
         # (its values are in range by construction): push() skips prepare_inputs for it.
@@ -62,7 +73,8 @@ class Session:
         if self.program is not None and not intermediates:
             return self.program.run(feeds)
         if self.program is not None:
-            raise ValueError("intermediates need Session(model, compiled=False)")
+            raise UnsupportedError("intermediates are not kept by a compiled session: "
+                                   "use Session(model, compiled=False)")
         return self.plan.run(feeds, keep=intermediates)  # copies: the caller owns them
 
     def push_many(self, chunks) -> dict[str, np.ndarray]:
@@ -99,9 +111,11 @@ class Session:
         return out
 
     def reset(self) -> None:
-        self.plan.reset()
+        """Zero this session's caches (no other session's, and not those of ``Model.run``)."""
         if self.program is not None:
             self.program.reset()
+        else:
+            self.plan.reset()
         self.pushed = 0
 
     @property
