@@ -180,7 +180,7 @@ def write(doc: dict, extra: list[str]) -> str:
         lines.append(f"| {_cell(fig)} | {_cell(ours)} | {_cell(peer)} | {ratio} | {_cell(target)} | {_cell(mach)} |")
     lines += ["", "Notes: `push_many` validates and quantizes every chunk in Python (`Model.prepare_inputs`) "
               "before the one compiled call; `Program.run_many` is that compiled call alone. The onnxruntime "
-              "peers run `chunkwise.espdl.float_onnx.to_float_onnx` twins (dequantized weights, NCHW), i.e. "
+              "peers run `devtools.float_onnx.to_float_onnx` twins (dequantized weights, NCHW), i.e. "
               "the float computation the int8 model approximates. Cold/warm start times are wall clock of a "
               "subprocess; the CPU seconds are in the list below.",
               "", "## What each measurement ran", ""]

@@ -145,7 +145,7 @@ def test_peak_rss_mobilenetv2(benchmark, side, tmp_path):
         import warnings
 
         import chunkwise
-        from chunkwise.espdl.float_onnx import to_float_onnx
+        from devtools.float_onnx import to_float_onnx
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

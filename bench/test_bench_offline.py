@@ -36,7 +36,7 @@ def test_model_run(benchmark, which, threads):
 @pytest.mark.parametrize("threads", [1, None], ids=["1thread", "default_threads"])
 @pytest.mark.parametrize("which", list(MODELS))
 def test_ort_float(benchmark, which, threads):
-    from chunkwise.espdl.float_onnx import to_float_onnx
+    from devtools.float_onnx import to_float_onnx
 
     m = load(MODELS[which])
     twin = to_float_onnx(m.graph, io_layout="onnx")

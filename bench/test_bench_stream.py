@@ -56,7 +56,7 @@ def test_program_run_many(benchmark, session, tcn_chunks):
 def test_ort_window_step(benchmark, window, threads):
     """Peer: onnxruntime on the float twin of the OFFLINE TCN whose input is one receptive window
     (the float computation one streaming step stands for)."""
-    from chunkwise.espdl.float_onnx import to_float_onnx
+    from devtools.float_onnx import to_float_onnx
 
     m, frames = window
     (name,) = [v.name for v in m.graph.inputs]

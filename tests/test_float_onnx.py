@@ -1,4 +1,4 @@
-"""The float ONNX twin (chunkwise.espdl.float_onnx) runs in onnxruntime and computes what the
+"""The float ONNX twin (devtools.float_onnx) runs in onnxruntime and computes what the
 quantized model approximates: its output is compared with the emulator's dequantized output and with
 ESP-PPQ's embedded test outputs (cosine similarity: the twin is float, the model int8/int16)."""
 
@@ -14,7 +14,7 @@ ort = pytest.importorskip("onnxruntime")
 
 import chunkwise  # noqa: E402
 from chunkwise.errors import UnsupportedError  # noqa: E402
-from chunkwise.espdl.float_onnx import to_float_onnx  # noqa: E402
+from devtools.float_onnx import to_float_onnx  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 FIX = HERE / "fixtures"

@@ -4,7 +4,8 @@ The campaign mutates the repository's fixtures (plus ``../shared/zoo`` models up
 present, an AES-encrypted copy, a PDL3 package and generated causal networks, offline and streaming)
 2,000 times, runs every input through the reader in this process and every readable one
 (plus every 10th unreadable one) through ``chunkwise emu test`` / ``emu run`` in two worker processes,
-and requires zero crashes and zero hangs. The long campaign is ``chunkwise fuzz -n 50000 --seed 1``.
+and requires zero crashes and zero hangs. The long campaign is ``python -m devtools.fuzz -n 50000 --seed 1``
+(from the repository root; :mod:`devtools.fuzz` is development code, not part of the installed package).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -19,11 +22,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from chunkwise import fuzz
+from devtools import fuzz
 from chunkwise.cli import app
 from chunkwise.emu import registry
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = REPO / "tests" / "fixtures"
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 GEMM = FIXTURES / "gemm_esp32p4_1_16_kshap_16_16_relu_s8.espdl"
 CI_INPUTS = 2000
@@ -135,11 +139,30 @@ def test_read_target_time_limit():
         R.read_flatbuffer = real
 
 
-def test_fuzz_command(tmp_path):
-    r = CliRunner().invoke(app, ["fuzz", str(GEMM), "-n", "30", "--seed", "3", "--out", str(tmp_path), "--json"])
-    assert r.exit_code == 0, r.output
-    doc = json.loads(r.stdout)
+def test_fuzz_tool(tmp_path, capsys):
+    """``python -m devtools.fuzz``: the campaign from the command line of a source checkout."""
+    code = fuzz.main([str(GEMM), "-n", "30", "--seed", "3", "--out", str(tmp_path), "--json"])
+    assert code == 0
+    doc = json.loads(capsys.readouterr().out)
     assert doc["inputs"] == 30 and doc["passed"] and doc["crashes"] == 0 and doc["hangs"] == 0
     assert sum(doc["counts"]["read"].values()) == 30
-    r = CliRunner().invoke(app, ["fuzz", str(tmp_path / "missing.espdl"), "-n", "3"])
-    assert r.exit_code == 2 and "does not exist" in r.output
+    assert json.loads((tmp_path / "report.json").read_text()) == doc
+    assert fuzz.main([str(tmp_path / "missing.espdl"), "-n", "3"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_fuzz_tool_runs_as_a_module():
+    r = subprocess.run([sys.executable, "-m", "devtools.fuzz", "--help"], cwd=REPO, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0 and "--targets" in r.stdout, r.stderr
+
+
+def test_product_package_does_not_import_dev_code():
+    """The installed package holds no test/QA code and never imports devtools (absent from a wheel)."""
+    src = REPO / "src" / "chunkwise"
+    for name in ("fuzz.py", "espdl/float_onnx.py", "quant/compare.py", "cli/fuzz_cmd.py"):
+        assert not (src / name).exists(), name
+    users = [p.relative_to(REPO) for p in src.rglob("*.py") if "devtools" in p.read_text(encoding="utf-8")]
+    assert not users
+    r = CliRunner().invoke(app, ["fuzz", str(GEMM)])
+    assert r.exit_code == 2 and "No such command" in r.output

@@ -15,7 +15,9 @@ import numpy as np
 import onnx
 
 import chunkwise
-from chunkwise.quant.compare import Comparison, emulated_sqnr
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # devtools/ of this checkout
+from devtools.accuracy import Comparison, emulated_sqnr  # noqa: E402
 
 REFS = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "ppq_refs"
 

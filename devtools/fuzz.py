@@ -1,4 +1,9 @@
-"""A deterministic mutation fuzzer for the .espdl reader and the emulator (``chunkwise fuzz``).
+"""A deterministic mutation fuzzer for the .espdl reader and the emulator.
+
+A development tool of the source checkout (not part of the installed package): run it from the
+repository root as ``python -m devtools.fuzz [SEEDS ...] -n 50000 --seed 1 --out fuzz-out`` (``--help``
+for the options; exit code 0 iff no input crashed or hung). ``tests/test_fuzz.py`` runs the CI
+campaign through :func:`run_campaign`.
 
 Every mutated input is made from a seed file by a seeded :class:`random.Random`, so a campaign
 (``seeds``, ``n``, ``seed``) always produces the same inputs in the same order.
@@ -53,7 +58,7 @@ from typing import Iterable
 
 import numpy as np
 
-from .errors import ChunkwiseError
+from chunkwise.errors import ChunkwiseError
 
 FUZZ_KEY = bytes(range(1, 17))  # the AES key of the encrypted inputs the fuzzer makes
 OUTCOMES = ("ok", "error", "crash", "hang")
@@ -167,8 +172,8 @@ class Seed:
 
 def _trace_positions(fb, base: int) -> tuple[list[int], list[int]]:
     """Positions (relative to the file, ``base`` = where the FlatBuffer starts) of every field read."""
-    from .espdl import fbs
-    from .espdl import reader as R
+    from chunkwise.espdl import fbs
+    from chunkwise.espdl import reader as R
 
     hot32: set[int] = set()
     hot16: set[int] = set()
@@ -197,8 +202,8 @@ def _trace_positions(fb, base: int) -> tuple[list[int], list[int]]:
 
 
 def load_seed(name: str, data: bytes, key: bytes | None = None) -> Seed:
-    from .espdl import container
-    from .espdl.reader import read_model_bytes
+    from chunkwise.espdl import container
+    from chunkwise.espdl.reader import read_model_bytes
 
     view = memoryview(data)
     hot32: set[int] = set(range(0, min(len(data), 64), 4))  # container headers
@@ -238,8 +243,8 @@ def default_seed_files(fixtures: Path | None = None, shared: Path | None = None,
 
 def build_seeds(paths: Iterable[Path], derived: bool = True) -> list[Seed]:
     """Seeds from files; ``derived`` adds an AES-encrypted copy and a PDL3 package of the smallest ones."""
-    from .espdl import container
-    from .espdl.writer import to_flatbuffer
+    from chunkwise.espdl import container
+    from chunkwise.espdl.writer import to_flatbuffer
 
     seeds = [load_seed(str(p), Path(p).read_bytes()) for p in paths]
     if derived:
@@ -262,10 +267,10 @@ def build_seeds(paths: Iterable[Path], derived: bool = True) -> list[Seed]:
 def synthetic_seeds(graphs: Iterable[int] = (1, 2, 3)) -> list[Seed]:
     """Random causal networks from :mod:`chunkwise.ir.build` (conv, pools, pads, slices, gates, gemm
     heads), offline and converted to streaming models (StreamingCache nodes, compiled programs)."""
-    from .convert import stream
-    from .espdl.writer import to_bytes
-    from .ir.build import random_causal_graph
-    from .model import Model
+    from chunkwise.convert import stream
+    from chunkwise.espdl.writer import to_bytes
+    from chunkwise.ir.build import random_causal_graph
+    from chunkwise.model import Model
 
     out = []
     for s in graphs:
@@ -285,7 +290,7 @@ def synthetic_seeds(graphs: Iterable[int] = (1, 2, 3)) -> list[Seed]:
 
 
 def _rehash_pdl3(b: bytearray) -> None:
-    from .espdl.container import PDL3_HEADER, PDL3_SHA_OFFSET
+    from chunkwise.espdl.container import PDL3_HEADER, PDL3_SHA_OFFSET
 
     if len(b) >= PDL3_HEADER and bytes(b[:4]) == b"PDL3":
         b[PDL3_SHA_OFFSET:PDL3_SHA_OFFSET + 32] = bytes(32)
@@ -387,7 +392,7 @@ def _weird_ints(rng: random.Random, old: list | None) -> list[int]:
 
 def _weird_attr(rng: random.Random, name: str, a):
     """A new value for attribute ``a`` (None: make one of a random kind)."""
-    from .ir.graph import Attribute
+    from chunkwise.ir.graph import Attribute
 
     kind = a.kind if a is not None and rng.random() < 0.8 else rng.choice(("int", "ints", "float", "floats",
                                                                                "string", "strings"))
@@ -446,8 +451,8 @@ _STRUCT_KINDS = ("attr", "attr", "attr", "attr_del", "attr_add", "exp", "exp_ini
 
 def mutate_graph(rng: random.Random, graph) -> str:
     """One structural change of ``graph`` in place; returns its description."""
-    from .emu.registry import supported_ops
-    from .ir.graph import Tensor
+    from chunkwise.emu.registry import supported_ops
+    from chunkwise.ir.graph import Tensor
 
     kind = rng.choice(_STRUCT_KINDS)
     g = graph
@@ -574,8 +579,8 @@ def mutate_graph(rng: random.Random, graph) -> str:
 
 def mutate_structured(rng: random.Random, seed: Seed) -> tuple[bytes, str, bytes | None]:
     """Change the seed's IR, write it with chunkwise's writer; returns (bytes, description, key)."""
-    from .espdl import container
-    from .espdl.writer import to_flatbuffer
+    from chunkwise.espdl import container
+    from chunkwise.espdl.writer import to_flatbuffer
 
     descs = []
     for _attempt in range(4):
@@ -643,8 +648,8 @@ def _classify(index: int, target: str, exc: BaseException | None, t0: float) -> 
 
 def run_read(case: Case, timeout: float | None = None) -> Outcome:
     """The reader and Model construction, in this process (alarm-limited in the main thread)."""
-    from .espdl.reader import read_model_bytes
-    from .model import Model
+    from chunkwise.espdl.reader import read_model_bytes
+    from chunkwise.model import Model
 
     use_alarm = bool(timeout) and threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer")
     old = None
@@ -677,7 +682,7 @@ def _cli_runner():
     import typer.main
     from typer.testing import CliRunner
 
-    from .cli import app
+    from chunkwise.cli import app
 
     return CliRunner(), typer.main.get_command(app)
 
@@ -811,7 +816,7 @@ def _worker_main(conn, folder: str, max_tensor_bytes: int | None, mem_limit: int
             resource.setrlimit(resource.RLIMIT_AS, (mem_limit, mem_limit))
         except (ImportError, ValueError, OSError):
             pass
-    from . import limits
+    from chunkwise import limits
 
     runner, app = _cli_runner()
 
@@ -966,7 +971,7 @@ def run_campaign(seeds: list[Path] | list[Seed], n: int, seed: int = 0, targets:
     if not seed_objs:
         raise ChunkwiseError("no seed files: give .espdl files (or folders holding them)")
     t_start = time.monotonic()
-    from . import limits
+    from chunkwise import limits
 
     old_cap = limits._cap
     if max_tensor_bytes is not None:
@@ -1045,3 +1050,51 @@ def expand_seed_paths(items: Iterable[Path]) -> list[Path]:
         else:
             raise ChunkwiseError(f"seed {p} does not exist")
     return out
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The campaign from the command line (``python -m devtools.fuzz --help``); returns the exit code."""
+    import argparse
+    import sys
+
+    ap = argparse.ArgumentParser(prog="python -m devtools.fuzz", description=(
+        "Mutate seed models (bytes and IR) and run each through the reader and `chunkwise emu test` / "
+        "`emu run`. Exit code 0 iff no input crashed (a traceback or a dead worker) or hung; 2 on bad "
+        "arguments; 3 when an input crashed or hung (saved in --out with how to reproduce it)."))
+    ap.add_argument("seeds", nargs="*", type=Path, help="seed .espdl files or folders (default: tests/fixtures "
+                    "of this checkout and ../shared/zoo)")
+    ap.add_argument("-n", "--n", type=int, default=2000, help="number of mutated inputs (default 2000)")
+    ap.add_argument("-s", "--seed", type=int, default=0, help="random seed: the same seed gives the same inputs")
+    ap.add_argument("-o", "--out", type=Path, help="folder for crashing/hanging inputs and report.json")
+    ap.add_argument("--targets", default="read,run", help="comma-separated: read, run, inspect (default read,run)")
+    ap.add_argument("--timeout", type=float, default=10.0, help="seconds one input may take before it counts "
+                    "as a hang (default 10)")
+    ap.add_argument("-j", "--workers", type=int, default=2, help="worker processes for run/inspect (default 2)")
+    ap.add_argument("--max-seed-bytes", type=int, default=256 * 1024, help="skip seed files larger than this "
+                    "when searching folders (default 256 KiB)")
+    ap.add_argument("--json", action="store_true", help="print the report as one JSON document")
+    args = ap.parse_args(argv)
+    if args.n < 0 or args.workers < 1 or args.timeout < 0.1 or args.max_seed_bytes < 1:
+        ap.error("-n must be >= 0, --workers >= 1, --timeout >= 0.1 and --max-seed-bytes >= 1")
+    try:
+        if args.seeds:
+            files = [p for p in expand_seed_paths(args.seeds) if not p.is_dir()]
+            files = [p for p in files if p.stat().st_size <= args.max_seed_bytes or p in args.seeds]
+        else:
+            files = default_seed_files(REPO / "tests" / "fixtures", REPO.parent / "shared", args.max_seed_bytes)
+            if not files:
+                raise ChunkwiseError(f"no seed files under {REPO / 'tests' / 'fixtures'}: pass seed files")
+        report = run_campaign(files, args.n, args.seed, [t.strip() for t in args.targets.split(",") if t.strip()],
+                              out_dir=args.out, timeout=args.timeout, workers=args.workers)
+    except ChunkwiseError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    print(json.dumps(report.as_dict(), indent=2) if args.json else report.render())
+    return 0 if report.ok else 3
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -34,9 +34,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..errors import UnsupportedError
-from ..ir.graph import Graph, Node
-from .onnx_export import _attribute
+from chunkwise.errors import UnsupportedError
+from chunkwise.ir.graph import Graph, Node
+from chunkwise.espdl.onnx_export import _attribute
 
 OPSET = 18
 
