@@ -305,12 +305,12 @@ def test_rnn_vs_naive(op, dtype, target):
         assert np.abs(outs["y"].astype(np.int64)).max() > 0
 
 
-def test_lut_table_matches_naive():
-    from chunkwise.emu.ops.rnn import lut_table
+def test_gate_lut_matches_naive():
+    from chunkwise.emu.ops.rnn import gate_lut
 
     for ge in (-8, -9, -12):
         for bound, is_tanh in ((6.3, False), (3.5, True)):
-            table, qmin, qmax = lut_table(ge, bound, is_tanh)
+            table, qmin, qmax = gate_lut(ge, bound, is_tanh)
             ref = naive.Lut(ge, bound, is_tanh)
             assert (qmin, qmax) == (ref.qmin, ref.qmax)
             np.testing.assert_array_equal(table, np.array(ref.table, dtype=np.float32))

@@ -551,7 +551,7 @@ def _golden_luts():
 def test_lut_tables_match_esp_ppq_goldens(path, bits):
     """Our table for the golden's op, attributes and exponents equals the table ESP-PPQ exported."""
     from chunkwise.emu.rounding import TARGETS as MODES
-    from chunkwise.quant.export import FNode, lut_function, lut_table
+    from chunkwise.quant.export import FNode, export_lut, lut_function
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -563,7 +563,7 @@ def test_lut_tables_match_esp_ppq_goldens(path, bits):
     attrs = {k: n.attr(k) for k in ("alpha", "beta") if n.attr(k) is not None}
     ref = g.initializers[n.attr("lut")]
     e_in, e_out = g.value_info[n.inputs[0]].exponent, ref.exponent
-    table = lut_table(lut_function(FNode(op, n.name, [], [], attrs)), op, e_in, e_out, bits, MODES["esp32p4"])
+    table = export_lut(lut_function(FNode(op, n.name, [], [], attrs)), op, e_in, e_out, bits, MODES["esp32p4"])
     assert table.shape == ref.data.shape
     mismatch = int(np.sum(table != ref.data))
     # ESP-PPQ evaluates the function with torch's float32 kernels; ours are numpy's: a value within

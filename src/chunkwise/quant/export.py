@@ -91,7 +91,7 @@ def lut_function(node: FNode):
     raise UnsupportedError("no table for this operator", node=node.name, op=op, supported=sorted(LUT_OPS))
 
 
-def lut_table(fn, op: str, e_in: int, e_out: int, bits: int, mode: int) -> np.ndarray:
+def export_lut(fn, op: str, e_in: int, e_out: int, bits: int, mode: int) -> np.ndarray:
     """The table ESP-PPQ exports: ``fn`` at every input code (int16: every ``INT16_LUT_STEP``-th code and the
     end point 32768, except the ops ESP-DL runs natively in int16), quantized at ``e_out``."""
     if bits == 8:
@@ -707,7 +707,7 @@ class Exporter:
             if k in n.attrs and n.op in ("LeakyRelu", "HardSigmoid", "Elu"):  # ONNX defaults otherwise)
                 attrs[k] = float(n.attrs[k])
         op = n.op
-        table = lut_table(fn, op, e_in, e_out, bits, self.mode)
+        table = export_lut(fn, op, e_in, e_out, bits, self.mode)
         if bits == 16 and op not in INT16_NATIVE_LUT:
             attrs["int16_lut_step"] = INT16_LUT_STEP
             attrs["original_op_type"] = op

@@ -43,7 +43,7 @@ def _fill_table(table, scale, is_tanh):
     return table
 
 
-def lut_table(gate_exp: int, bound: float, is_tanh: bool) -> tuple[np.ndarray, int, int]:
+def gate_lut(gate_exp: int, bound: float, is_tanh: bool) -> tuple[np.ndarray, int, int]:
     """(table, quant_min, quant_max) of ESP-DL's SigmoidLUT / TanhLUT."""
     scale = np.float32(2.0 ** gate_exp)
     b = np.float32(bound)
@@ -255,8 +255,8 @@ def _rnn_common(node, ctx, ins, outs, gates: int):
     rt = np.ascontiguousarray(r.const.reshape(ndir, gates * hidden, hidden))
     bt = (np.ascontiguousarray(b.const.astype(np.int64).reshape(ndir, 2 * gates * hidden)) if b is not None
           else np.zeros((0, 0), dtype=np.int64))
-    sig = lut_table(gate_exp, 6.3, False)
-    tnh = lut_table(gate_exp, 3.5, True)
+    sig = gate_lut(gate_exp, 6.3, False)
+    tnh = gate_lut(gate_exp, 3.5, True)
     return dict(x=x, hidden=hidden, ndir=ndir, seq=seq, in_size=in_size, wt=wt, rt=rt, bt=bt, h0=h0,
                 gate_exp=gate_exp, e_y=e_y, w_shift=w_shift, r_shift=r_shift, isa_w=isa_w, isa_r=isa_r,
                 sig=sig, tnh=tnh)
