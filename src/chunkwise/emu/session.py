@@ -82,7 +82,9 @@ class Session:
         ``{name: [N, *chunk shape]}``. Validated once, then run in one compiled call when the model compiles.
         Outputs are stacked on a new leading axis."""
         if isinstance(chunks, np.ndarray):
-            chunks = {self.input_names[0]: chunks} if len(self.input_names) == 1 else chunks
+            if len(self.input_names) != 1:
+                raise ShapeError(f"the model has inputs {self.input_names}: pass {{name: [N, *chunk shape]}}")
+            chunks = {self.input_names[0]: chunks}
         if not isinstance(chunks, dict):
             chunks = list(chunks)
             if not chunks:

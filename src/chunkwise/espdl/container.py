@@ -162,14 +162,12 @@ def unwrap(entry: Entry, key: bytes | None, path: str | None = None) -> tuple[st
             field="size", path=path,
         )
     fb = blob[hdr:hdr + size]
-    if mode == 1:
+    if mode == 1:  # (a key given for a plain model is ignored: harmless)
         if key is None:
             raise KeyRequiredError(
                 f"{path or 'model'} is AES-128 encrypted: pass its key (--key HEX / key=...)"
             )
         fb = aes_ctr(fb, key)
-    elif key is not None:
-        pass  # a key for a plain model is harmless
     return magic.decode(), mode, fb
 
 

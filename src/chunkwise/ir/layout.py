@@ -66,7 +66,7 @@ def _geometry(t: Tensor, role: str) -> tuple[int, int, int, int]:
     return 1, s, d[-2], d[-1]
 
 
-def _order(layout: str, role: str, s: int, c: int, n: int) -> np.ndarray:
+def layout_order(layout: str, role: str, s: int, c: int, n: int) -> np.ndarray:
     """For each memory position, the flat index into the logical ``[S][Cin][Cout]`` array."""
     logical = np.arange(s * c * n, dtype=np.int64).reshape(s, c, n)
     t = logical.transpose(2, 0, 1)  # [N][S][C] view: t[n, s, c] = index of L[s, c, n]
@@ -96,7 +96,7 @@ def _order(layout: str, role: str, s: int, c: int, n: int) -> np.ndarray:
 def unpack(t: Tensor, role: str, flat: np.ndarray) -> np.ndarray:
     """Logical array of a weight stored in ``t.layout`` memory order."""
     batch, s, c, n = _geometry(t, role)
-    order = _order(t.layout, role, s, c, n)
+    order = layout_order(t.layout, role, s, c, n)
     flat = flat.reshape(batch, s * c * n)
     out = np.empty_like(flat)
     out[:, order] = flat
@@ -106,7 +106,7 @@ def unpack(t: Tensor, role: str, flat: np.ndarray) -> np.ndarray:
 def pack(t: Tensor, role: str) -> np.ndarray:
     """Memory-order flat array of a logical weight, as ESP-DL expects it."""
     batch, s, c, n = _geometry(t, role)
-    order = _order(t.layout, role, s, c, n)
+    order = layout_order(t.layout, role, s, c, n)
     return np.ascontiguousarray(t.data).reshape(batch, s * c * n)[:, order].ravel()
 
 

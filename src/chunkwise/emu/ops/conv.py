@@ -19,7 +19,7 @@ Two exact ways to compute ``sum(x * w)``, chosen per node in ``prepare``:
   the weights as a ``[kH*kW*Cin, Cout]`` matrix. Every product and every partial sum is an integer, so
   float32 computes them exactly while ``max|x| * max_c sum|w[:, c]| <= 2**24`` (float64: ``2**52``),
   whatever order BLAS adds in; :func:`gemm_dtype` checks that bound from the weights. The exact sums
-  are then requantized by :func:`_requant_gemm` with the same rounding rule as the integer path.
+  are then requantized by :func:`requant_gemm` with the same rounding rule as the integer path.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import numpy as np
 from numba import njit
 from numpy.lib.stride_tricks import sliding_window_view
 
+from ...ir.ops import window
 from ..registry import Prepared, kernel
 from ..rounding import clamp, qrange, requant, round_f
 
@@ -110,7 +111,7 @@ def _dwconv2d(x, w, bias, shifts, out, acc, sh, sw, dh, dw, pt, pl, relu, lo, hi
 
 
 @njit(cache=True, nogil=True)
-def _requant_gemm(sums, bias, scale, out, lo, hi, mode):
+def requant_gemm(sums, bias, scale, out, lo, hi, mode):
     """out[r, c] = clamp(round((sums[r, c] + bias[c]) * scale[c]), lo, hi), ``scale = 2**-shift``.
 
     ``sums`` hold exact integers and ``gemm_dtype`` bounds |sums + bias| by 2**52, so the float64
@@ -147,7 +148,7 @@ def gemm_dtype(w2d: np.ndarray, bias: np.ndarray, shifts: np.ndarray, x_dtype: s
 
 
 def gemm_epilogue(bias: np.ndarray, shifts: np.ndarray, relu: bool, x_dtype: str):
-    """The arguments of :func:`_requant_gemm` after ``bias``/``shifts``: (bias as float64, ``2**-shift`` as
+    """The arguments of :func:`requant_gemm` after ``bias``/``shifts``: (bias as float64, ``2**-shift`` as
     float64, lo, hi), a fused Relu raising ``lo`` to 0."""
     lo, hi = qrange(x_dtype)
     return bias.astype(np.float64), np.ldexp(1.0, -shifts.astype(np.int64)), (max(lo, 0) if relu else lo), hi
@@ -167,30 +168,14 @@ def acc_dtype(w: np.ndarray, bias: np.ndarray, x_dtype: str) -> np.dtype:
     return np.dtype(np.int32) if bound < 2**31 - 1 else np.dtype(np.int64)
 
 
-def _as_list(v, n, default):
-    if v is None:
-        return [default] * n
-    return [int(a) for a in v]
-
-
 def conv_geometry(ctx, x_shape, w_dims, depthwise_hint=None):
     """Validated (spatial dims, kernel, strides, dilations, pads) of a Conv node; 1-D as H = 1."""
     node = ctx.node
     rank = len(x_shape)
     ctx.require(rank in (3, 4), f"input rank {rank}; Conv takes NWC (3-D) or NHWC (4-D) activations")
     nsp = rank - 2
-    ks = node.attr("kernel_shape") or list(w_dims[:nsp])
-    ctx.require(len(ks) == nsp, f"kernel_shape {ks} does not match a {nsp}-D conv")
-    ctx.require(all(int(k) >= 1 for k in ks), f"kernel_shape {ks} must be >= 1")
-    strides = _as_list(node.attr("strides"), nsp, 1)
-    dil = _as_list(node.attr("dilations"), nsp, 1)
-    pads = _as_list(node.attr("pads"), 2 * nsp, 0)
-    ctx.require(len(strides) == nsp and len(dil) == nsp and len(pads) == 2 * nsp,
-                f"strides {strides}, dilations {dil}, pads {pads} do not fit a {nsp}-D conv")
-    auto_pad = node.attr("auto_pad", "NOTSET") or "NOTSET"
-    ctx.require(auto_pad in ("NOTSET", ""), f"auto_pad={auto_pad!r}", supported=["NOTSET (explicit pads)"])
-    ctx.require(all(s >= 1 for s in strides) and all(d >= 1 for d in dil), "strides and dilations must be >= 1")
-    ctx.require(all(p >= 0 for p in pads), f"negative pads {pads}")
+    geo = window(node, nsp, w_dims)
+    ks, strides, dil, pads = list(geo.kernel), list(geo.strides), list(geo.dilations), geo.pads
     if nsp == 1:
         return ([1, x_shape[1]], [1, int(ks[0])], [1, strides[0]], [1, dil[0]], [0, pads[0], 0, pads[1]])
     return (list(x_shape[1:3]), [int(k) for k in ks], strides, dil, [pads[0], pads[1], pads[2], pads[3]])
@@ -330,7 +315,7 @@ def _gemm_conv(ctx, wt, bias, shifts, fdt, x_shape, o_hw, k_hw, strides, dils, p
             np.copyto(a.reshape(n, oh, ow, kh, kw, cin), win.transpose(0, 1, 2, 4, 5, 3), casting="unsafe")
         sums = scratch.get("gemm.c", (rows, cout), fdt)
         np.matmul(a, w2, out=sums)  # numpy's BLAS may use several threads here
-        _requant_gemm(sums, bias_f, scale, out, lo, hi, mode)
+        requant_gemm(sums, bias_f, scale, out, lo, hi, mode)
         return out
 
     return run

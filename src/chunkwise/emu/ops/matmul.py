@@ -25,10 +25,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ...ir.layout import _order
+from ...ir.layout import layout_order
 from ..registry import Prepared, kernel
 from ..rounding import qrange, requant
-from .conv import GEMM_MIN_MACS, _requant_gemm, dot_bound, exact_float_dtype, gemm_epilogue
+from .conv import GEMM_MIN_MACS, dot_bound, exact_float_dtype, gemm_epilogue, requant_gemm
 
 ACTIVATIONS = ("Linear", "Relu")
 LAYOUTS = ("packed", "native_kn")
@@ -60,7 +60,7 @@ def _dynamic_order(target: str, dtype: str, k: int, n: int) -> np.ndarray | None
     else:
         a = 16 if dtype == "int8" else 8
         layout = f"(N/{a})HWC{a}" + ("_UNALIGNED" if n % a else "")
-    return _order(layout, "conv", 1, k, n)
+    return layout_order(layout, "conv", 1, k, n)
 
 
 def _broadcast_plan(ctx, sa, sb):
@@ -162,7 +162,7 @@ def prepare_matmul(node, ctx, ins, outs):
             af = np.ascontiguousarray(aa).reshape(a3).astype(fdt)
             bf = logical_b(ba).astype(fdt)
             sums = np.matmul(af[ia_arr], bf[ib_arr])  # [t, m, n], exact
-            _requant_gemm(sums.reshape(t * m, n), no_bias, scale, o.reshape(t * m, n), lo_f, hi_f, mode)
+            requant_gemm(sums.reshape(t * m, n), no_bias, scale, o.reshape(t * m, n), lo_f, hi_f, mode)
             return (o.reshape(out_shape),)
 
         return Prepared([out_shape], run, macs=macs, info={"strategy": f"gemm {fdt.name}"})
