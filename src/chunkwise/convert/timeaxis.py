@@ -18,8 +18,13 @@ import numpy as np
 
 from ..errors import StreamingError
 from ..ir.graph import Graph, Node
+from ..ir.ops import TimeRule
 
 INT64_MAX = 2**63 - 1
+
+# The time rules (chunkwise.ir.ops.TimeRule) this analysis implements: the coverage table's "stream" column.
+RULES = frozenset({TimeRule.FRAME, TimeRule.BINARY, TimeRule.WINDOW, TimeRule.PAD, TimeRule.TRANSPOSE,
+                   TimeRule.SLICE, TimeRule.RESHAPE, TimeRule.AXES, TimeRule.CONTRACT})
 
 PER_FRAME_UNARY = {
     "Relu", "LeakyRelu", "PRelu", "Clip", "Sigmoid", "Tanh", "Swish", "HardSigmoid", "HardSwish", "Elu", "Gelu",

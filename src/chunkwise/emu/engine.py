@@ -23,7 +23,8 @@ import numpy as np
 from ..errors import ChunkwiseError, ShapeError, UnsupportedError
 from ..ir.graph import Graph, Node
 from ..limits import check_alloc
-from .registry import ATTR_KIND, Ctx, Prepared, Scratch, Spec, get_kernel
+from ..ir.ops import check_attr_kinds
+from .registry import Ctx, Prepared, Scratch, Spec, get_kernel
 from .rounding import rounding_mode
 
 
@@ -59,11 +60,8 @@ def _check_node(node: Node) -> None:
         raise UnsupportedError("the node has no outputs", node=node.name, op=node.op_type)
     if node.inputs and not node.inputs[0]:
         raise UnsupportedError("input 0 is empty (omitted); it is required", node=node.name, op=node.op_type)
+    check_attr_kinds(node)
     for k, a in node.attrs.items():
-        want = ATTR_KIND.get(k)
-        if want is not None and a.kind != want and not (want == "float" and a.kind == "int"):
-            raise UnsupportedError(f"attribute {k!r} is of kind {a.kind}, expected {want}",
-                                   node=node.name, op=node.op_type)
         if a.kind in ("int", "float", "string", "ints", "floats") and a.value is None:
             raise UnsupportedError(f"attribute {k!r} has no value", node=node.name, op=node.op_type)
 

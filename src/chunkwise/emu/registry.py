@@ -22,23 +22,12 @@ from ..ir.graph import Graph, Node, Tensor
 
 KERNELS: dict[str, Callable] = {}
 
-# The kind every attribute has in ONNX and in ESP-PPQ's exports (checked over every golden and zoo
-# model): the engine refuses a node whose attribute has another kind before its kernel reads it.
-ATTR_KIND: dict[str, str] = {
-    **dict.fromkeys(("activation", "approximate", "auto_pad", "coordinate_transformation_mode", "mode",
-                     "nearest_mode", "quant_type", "reduction", "lut", "direction", "original_op_type",
-                     "keep_aspect_ratio_policy", "input1_layout"), "string"),
-    **dict.fromkeys(("allowzero", "axis", "batch_axis", "blocksize", "ceil_mode", "count_include_pad", "fmod",
-                     "frame_axis", "group", "int16_lut_step", "keepdims", "noop_with_empty_axes", "p", "stash_type",
-                     "storage_order", "time_axis", "transA", "transB", "window_size", "hidden_size",
-                     "linear_before_reset", "input_forget", "layout", "num_outputs", "exclude_outside",
-                     "antialias", "select_last_index", "gate_exponent"), "int"),
-    **dict.fromkeys(("alpha", "beta", "cubic_coeff_a", "epsilon", "clip", "extrapolation_value", "gamma"),
-                    "float"),
-    **dict.fromkeys(("dilations", "kernel_shape", "output_padding", "pads", "perm", "stride", "strides", "axes",
-                     "split", "output_shape"), "ints"),
-    "activations": "strings",
-}
+def attr_kinds() -> dict[str, str]:
+    """The kind of every attribute name, from the operator definitions (:mod:`chunkwise.ir.ops`): the
+    engine refuses a node whose attribute has another kind before its kernel reads it."""
+    from ..ir.ops import attr_kinds as from_defs
+
+    return from_defs()
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,14 @@ from .export import Exporter, Namer, apply_layout, assign_exponents, insert_requ
 from .prepare import FGraph, prepare
 from .report import ErrorAccumulator, plot_report
 
-__all__ = ["quantize", "plot_report", "METHODS", "REPORT_SAMPLES"]
+__all__ = ["quantize", "plot_report", "supported_float_ops", "METHODS", "REPORT_SAMPLES"]
+
+
+def supported_float_ops() -> set[str]:
+    """Float ONNX operators the quantizer takes (the coverage table's "quantize" column)."""
+    from .prepare import FLOAT_OPS_SUPPORTED
+
+    return set(FLOAT_OPS_SUPPORTED)
 
 REPORT_SAMPLES = 4
 

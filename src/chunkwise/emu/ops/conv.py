@@ -28,6 +28,7 @@ import numpy as np
 from numba import njit
 from numpy.lib.stride_tricks import sliding_window_view
 
+from ...ir.ops import window
 from ..registry import Prepared, kernel
 from ..rounding import clamp, qrange, requant, round_f
 
@@ -167,30 +168,14 @@ def acc_dtype(w: np.ndarray, bias: np.ndarray, x_dtype: str) -> np.dtype:
     return np.dtype(np.int32) if bound < 2**31 - 1 else np.dtype(np.int64)
 
 
-def _as_list(v, n, default):
-    if v is None:
-        return [default] * n
-    return [int(a) for a in v]
-
-
 def conv_geometry(ctx, x_shape, w_dims, depthwise_hint=None):
     """Validated (spatial dims, kernel, strides, dilations, pads) of a Conv node; 1-D as H = 1."""
     node = ctx.node
     rank = len(x_shape)
     ctx.require(rank in (3, 4), f"input rank {rank}; Conv takes NWC (3-D) or NHWC (4-D) activations")
     nsp = rank - 2
-    ks = node.attr("kernel_shape") or list(w_dims[:nsp])
-    ctx.require(len(ks) == nsp, f"kernel_shape {ks} does not match a {nsp}-D conv")
-    ctx.require(all(int(k) >= 1 for k in ks), f"kernel_shape {ks} must be >= 1")
-    strides = _as_list(node.attr("strides"), nsp, 1)
-    dil = _as_list(node.attr("dilations"), nsp, 1)
-    pads = _as_list(node.attr("pads"), 2 * nsp, 0)
-    ctx.require(len(strides) == nsp and len(dil) == nsp and len(pads) == 2 * nsp,
-                f"strides {strides}, dilations {dil}, pads {pads} do not fit a {nsp}-D conv")
-    auto_pad = node.attr("auto_pad", "NOTSET") or "NOTSET"
-    ctx.require(auto_pad in ("NOTSET", ""), f"auto_pad={auto_pad!r}", supported=["NOTSET (explicit pads)"])
-    ctx.require(all(s >= 1 for s in strides) and all(d >= 1 for d in dil), "strides and dilations must be >= 1")
-    ctx.require(all(p >= 0 for p in pads), f"negative pads {pads}")
+    geo = window(node, nsp, w_dims)
+    ks, strides, dil, pads = list(geo.kernel), list(geo.strides), list(geo.dilations), geo.pads
     if nsp == 1:
         return ([1, x_shape[1]], [1, int(ks[0])], [1, strides[0]], [1, dil[0]], [0, pads[0], 0, pads[1]])
     return (list(x_shape[1:3]), [int(k) for k in ks], strides, dil, [pads[0], pads[1], pads[2], pads[3]])

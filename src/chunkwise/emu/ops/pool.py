@@ -22,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from ...ir.ops import window
 from ..registry import Prepared, kernel
 from ..rounding import clamp, qrange, round_f32
 
@@ -73,33 +74,17 @@ def _max_pool(x, out, kh, kw, sh, sw, pt, pl):
     return out
 
 
-def _ints(v, n, default, what, ctx):
-    if v is None:
-        return [default] * n
-    v = [int(a) for a in v]
-    ctx.require(len(v) == n, f"{what} {v} has {len(v)} values for a {n}-D pool")
-    return v
-
-
 def pool_geometry(ctx, shape):
     """Validated (n, H, W, C), kernel (kh, kw), strides, pads (top, left, bottom, right), output (oh, ow)."""
     node = ctx.node
     ctx.require(shape is not None and len(shape) in (3, 4),
                 f"input shape {shape}; pools take NWC (3-D) or NHWC (4-D) activations")
     nsp = len(shape) - 2
-    ks = node.attr("kernel_shape")
-    ctx.require(ks is not None, "kernel_shape is required")
-    ks = _ints(ks, nsp, 1, "kernel_shape", ctx)
-    strides = _ints(node.attr("strides"), nsp, 1, "strides", ctx)
-    pads = _ints(node.attr("pads"), 2 * nsp, 0, "pads", ctx)
-    dil = _ints(node.attr("dilations"), nsp, 1, "dilations", ctx)
-    auto_pad = node.attr("auto_pad", "NOTSET") or "NOTSET"
-    ctx.require(auto_pad in ("NOTSET", ""), f"auto_pad={auto_pad!r}", supported=["NOTSET (explicit pads)"])
+    geo = window(node, nsp)
+    ks, strides, pads, dil = list(geo.kernel), list(geo.strides), geo.pads, list(geo.dilations)
     ctx.require(all(d == 1 for d in dil), f"dilations {dil} (ESP-DL pools have no dilation)",
                 supported=["dilations of 1"])
     ctx.require(int(node.attr("storage_order", 0) or 0) == 0, "storage_order=1", supported=["storage_order=0"])
-    ctx.require(all(k >= 1 for k in ks) and all(s >= 1 for s in strides), f"kernel {ks} / strides {strides}")
-    ctx.require(all(p >= 0 for p in pads), f"negative pads {pads}")
     if nsp == 1:
         n, w, c = shape
         h, kh, kw, sh, sw = 1, 1, ks[0], 1, strides[0]
