@@ -25,7 +25,7 @@ import numpy as np
 
 from ..errors import ShapeError, StreamingError, VerificationError
 from ..ir.graph import Graph, Node, Tensor, ValueInfo
-from .passes import PassResult, fresh_name, run_passes
+from ..ir.passes import PassResult, fresh_name, run_passes
 from .timeaxis import INT64_MAX, Cache, Decision, _slice_params, analyse, pad_values
 
 
