@@ -179,6 +179,164 @@ class GraphBuilder:
         return self._node("Gemm", [x, wn, bn], tuple(shp[:-1]) + (nout,), e_out, activation=act, alpha=1.0,
                           beta=1.0, transB=0)
 
+    # ---- more ops (the random causal graphs of tests/randgraph.py use these) -------------------------
+    def conv_full(self, x: str, cout: int | None = None, kernel=(1,), dilations=None, strides=None, pads=None,
+                  depthwise: bool = False, act: str = "Linear", out_exp: int | None = None) -> str:
+        """Conv with every geometry given: ``kernel`` (kt,) or (kt, kf); ``pads`` ONNX order [begins.., ends..]."""
+        shp = self.shapes[x]
+        nsp = len(shp) - 2
+        kernel = [int(k) for k in kernel]
+        dil = [int(v) for v in (dilations or [1] * nsp)]
+        st = [int(v) for v in (strides or [1] * nsp)]
+        pads = [int(v) for v in (pads or [0] * (2 * nsp))]
+        if not (len(kernel) == len(dil) == len(st) == nsp and len(pads) == 2 * nsp):
+            raise ValueError(f"conv geometry {kernel} {dil} {st} {pads} does not fit input {shp}")
+        cin = shp[-1]
+        cout = cin if depthwise else (cout or cin)
+        e_in = self.exp(x)
+        fan_in = int(np.prod(kernel)) * (1 if depthwise else cin)
+        w = self.rng.integers(-100, 101, size=tuple(kernel) + ((cin, 1) if depthwise else (cin, cout))).astype(np.int8)
+        e_w = self.rng.integers(-9, -6, size=cout)
+        bias = self.rng.integers(-2000, 2001, size=cout).astype(np.int32)
+        e_out = int(e_in + int(e_w.max()) + math.ceil(math.log2(60 * math.sqrt(fan_in))))
+        if out_exp is not None:
+            e_out = out_exp
+        wn = self._init("w", w, e_w, weight_layout(nsp + 2, cout, "int8", self.target, depthwise))
+        bn = self._init("b", bias, e_in + e_w)
+        out = [shp[0]]
+        for i in range(nsp):
+            out.append((shp[1 + i] + pads[i] + pads[i + nsp] - dil[i] * (kernel[i] - 1) - 1) // st[i] + 1)
+        out.append(cout)
+        return self._node("Conv", [x, wn, bn], out, e_out, activation=act, group=cin if depthwise else 1,
+                          kernel_shape=kernel, dilations=dil, strides=st, pads=pads)
+
+    def tanh(self, x: str) -> str:
+        return self.lut_act(x, "Tanh", np.tanh, -7)
+
+    def lut(self, x: str, op: str, fn, out_exp: int, **attrs) -> str:
+        """An int8 activation run as ESP-DL's LUT module (table at the output exponent), with extra attributes."""
+        out = self.lut_act(x, op, fn, out_exp)
+        for k, v in attrs.items():
+            self.g.nodes[-1].attrs[k] = make_attribute(v)
+        return out
+
+    def leaky_relu(self, x: str, alpha: float = 0.1, out_exp: int | None = None) -> str:
+        """LeakyRelu without a table (ESP-DL computes it in float32)."""
+        return self._node("LeakyRelu", [x], self.shapes[x], self.exp(x) if out_exp is None else out_exp,
+                          alpha=float(alpha))
+
+    def prelu(self, x: str, slopes, slope_exp: int = -7, table: bool = False) -> str:
+        """PRelu with int8 slopes: one per channel (ESP-DL needs a 4-D NHWC input for that), or one slope,
+        optionally run as a LUT (``table=True``, as ESP-PPQ exports a single-slope int8 PRelu)."""
+        s = np.asarray(slopes, dtype=np.int8).ravel()
+        sn = self._init("slope", s, (slope_exp,))
+        out = self._node("PRelu", [x, sn], self.shapes[x], self.exp(x))
+        if table:
+            if s.size != 1:
+                raise ValueError("a PRelu table needs a single slope")
+            e_in = self.exp(x)
+            a = float(s[0]) * 2.0 ** slope_exp
+            idx = np.arange(-128, 128, dtype=np.float64) * 2.0 ** e_in
+            vals = np.clip(np.rint(np.where(idx >= 0, idx, idx * a) * 2.0 ** (-e_in)), -128, 127).astype(np.int8)
+            self.g.nodes[-1].attrs["lut"] = make_attribute(self._init("PRelu_lut", vals, (e_in,)))
+        return out
+
+    def clip(self, x: str, lo: int, hi: int) -> str:
+        """Clip with integer bounds at the input exponent (ESP-DL reads them as raw integers)."""
+        ln = self._init("clip_min", np.array(lo, dtype=np.int8), (self.exp(x),))
+        hn = self._init("clip_max", np.array(hi, dtype=np.int8), (self.exp(x),))
+        return self._node("Clip", [x, ln, hn], self.shapes[x], self.exp(x))
+
+    def requantize(self, x: str, out_exp: int) -> str:
+        """RequantizeLinear to ``out_exp`` with ESP-PPQ's scale / zero-point inputs (ESP-DL ignores them)."""
+        sn = self._init("rq_scale", np.array(2.0 ** (out_exp - self.exp(x)), dtype=np.float32))
+        zn = self._init("rq_zero", np.array(0, dtype=np.int8))
+        return self._node("RequantizeLinear", [x, sn, zn], self.shapes[x], out_exp)
+
+    def concat(self, xs, axis: int) -> str:
+        shapes = [self.shapes[x] for x in xs]
+        rank = len(shapes[0])
+        ax = axis % rank
+        out = list(shapes[0])
+        out[ax] = sum(s[ax] for s in shapes)
+        return self._node("Concat", list(xs), out, self.exp(xs[0]), axis=int(axis))
+
+    def split(self, x: str, sizes, axis: int) -> list[str]:
+        shp = self.shapes[x]
+        ax = axis % len(shp)
+        sn = self._init("split", np.array(sizes, dtype=np.int64))
+        node = Node("Split", self._name("Split"), [x, sn], [])
+        node.attrs["axis"] = make_attribute(int(axis))
+        node.attrs["quant_type"] = make_attribute("S8")
+        outs = []
+        for sz in sizes:
+            o = self._name("split_out")
+            out = list(shp)
+            out[ax] = int(sz)
+            self._value(o, out, self.exp(x))
+            node.outputs.append(o)
+            outs.append(o)
+        self.g.nodes.append(node)
+        return outs
+
+    def pad(self, x: str, pads) -> str:
+        """Constant zero Pad, ``pads`` in ONNX order (begins of every axis, then ends)."""
+        shp = self.shapes[x]
+        r = len(shp)
+        pads = [int(p) for p in pads]
+        pn = self._init("pads", np.array(pads, dtype=np.int64))
+        cv = self._init("pad_value", np.array(0, dtype=np.int8), (self.exp(x),))
+        out = [shp[a] + pads[a] + pads[a + r] for a in range(r)]
+        return self._node("Pad", [x, pn, cv], out, self.exp(x), mode="constant")
+
+    def reshape(self, x: str, shape) -> str:
+        shp = self.shapes[x]
+        shape = [int(v) for v in shape]
+        sn = self._init("shape", np.array(shape, dtype=np.int64))
+        out = [shp[i] if v == 0 else v for i, v in enumerate(shape)]
+        if -1 in out:
+            known = int(np.prod([v for v in out if v != -1]))
+            out[out.index(-1)] = int(np.prod(shp)) // known
+        return self._node("Reshape", [x, sn], out, self.exp(x), allowzero=0)
+
+    def matmul(self, x: str, nout: int, act: str = "Linear") -> str:
+        """MatMul with a constant int8 B [K, N] (per-column exponents) over the last axis of ``x``."""
+        shp = self.shapes[x]
+        k = shp[-1]
+        e_in = self.exp(x)
+        w = self.rng.integers(-100, 101, size=(k, nout)).astype(np.int8)
+        e_w = self.rng.integers(-9, -6, size=nout)
+        e_out = int(e_in + int(e_w.max()) + math.ceil(math.log2(60 * math.sqrt(k))))
+        bn = self._init("B", w, e_w, weight_layout(4, nout, "int8", self.target))
+        return self._node("MatMul", [x, bn], tuple(shp[:-1]) + (nout,), e_out, activation=act)
+
+    def gather(self, x: str, index: int, axis: int) -> str:
+        """Gather one index (a scalar: the axis disappears), as PyTorch's ``x[:, -1]`` exports."""
+        shp = self.shapes[x]
+        ax = axis % len(shp)
+        idx = self._init("indices", np.array(index, dtype=np.int64))
+        out = list(shp[:ax]) + list(shp[ax + 1:])
+        return self._node("Gather", [x, idx], out, self.exp(x), axis=int(axis))
+
+    def insert_zeros(self, x: str, stride, output_padding=None) -> str:
+        """ESP-PPQ's ConvTranspose lowering, first half: ``stride - 1`` zeros between input pixels."""
+        shp = self.shapes[x]
+        nsp = len(shp) - 2
+        stride = [int(s) for s in stride]
+        opad = [int(p) for p in (output_padding or [0] * nsp)]
+        out = list(shp)
+        for i in range(nsp):
+            d = shp[1 + i]
+            out[1 + i] = d + (stride[i] - 1) * (d - 1) + opad[i]
+        return self._node("InsertZeros", [x], out, self.exp(x), stride=stride, output_padding=opad)
+
+    def layer_norm(self, x: str, out_exp: int = -5) -> str:
+        """LayerNormalization over the last axis with int8 Scale (~1) and B (~0)."""
+        c = self.shapes[x][-1]
+        sn = self._init("ln_scale", self.rng.integers(48, 80, size=c).astype(np.int8), (-6,))
+        bn = self._init("ln_bias", self.rng.integers(-20, 21, size=c).astype(np.int8), (-6,))
+        return self._node("LayerNormalization", [x, sn, bn], self.shapes[x], out_exp, axis=-1, epsilon=1e-5)
+
 
 def random_causal_graph(seed: int, *, two_d: bool | None = None, frames: int | None = None,
                         head: str | None = None, max_layers: int = 5) -> tuple[Graph, dict]:
