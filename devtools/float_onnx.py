@@ -36,29 +36,30 @@ from onnx import TensorProto, helper, numpy_helper
 
 from chunkwise.errors import UnsupportedError
 from chunkwise.ir.graph import Graph, Node
-from chunkwise.espdl.onnx_export import _attribute
+from chunkwise.ir.ops import Layout, find
+from chunkwise.espdl.onnx_export import onnx_attribute
 
 OPSET = 18
 
-# ESP-PPQ's CONV_LAYOUT_OP_SET (+ Resize): ops ESP-DL runs on channel-last activations.
-CHANNEL_LAST = {"Conv", "AveragePool", "MaxPool", "GlobalAveragePool", "GlobalMaxPool", "DepthToSpace",
-                "Resize"}
-# ESP-DL ops with no faithful single float ONNX op (SpaceToDepth orders channels c*bs*bs + ..., not ONNX's)
-NO_TWIN = {"StreamingCache", "SpaceToDepth", "InsertZeros", "ConvTranspose"}
-ELEMENTWISE_UNARY = {"Relu", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Elu", "Gelu", "Swish", "LUT",
-                     "LeakyRelu", "Clip", "Abs", "Neg", "Exp", "Log", "Sqrt", "Softplus", "Erf", "Floor",
-                     "Ceil", "Round", "Sin", "Cos", "Not", "Identity"}
-QUANT_PASS = {"RequantizeLinear", "QuantizeLinear", "DequantizeLinear"}
-BINARY = {"Add", "Sub", "Mul", "Div", "Pow", "Equal", "Greater", "Less", "GreaterOrEqual", "LessOrEqual", "And",
-          "Or", "Mod", "PRelu", "Max", "Min"}
-AXIS_ATTR = {"Softmax", "LogSoftmax", "LpNormalization", "Concat", "Split"}
-REDUCE = {"ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceProd", "ReduceL1", "ReduceL2",
-          "ReduceSumSquare", "ReduceLogSum", "ReduceLogSumExp"}
-# inputs that are indices / shapes, never quantized data: (op, input index)
-_INDEX_INPUTS = {"Reshape": {1}, "Slice": {1, 2, 3, 4}, "Split": {1}, "Resize": {1, 2, 3}, "Pad": {1, 3},
-                 "Gather": {1}, "GatherElements": {1}, "Expand": {1}, "Tile": {1}, "Squeeze": {1},
-                 "Unsqueeze": {1}, "TopK": {1}, "ReverseSequence": {1}, "ScatterND": {1}, "ScatterElements": {1},
-                 "GatherND": {1}, **{r: {1} for r in REDUCE}}
+# What each ESP-DL op is (layout class, index inputs, axis attribute ...) comes from its definition
+# (chunkwise.ir.ops); the twin keeps no op-name lists. Ops whose definition says refuse["float_twin"]
+# have no faithful single float ONNX op.
+
+
+def _def(op: str):
+    return find(op)
+
+
+def _index_inputs(op: str) -> frozenset:
+    d = _def(op)
+    return d.index_inputs if d is not None else frozenset()
+
+
+def _is(op: str, layout: Layout) -> bool:
+    d = _def(op)
+    return d is not None and d.layout is layout
+
+
 _ESPDL_ONLY_ATTRS = {"quant_type", "lut", "activation", "original_op_type"}
 
 
@@ -155,7 +156,7 @@ class _Twin:
         t = self.g.initializers[name]
         if t.data is None:
             raise UnsupportedError(f"constant {name!r} has no data", node=node.name, op=node.op_type)
-        if i in _INDEX_INPUTS.get(node.op_type, ()):
+        if i in _index_inputs(node.op_type):
             return self.const(name, np.asarray(t.data))
         return self.const(name, _dequantize(t))
 
@@ -170,7 +171,7 @@ class _Twin:
         for k, a in node.attrs.items():
             if k in _ESPDL_ONLY_ATTRS or k in drop or (allowed is not None and k not in allowed):
                 continue
-            p = _attribute(k, a, False)
+            p = onnx_attribute(k, a, False)
             if p is not None:
                 out[k] = helper.get_attribute_value(p)
         return out
@@ -187,7 +188,7 @@ class _Twin:
                 continue
             shape = tuple(self.input_shapes.get(v.name, v.shape or ()))
             r = len(shape)
-            cl = r in (3, 4) and any(c.op_type in CHANNEL_LAST for c in self.consumers.get(v.name, []))
+            cl = r in (3, 4) and any(_is(c.op_type, Layout.SPATIAL) for c in self.consumers.get(v.name, []))
             q = _cl_perm(r) if cl else _ident(r)
             inv = _inverse(q)
             if self.io_layout == "espdl":
@@ -224,11 +225,13 @@ class _Twin:
         if op == "StreamingCache":
             raise UnsupportedError("StreamingCache: float twins are for offline models; convert the offline "
                                    "model instead", node=n.name, op=op)
-        if op in NO_TWIN:
-            raise UnsupportedError(f"{op} has no float twin yet", node=n.name, op=op)
+        d = _def(op)
+        if d is not None and d.refuse.get("float_twin"):
+            raise UnsupportedError(f"{op} has no float twin: {d.refuse['float_twin']}", node=n.name, op=op)
         if op in ("Conv", "Gemm"):
             return self.conv(n) if op == "Conv" else self.gemm(n)
-        if op in CHANNEL_LAST:
+        layout = d.layout if d is not None else None
+        if layout is Layout.SPATIAL:
             return self.channel_last(n)
         if op == "Transpose":
             x = n.inputs[0]
@@ -239,15 +242,17 @@ class _Twin:
             if n.outputs[0] in self.outputs:  # keep graph outputs distinct tensors
                 self.tname[n.outputs[0]] = self.tname[x]
             return
-        if op in QUANT_PASS:
+        if d is not None and d.family == "quant":  # (re)quantization is the identity in float
             x = n.inputs[0]
             self.set_out(n.outputs[0], self.tname[x], self.q[x])
             return
-        if op in ELEMENTWISE_UNARY:
-            return self.unary(n)
-        if op in BINARY and len(n.inputs) == 2:
+        if layout is Layout.ELEMENTWISE and len(n.inputs) == 2:  # PRelu: a broadcast slope
             return self.binary(n)
-        if op in AXIS_ATTR or (op in REDUCE and int(n.attr("keepdims", 1)) == 1):
+        if layout is Layout.ELEMENTWISE:
+            return self.unary(n)
+        if layout is Layout.BROADCAST and len(n.inputs) == 2:
+            return self.binary(n)
+        if layout is Layout.AXIS and op != "Slice" and (d.family != "reduce" or int(n.attr("keepdims", 1)) == 1):
             return self.axis_op(n)
         if op == "Slice":
             return self.slice(n)
@@ -385,7 +390,7 @@ class _Twin:
         inv = _inverse(q)
         for i, s in enumerate(n.inputs):
             if self.is_const(s):
-                c = _dequantize(self.g.initializers[s]) if i not in _INDEX_INPUTS.get(n.op_type, ()) else \
+                c = _dequantize(self.g.initializers[s]) if i not in _index_inputs(n.op_type) else \
                     np.asarray(self.g.initializers[s].data)
                 if c.size > 1 and q != _ident(r):
                     c = c.reshape((1,) * (r - c.ndim) + c.shape).transpose(inv)
@@ -404,13 +409,12 @@ class _Twin:
         r = self.rank(x)
         q = self.q[x]
         op = n.op_type
-        acts = self._acts(n)
         ins = []
         for i, s in enumerate(n.inputs):
             if not s:
                 ins.append("")
             elif self.is_const(s):
-                if op in REDUCE and i == 1:
+                if _def(op).family == "reduce" and i == 1:
                     axes = [q[int(a) % r] for a in np.asarray(self.g.initializers[s].data).ravel()]
                     ins.append(self.const(s, np.array(sorted(axes), dtype=np.int64)))
                 else:
@@ -420,13 +424,9 @@ class _Twin:
                     return self.generic(n)
                 ins.append(self.layout(s, q))
         attrs = self.attrs(n)
-        if op in AXIS_ATTR:
-            default = 0 if op == "Split" else (1 if op == "Concat" else -1)
-            attrs["axis"] = q[int(n.attr("axis", default)) % r]
-        elif op in REDUCE and (len(n.inputs) < 2 or not n.inputs[1]):
-            if int(n.attr("noop_with_empty_axes", 0) or 0) == 0 and q != _ident(r):
-                pass  # all axes: layout-free
-        del acts
+        axis = _def(op).attrs.get("axis")
+        if axis is not None:
+            attrs["axis"] = q[int(n.attr("axis", axis.default)) % r]
         outs = [self.out_name(o) if o else "" for o in n.outputs]
         self.emit(op, ins, outs, name=n.name, **attrs)
         for o, t in zip(n.outputs, outs):

@@ -94,7 +94,7 @@ def tensor_proto(t: Tensor, *, dequantize: bool = False) -> TensorProto:
     return p
 
 
-def _attribute(name: str, a: Attribute, dequantize: bool) -> AttributeProto | None:
+def onnx_attribute(name: str, a: Attribute, dequantize: bool) -> AttributeProto | None:
     k, v = a.kind, a.value
     if k == "string":
         return helper.make_attribute(name, bytes(v))
@@ -147,7 +147,7 @@ def _node_proto(n: Node, opset: int, dequantize: bool, ctx) -> onnx.NodeProto:
     attrs: dict[str, AttributeProto] = {}
     dropped: list[str] = []
     for k, a in n.attrs.items():
-        p = _attribute(k, a, dequantize)
+        p = onnx_attribute(k, a, dequantize)
         if p is None:
             dropped.append(f"{k} ({a.kind})")
         else:

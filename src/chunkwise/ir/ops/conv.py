@@ -22,12 +22,14 @@ define("ConvTranspose", "conv", espdl=False, time=TimeRule.UPSAMPLE, layout=Layo
               "output_shape": Attr("ints")},
        refuse={"emulate": "ESP-DL has no ConvTranspose module: the quantizer exports InsertZeros + Conv",
                "compiled": "exported as InsertZeros + Conv",
-               "stream": "exported as InsertZeros + Conv, which stream"},
+               "stream": "exported as InsertZeros + Conv, which stream",
+               "float_twin": "not an ESP-DL op"},
        doc="ONNX only: the quantizer rewrites it to InsertZeros + Conv (ESP-PPQ's convention)")
 define("InsertZeros", "conv", time=TimeRule.UPSAMPLE, layout=Layout.SPATIAL, exponent=ExpPolicy.PASSIVE,
        zero_to_zero=lambda node, consts: True, nonneg=lambda n, c, ins: bool(ins and ins[0]),
        attrs={"stride": Attr("ints", [1]), "output_padding": Attr("ints", [0])},
-       refuse={"quantize": "ESP-DL-only op: a float model writes ConvTranspose"},
+       refuse={"quantize": "ESP-DL-only op: a float model writes ConvTranspose",
+               "float_twin": "no single float ONNX op inserts zeros (ConvTranspose = InsertZeros + Conv)"},
        doc="inserts stride - 1 zeros between elements along the spatial axes (ConvTranspose = InsertZeros + Conv); "
            "its attribute is ``stride`` (dl_module_insert_zeros.hpp), one value or one per spatial axis")
 define("Gemm", "conv", time=TimeRule.CONTRACT, layout=Layout.ORIGIN, nonneg=_relu_nonneg,

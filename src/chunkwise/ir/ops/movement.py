@@ -92,7 +92,8 @@ define("DepthToSpace", "movement", time=TimeRule.AXES, layout=Layout.SPATIAL, ex
        zero_to_zero=_z, nonneg=nonneg_input)
 define("SpaceToDepth", "movement", time=TimeRule.AXES, layout=Layout.SPATIAL, exponent=ExpPolicy.PASSIVE,
        attrs={"blocksize": Attr("int")}, axes=_spatial_and_channels, zero_to_zero=_z, nonneg=nonneg_input,
-       refuse={"quantize": "ESP-DL orders SpaceToDepth's channels unlike ONNX: no float model counterpart"})
+       refuse={"quantize": "ESP-DL orders SpaceToDepth's channels unlike ONNX: no float model counterpart",
+               "float_twin": "ESP-DL orders SpaceToDepth's channels c*bs*bs + ..., not as ONNX does"})
 
 
 def _revseq_axes(node, rank, consts):

@@ -8,4 +8,5 @@ define("StreamingCache", "stream", time=TimeRule.CACHE, layout=Layout.ORIGIN, ex
        zero_to_zero=lambda node, consts: True, nonneg=nonneg_input,
        attrs={"window_size": Attr("int", 1), "frame_axis": Attr("int", 1)},
        refuse={"quantize": "inserted by `chunkwise stream`, not by the quantizer",
-               "stream": "the model already streams (it has StreamingCache nodes)"})
+               "stream": "the model already streams (it has StreamingCache nodes)",
+               "float_twin": "float twins are for offline models; convert the offline model instead"})
