@@ -973,7 +973,7 @@ def run_campaign(seeds: list[Path] | list[Seed], n: int, seed: int = 0, targets:
     t_start = time.monotonic()
     from chunkwise import limits
 
-    old_cap = limits._cap
+    old_cap = limits.max_tensor_bytes_override()
     if max_tensor_bytes is not None:
         limits.set_max_tensor_bytes(max_tensor_bytes)
     try:

@@ -26,6 +26,11 @@ def max_tensor_bytes() -> int:
     return _DEFAULT
 
 
+def max_tensor_bytes_override() -> int | None:
+    """The cap set by :func:`set_max_tensor_bytes` (None: the default/environment value applies)."""
+    return _cap
+
+
 def set_max_tensor_bytes(n: int | None) -> None:
     """Set the per-tensor cap in bytes (None restores the default/environment value)."""
     global _cap
