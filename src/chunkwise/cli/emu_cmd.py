@@ -67,8 +67,9 @@ def run(
     compare: Annotated[Optional[Path], typer.Option("--compare", help="Offline .espdl to check the streaming "
                                                     "outputs against.")] = None,
     frame_axis: Annotated[int, typer.Option("--frame-axis", help="Frame (time) axis of the input.")] = 1,
-    delay: Annotated[int, typer.Option("--delay", help="Frames the streaming output lags the offline one "
-                                       "(models converted with --allow-lookahead).")] = 0,
+    delay: Annotated[Optional[int], typer.Option("--delay", help="Frames the streaming output lags the offline "
+                                                 "one (default: streaming_delay_frames from the model's metadata, "
+                                                 "written by stream --allow-lookahead).")] = None,
     dump: Annotated[Optional[Path], typer.Option("--dump", help="Write every intermediate value as .npy here.")]
     = None,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="With --compare: PNG of streaming vs offline "
@@ -121,9 +122,12 @@ def run(
 
         sess = m.session()
         x = m.prepare_inputs(feeds, fixed_shape=False)
-        chunk = sess.shapes[names[0]][frame_axis]
-        parts = {k: split_chunks(v, chunk, frame_axis, chunks) for k, v in x.items()}
-        outs = sess.push_many([{k: parts[k][i] for k in names} for i in range(chunks)])
+        data = sess.input_names  # recurrent state inputs are carried by the session (given: the initial state)
+        chunk = sess.shapes[data[0]][frame_axis]
+        parts = {k: split_chunks(x[k], chunk, frame_axis, chunks) for k in data}
+        first = {k: v for k, v in x.items() if k not in data}
+        outs = sess.push_many([{**(first if i == 0 else {}), **{k: parts[k][i] for k in data}}
+                               for i in range(chunks)])
         values = outs
     else:
         values = m.run(feeds, intermediates=dump is not None)

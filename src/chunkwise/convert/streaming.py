@@ -26,7 +26,8 @@ import numpy as np
 from ..errors import ShapeError, StreamingError, VerificationError
 from ..ir.graph import Graph, Node, Tensor, ValueInfo
 from ..ir.passes import PassResult, fresh_name, run_passes
-from .timeaxis import INT64_MAX, Cache, Decision, _slice_params, analyse, pad_values
+from ..ir.ops import TimeRule, opdef
+from .timeaxis import INT64_MAX, Cache, Decision, Consts, analyse, pad_values, slice_params
 
 
 @dataclass
@@ -49,6 +50,8 @@ class StreamReport:
     offline_macs: int = 0
     offline_frames: int = 0
     delay_frames: int = 0
+    output_delays: dict[str, int] = field(default_factory=dict)
+    state: list[dict] = field(default_factory=list)
     latency_frames: int = 0
     outputs: dict[str, str] = field(default_factory=dict)
     passes: list[str] = field(default_factory=list)
@@ -73,6 +76,12 @@ class StreamReport:
         lines.append(f"MACs per chunk: {self.macs_per_chunk:,} (offline model: {self.offline_macs:,}; {ratio:.3f}x)")
         lines.append(f"algorithmic latency: {self.latency_frames} frames (chunk {self.chunk} + lookahead "
                      f"{self.delay_frames})")
+        if self.delay_frames:
+            lines.append(f"delay: {self.delay_frames} frames (recorded in the model's metadata as "
+                         "streaming_delay_frames; emu run --compare and Session align outputs by it)")
+        for p in self.state:
+            lines.append(f"state: {p['node']} {'hidden' if p['kind'] == 'h' else 'cell'}: output {p['output']!r} -> "
+                         f"input {p['input']!r} between chunks")
         for o, kind in self.outputs.items():
             lines.append(f"output {o}: {kind}")
         for n in self.notes:
@@ -122,8 +131,10 @@ def _cache_node(graph: Graph, src: str, frames: int, axis: int, consumer: str) -
     return node, out
 
 
-def _hoist(graph: Graph, c: Cache, shapes, time) -> tuple[str, int, int]:
-    """Move a cache up through Transposes/unary ops until time is the outermost non-unit axis."""
+def _hoist(graph: Graph, c: Cache, shapes, time, consts) -> tuple[str, int, int]:
+    """Move a cache up through Transposes and zero-preserving per-frame ops until time is the outermost
+    non-unit axis (ESP-DL's StreamingCache concatenates flat memory). A cache may move above an op only
+    when the op maps the zeros the cache starts with to the zeros the offline padding has."""
     node = graph.node(c.node)
     idx, axis = c.index, c.axis
     consumers = graph.consumers()
@@ -134,8 +145,10 @@ def _hoist(graph: Graph, c: Cache, shapes, time) -> tuple[str, int, int]:
         if int(np.prod(shp[:axis], dtype=np.int64)) == 1:
             return node.name, idx, axis
         prod = producers.get(src)
-        if prod is None or prod.op_type not in ("Transpose", "Relu", "Sigmoid", "Tanh", "LUT", "Identity") \
-                or len(consumers.get(src, [])) != 1:
+        od = opdef(prod.op_type) if prod is not None else None
+        movable = od is not None and (od.time == TimeRule.TRANSPOSE or (
+            od.time == TimeRule.FRAME and od.zero_to_zero(prod, consts)))
+        if not movable or len(consumers.get(src, [])) != 1:
             raise StreamingError(
                 f"cannot stream node {c.node!r}: its cache would sit on {src!r} whose frame axis {axis} is not "
                 f"outermost (shape {list(shp)}); ESP-DL's StreamingCache concatenates flat memory")
@@ -145,18 +158,27 @@ def _hoist(graph: Graph, c: Cache, shapes, time) -> tuple[str, int, int]:
 def insert_caches(graph: Graph, d: Decision, shapes, chunk: int, report: StreamReport) -> PassResult:
     if not d.caches:
         return PassResult(graph, False, "no window op needs past frames")
+    consts = Consts(graph)
+    shared: dict[tuple[str, int, int], str] = {}  # (value, frames, axis) -> cache output: one cache per history
     for c in d.caches:
         if c.delay_line or not c.hoist:
             name, idx, axis = c.node, c.index, c.axis
         else:
-            name, idx, axis = _hoist(graph, c, shapes, d.time)
+            name, idx, axis = _hoist(graph, c, shapes, d.time, consts)
         consumer = graph.node(name)
         src = consumer.inputs[idx]
+        key = (src, c.frames, axis)
+        if not c.delay_line and key in shared:
+            consumer.inputs[idx] = shared[key]
+            report.notes.append(f"{consumer.name} shares the {c.frames}-frame cache of {src!r}")
+            continue
         cnode, out = _cache_node(graph, src, c.frames, axis, consumer.name)
+        if not c.delay_line:
+            shared[key] = out
         pos = graph.nodes.index(consumer)
         new_nodes = [cnode]
         if c.delay_line:
-            frames = chunk // d.time[src].rate
+            frames = int(chunk / d.time[src].rate)
             sl_out = fresh_name(graph, f"{src}_{consumer.name}_delayed")
             starts = _const_tensor(graph, f"{sl_out}_starts", [0])
             ends = _const_tensor(graph, f"{sl_out}_ends", [frames])
@@ -176,11 +198,17 @@ def insert_caches(graph: Graph, d: Decision, shapes, chunk: int, report: StreamR
     return PassResult(graph, True, f"{len(d.caches)} caches")
 
 
-def _const_tensor(graph: Graph, base: str, values) -> str:
+def _const_tensor(graph: Graph, base: str, values, shape=None, dtype: str = "int64") -> str:
     name = fresh_name(graph, base)
-    graph.initializers[name] = Tensor(name, "int64", (len(values),), np.array(values, dtype=np.int64), (0,),
+    shape = (len(values),) if shape is None else tuple(shape)
+    graph.initializers[name] = Tensor(name, dtype, shape, np.array(values, dtype=dtype).reshape(shape), (0,),
                                       None, "", "raw")
     return name
+
+
+def _const(graph: Graph, name: str):
+    t = graph.initializers.get(name)
+    return None if t is None or t.data is None else np.asarray(t.data)
 
 
 def zero_time_padding(graph: Graph, d: Decision, shapes) -> PassResult:
@@ -195,7 +223,7 @@ def zero_time_padding(graph: Graph, d: Decision, shapes) -> PassResult:
             pads[i] = pads[i + nsp] = 0
             node.set_attr("pads", pads, "ints")
             changed = True
-    for name, (axis, _L) in d.pad_folds.items():
+    for name, axis in d.pad_folds.items():
         node = graph.node(name)
         rank = len(shapes[node.inputs[0]])
         pads = pad_values(graph, node, rank)
@@ -222,7 +250,7 @@ def rewrite_slices(graph: Graph, d: Decision, shapes) -> PassResult:
     for name, (kind, axis, K) in targets.items():
         node = graph.node(name)
         rank = len(shapes[node.outputs[0]])  # its input may now be a cache output
-        starts, ends, axes, steps = _slice_params(graph, node, rank)
+        starts, ends, axes, steps = slice_params(graph, node, rank)
         j = axes.index(axis)
         starts[j] = -K if kind == "tail" else 0
         ends[j] = INT64_MAX
@@ -231,13 +259,99 @@ def rewrite_slices(graph: Graph, d: Decision, shapes) -> PassResult:
     return PassResult(graph, True, f"{len(targets)} slices")
 
 
+def rewrite_gathers(graph: Graph, d: Decision) -> PassResult:
+    if not d.tail_gathers:
+        return PassResult(graph, False, "no frame selection by Gather")
+    for name, index in d.tail_gathers.items():
+        node = graph.node(name)
+        old = _const(graph, node.inputs[1])
+        new = np.full(old.shape, index, dtype=old.dtype if old.dtype.kind == "i" else np.int64)
+        node.inputs[1] = _const_tensor(graph, f"{name}_index_stream", new.ravel().tolist(), shape=new.shape,
+                                       dtype=str(new.dtype))
+    return PassResult(graph, True, f"{len(d.tail_gathers)} gathers take the newest frame index")
+
+
+def rewrite_upsamples(graph: Graph, d: Decision) -> PassResult:
+    """InsertZeros along time: a chunk of c frames becomes stride x c frames (stride - 1 zeros after the last)."""
+    if not d.upsamples:
+        return PassResult(graph, False, "no up-sampling along time")
+    for name, (i, s) in d.upsamples.items():
+        node = graph.node(name)
+        nsp = len(graph.info(node.inputs[0]).shape or ()) - 2 if graph.info(node.inputs[0]) else None
+        stride = [int(v) for v in (node.attr("stride") or [1])]
+        opad = [int(v) for v in (node.attr("output_padding") or [0])]
+        n = max(len(stride), len(opad), i + 1, nsp or 0)
+        stride = stride * n if len(stride) == 1 else stride
+        opad = opad * n if len(opad) == 1 else opad
+        opad[i] = s - 1
+        node.set_attr("stride", stride, "ints")
+        node.set_attr("output_padding", opad, "ints")
+    return PassResult(graph, True, f"{len(d.upsamples)} InsertZeros emit stride x chunk frames")
+
+
+STATE_KINDS = {"h": (5, 1, "hidden"), "c": (6, 2, "cell")}
+
+
+def carry_state(graph: Graph, d: Decision, shapes) -> PassResult:
+    """Recurrent state as graph inputs/outputs: ``<node>_h_in`` -> ``<node>_h_out`` (LSTM: also ``_c_``).
+
+    A state input that is already a graph input (the offline model's own initial state) stays; a state
+    output that is already a graph output keeps its name. The pairs go to ``metadata["streaming_state"]``
+    (JSON: a list of ``{node, kind, input, output}``); an application copies each output to its input
+    between chunks, as ``Session.push`` does.
+    """
+    if not d.recurrent:
+        return PassResult(graph, False, "no recurrent layer")
+    pairs = []
+    outputs = {v.name for v in graph.outputs}
+    inputs = {v.name for v in graph.inputs}
+    for r in d.recurrent:
+        node = graph.node(r.node)
+        for kind in ("h", "c") if r.cell else ("h",):
+            k_in, k_out, _what = STATE_KINDS[kind]
+            while len(node.inputs) <= k_in:
+                node.inputs.append("")
+            out = node.outputs[k_out] if len(node.outputs) > k_out else ""
+            ovi = graph.info(out) if out else None
+            if out not in outputs:
+                new = fresh_name(graph, f"{node.name}_{kind}_out")
+                if out:
+                    for user in graph.nodes:
+                        user.inputs = [new if i == out else i for i in user.inputs]
+                    graph.value_info.pop(out, None)
+                while len(node.outputs) <= k_out:
+                    node.outputs.append("")
+                node.outputs[k_out] = new
+                out = new
+                if ovi is None:
+                    raise StreamingError(f"cannot stream node {node.name!r}: its {_what} state output has no type")
+                graph.value_info[out] = ValueInfo(out, ovi.dtype, ovi.shape, tuple(ovi.exponents))
+                graph.outputs.append(ValueInfo(out, ovi.dtype, ovi.shape, tuple(ovi.exponents)))
+            ovi = graph.info(out)
+            src = node.inputs[k_in]
+            if src and src in inputs:
+                name = src
+            else:
+                name = fresh_name(graph, f"{node.name}_{kind}_in")
+                vi = ValueInfo(name, ovi.dtype, shapes.get(out) or ovi.shape, tuple(ovi.exponents))
+                graph.inputs.append(vi)
+                graph.value_info[name] = ValueInfo(name, vi.dtype, vi.shape, vi.exponents)
+                node.inputs[k_in] = name
+            pairs.append({"node": node.name, "kind": kind, "input": name, "output": out})
+        if len(node.inputs) > 4 and node.inputs[4]:
+            node.inputs[4] = ""  # sequence_lens: the offline length; a chunk is always whole
+    graph.metadata = dict(graph.metadata)
+    graph.metadata["streaming_state"] = json.dumps(pairs)
+    return PassResult(graph, True, f"{len(pairs)} state inputs/outputs")
+
+
 def rewrite_reshapes(graph: Graph, d: Decision, shapes, chunk: int) -> PassResult:
     if not d.reshapes:
         return PassResult(graph, False, "no reshape keeps the frame axis")
     for name, jx in d.reshapes.items():
         node = graph.node(name)
         shape = list(shapes[node.outputs[0]])
-        shape[jx] = chunk // d.time[node.outputs[0]].rate
+        shape[jx] = int(chunk / d.time[node.outputs[0]].rate)
         node.inputs[1] = _const_tensor(graph, f"{name}_shape_stream", shape)
     return PassResult(graph, True, f"{len(d.reshapes)} reshapes")
 
@@ -297,17 +411,23 @@ def stream(model, chunk: int, *, frame_axis: int = 1, table: list[TableEntry] | 
     report = StreamReport(chunk=chunk, frame_axis=frame_axis, notes=list(d.notes))
     for (node, idx), frames in manual.items():
         d.caches.append(Cache(node, idx, frames, manual_axes[(node, idx)], "table entry", hoist=False))
-    delay = max((d.time[o.name].delay for o in graph.outputs if d.time.get(o.name) and d.time[o.name].streamed),
-                default=0)
+    delays = {o.name: d.time[o.name].delay for o in graph.outputs if d.time.get(o.name) and d.time[o.name].streamed}
+    delay = max(delays.values(), default=0)
     report.delay_frames = delay
     graph = run_passes(graph, [
         ("insert_caches", lambda g: insert_caches(g, d, shapes, chunk, report)),
         ("zero_time_padding", lambda g: zero_time_padding(g, d, shapes)),
         ("rewrite_slices", lambda g: rewrite_slices(g, d, shapes)),
+        ("rewrite_gathers", lambda g: rewrite_gathers(g, d)),
+        ("rewrite_upsamples", lambda g: rewrite_upsamples(g, d)),
         ("rewrite_reshapes", lambda g: rewrite_reshapes(g, d, shapes, chunk)),
+        ("carry_state", lambda g: carry_state(g, d, shapes)),
     ], report.passes)
+    state = json.loads(graph.metadata.get("streaming_state", "[]"))
+    report.state = state
+    state_inputs = {p["input"] for p in state}
     for v in graph.inputs:
-        if v.name in graph.initializers:
+        if v.name in graph.initializers or v.name in state_inputs:
             continue
         shp = list(v.shape)
         if shp[frame_axis] % chunk and not allow_lookahead:
@@ -316,6 +436,12 @@ def stream(model, chunk: int, *, frame_axis: int = 1, table: list[TableEntry] | 
         v.shape = tuple(shp)
     graph.metadata = dict(graph.metadata)
     graph.metadata.setdefault("target", model.target)
+    graph.metadata["streaming_chunk"] = str(chunk)
+    graph.metadata["streaming_frame_axis"] = str(frame_axis)
+    graph.metadata["streaming_delay_frames"] = str(delay)
+    if any(v != delay for v in delays.values()):
+        graph.metadata["streaming_output_delays"] = json.dumps(delays)
+    report.output_delays = delays
     smodel = Model(graph, target=model.target)
     splan = smodel.plan({v.name: tuple(v.shape) for v in graph.inputs if v.name not in graph.initializers})
     for name, spec in splan.specs.items():
@@ -339,7 +465,8 @@ def stream(model, chunk: int, *, frame_axis: int = 1, table: list[TableEntry] | 
     if verify:
         from ..emu.streamcheck import verify_streaming
 
-        chk = verify_streaming(smodel, model, x, frame_axis=frame_axis, delay=delay, chunks=chunks_to_verify)
+        chk = verify_streaming(smodel, model, x, frame_axis=frame_axis, delay=delays or delay,
+                               chunks=chunks_to_verify)
         report.verification = chk.as_dict()
         if not chk.bit_exact:
             raise VerificationError(
@@ -369,8 +496,13 @@ def random_input(model, seed: int) -> dict[str, np.ndarray]:
 
 def _embed_test_values(smodel, x, chunk: int, frame_axis: int) -> None:
     g = smodel.graph
-    first = {k: np.ascontiguousarray(np.take(v, range(chunk), axis=frame_axis)) for k, v in x.items()}
-    outs = smodel.session().push(first)
+    state = {p["input"] for p in json.loads(g.metadata.get("streaming_state", "[]"))}
+    first = {k: np.ascontiguousarray(v if k in state else np.take(v, range(chunk), axis=frame_axis))
+             for k, v in x.items()}
+    for v in g.inputs:  # a state the offline model did not take as input starts at zero
+        if v.name in state and v.name not in first:
+            first[v.name] = np.zeros(v.shape, dtype=v.dtype)
+    outs = smodel.run(first)
     for k, v in first.items():
         vi = g.info(k)
         g.test_inputs[k] = Tensor(k, vi.dtype, tuple(v.shape), v, tuple(vi.exponents), None, "", "raw")

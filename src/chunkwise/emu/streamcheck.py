@@ -8,6 +8,7 @@ On a mismatch the report names the first chunk and the first node whose intermed
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -59,34 +60,55 @@ def split_chunks(x: np.ndarray, chunk: int, axis: int, count: int | None = None)
     return [np.take(x, range(k * chunk, (k + 1) * chunk), axis=axis) for k in range(n)]
 
 
+def output_delays(streaming) -> dict[str, int]:
+    """Per-output lookahead delay recorded by the converter (``streaming_delay_frames`` /
+    ``streaming_output_delays`` in the model's metadata; 0 when absent)."""
+    meta = streaming.graph.metadata
+    base = int(meta.get("streaming_delay_frames", 0) or 0)
+    per = json.loads(meta["streaming_output_delays"]) if meta.get("streaming_output_delays") else {}
+    return {v.name: int(per.get(v.name, base)) for v in streaming.graph.outputs}
+
+
 def verify_streaming(streaming, offline, x: dict[str, np.ndarray] | None = None, *, frame_axis: int = 1,
-                     chunks: int | None = None, delay: int = 0, locate: bool = True) -> StreamCheck:
-    """Run both models and compare (see module doc). ``x``: offline-shaped inputs (default: its test input)."""
+                     chunks: int | None = None, delay: int | dict | None = None, locate: bool = True) -> StreamCheck:
+    """Run both models and compare (see module doc). ``x``: offline-shaped inputs (default: its test input).
+
+    ``delay`` (frames per-frame outputs lag the offline ones; an int or ``{output: frames}``) defaults to
+    what the streaming model's metadata records. Recurrent state inputs (``streaming_state``) are carried by
+    the session; an offline input that is also a state input is given on the first chunk only."""
     if x is None:
         if not offline.graph.test_inputs:
             raise ShapeError("the offline model has no test input; pass an input array")
         x = offline.test_feeds()
     x = offline.prepare_inputs(x)
-    names = list(x)
-    s_inputs = {v.name: v for v in streaming.graph.inputs if v.name not in streaming.graph.initializers}
-    if set(s_inputs) != set(names):
-        raise ShapeError(f"streaming inputs {sorted(s_inputs)} differ from offline inputs {sorted(names)}")
-    chunk = int(s_inputs[names[0]].shape[frame_axis])
+    state = {p["input"] for p in json.loads(streaming.graph.metadata.get("streaming_state", "[]"))}
+    delays = output_delays(streaming)
+    if isinstance(delay, dict):
+        delays.update(delay)
+    elif delay is not None:
+        delays = {k: int(delay) for k in delays}
+    delay = max(delays.values(), default=0)
+    names = [k for k in x if k not in state]
+    initial = {k: v for k, v in x.items() if k in state}
+    s_inputs = {v.name for v in streaming.graph.inputs if v.name not in streaming.graph.initializers}
+    if s_inputs - state != set(names):
+        raise ShapeError(f"streaming inputs {sorted(s_inputs - state)} differ from offline inputs {sorted(names)}")
+    chunk = int(next(v for v in streaming.graph.inputs if v.name == names[0]).shape[frame_axis])
     total = x[names[0]].shape[frame_axis]
     n = total // chunk if chunks is None else chunks
     if n < 1:
         raise ShapeError(f"the input has {total} frames, fewer than one chunk of {chunk}")
     full = (n * chunk == total)
     off_all = offline.run(x)
-    parts = {k: split_chunks(v, chunk, frame_axis, n) for k, v in x.items()}
+    parts = {k: split_chunks(x[k], chunk, frame_axis, n) for k in names}
     from .session import Session
 
     session = Session(streaming)
     res = StreamCheck(True, n, chunk, frame_axis, delay)
-    out_names = [v.name for v in streaming.graph.outputs]
+    out_names = [v.name for v in streaming.graph.outputs if v.name in off_all]  # not extra state outputs
     stats = {o: {"kind": None, "checked_chunks": 0, "mismatches": 0, "max_abs_diff": 0.0} for o in out_names}
     for k in range(n):
-        outs = session.push({name: parts[name][k] for name in names})
+        outs = session.push({**({} if k else initial), **{name: parts[name][k] for name in names}})
         bad_here = False
         for o in out_names:
             got, want = outs[o], off_all[o]
@@ -101,7 +123,7 @@ def verify_streaming(streaming, offline, x: dict[str, np.ndarray] | None = None,
             else:
                 c = got.shape[ax]
                 stats[o]["kind"] = "per-frame"
-                lo = k * c - delay
+                lo = k * c - delays.get(o, delay)
                 if lo < 0:
                     continue
                 if lo + c > want.shape[ax]:
@@ -117,7 +139,7 @@ def verify_streaming(streaming, offline, x: dict[str, np.ndarray] | None = None,
             res.first_bad_chunk = k
             if locate:
                 res.first_bad_node, res.first_bad_value = _locate(streaming, offline, x, parts, names, k, delay,
-                                                                  n, full)
+                                                                  n, full, initial)
     for o in out_names:
         if stats[o]["checked_chunks"] == 0:
             res.bit_exact = False
@@ -126,7 +148,7 @@ def verify_streaming(streaming, offline, x: dict[str, np.ndarray] | None = None,
     return res
 
 
-def _locate(streaming, offline, x, parts, names, k, delay, n, full):
+def _locate(streaming, offline, x, parts, names, k, delay, n, full, initial):
     """First node (streaming order) whose output differs from the offline value at chunk ``k``.
 
     Replays chunks 0..k on the per-node path with every intermediate kept.
@@ -136,7 +158,8 @@ def _locate(streaming, offline, x, parts, names, k, delay, n, full):
     o_vals = offline.run(x, intermediates=True)
     sess = Session(streaming, compiled=False)
     for j in range(k + 1):
-        s_vals = sess.push({name: parts[name][j] for name in names}, intermediates=True)
+        s_vals = sess.push({**({} if j else initial), **{name: parts[name][j] for name in names}},
+                           intermediates=True)
     for node in streaming.graph.nodes:
         for o in node.outputs:
             if o not in o_vals or o not in s_vals:

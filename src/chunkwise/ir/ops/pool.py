@@ -6,7 +6,7 @@ from . import Attr, ExpPolicy, Layout, TimeRule, define, nonneg_input
 from .conv import WINDOW_ATTRS
 
 POOL_ATTRS = {**WINDOW_ATTRS, "ceil_mode": Attr("int", 0), "count_include_pad": Attr("int", 0)}
-GLOBAL = "pools over the whole sequence; put a tail Slice (last K frames) before it or pool per chunk explicitly"
+GLOBAL = "global pooling over time needs the whole sequence; put a tail Slice (last K frames) before it or pool per chunk explicitly"
 
 define("AveragePool", "pool", time=TimeRule.WINDOW, layout=Layout.SPATIAL, nonneg=nonneg_input,
        zero_to_zero=lambda node, consts: True, attrs=POOL_ATTRS,
