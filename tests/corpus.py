@@ -8,7 +8,8 @@ parametrize over. Pure numpy + json: no torch, no ESP-PPQ.
 
 ``pytest.param(m, id=m.name) for m in corpus_models()`` gives one test case per model. ESP-PPQ's exports of
 the same models (``tools/make_corpus_ppq.py``) are ``m.ppq(target, bits)`` (a path, or None when ESP-PPQ
-failed on the model: ``m.ppq_status`` says why).
+failed on the model: ``m.ppq_status`` says why); ``m.ppq_bit_exact(target, bits)`` only those the emulator
+runs bit-exactly (three exports hold what ESP-DL cannot run: see the corpus README).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ class CorpusModel:
     onnx: Path
     calib: Path          # calib.npy (one input) or calib.npz (one array per input)
     heldout: Path        # heldout.npy / heldout.npz
-    ppq_status: dict     # {"esp32p4_s8": "ok" | "<Exception>: <first line>", ...}
+    ppq_status: dict     # {"esp32p4_s8": {"ppq": "ok" | "<Exception>: <first line>", "emu_test": ...}, ...}
 
     @property
     def streamable(self) -> bool:
@@ -52,6 +53,12 @@ class CorpusModel:
 
     def ppq_exports(self) -> list[Path]:
         return sorted(self.dir.glob("ppq_*.espdl"))
+
+    def ppq_bit_exact(self, target: str = "esp32p4", bits: int = 8) -> Path | None:
+        """ESP-PPQ's export if the emulator reproduced its embedded test values bit-exactly when it was made
+        (``ppq_status.json``); None when ESP-PPQ failed or the emulator refused the export."""
+        rec = self.ppq_status.get(f"{target}_s{bits}", {})
+        return self.ppq(target, bits) if rec.get("emu_test") == "bit-exact" else None
 
     def __repr__(self) -> str:  # short ids in pytest output
         return f"CorpusModel({self.name})"

@@ -34,6 +34,7 @@ import os
 import shutil
 import sys
 import warnings
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -126,7 +127,9 @@ class Spec:
     streamable: bool
     notes: str
     why_not: str = ""
-    frame_stride: int = 1                      # input frames per output frame (decimation) of the model
+    min_chunk: int = 1                         # smallest input chunk (frames) it streams with: the time strides
+    output_rate: tuple | None = (1, 1)         # output frames per input frame (num, den); None: a tail head
+    output_offset: int = 0                     # input frames consumed before the first output frame ("valid")
     extra: dict = field(default_factory=dict)
 
 
@@ -214,7 +217,7 @@ class TCResBlock(nn.Module):
         super().__init__()
         self.conv1 = CausalConv1d(cin, cout, k, stride=stride, bias=False)
         self.bn1 = nn.BatchNorm1d(cout)
-        self.conv2 = ChopConv1d(cout, cout, k, bias=False)
+        self.conv2 = CausalConv1d(cout, cout, k, bias=False)
         self.bn2 = nn.BatchNorm1d(cout)
         self.short = nn.Conv1d(cin, cout, 1, stride=stride, bias=False)
         self.bn_s = nn.BatchNorm1d(cout)
@@ -227,7 +230,7 @@ class TCResBlock(nn.Module):
 class TCResNet(nn.Module):
     def __init__(self, cin=40, widths=(12, 16, 24), classes=12):
         super().__init__()
-        self.stem = CausalConv1d(cin, widths[0], 3, bias=False)
+        self.stem = ChopConv1d(cin, widths[0], 3)
         self.blocks = nn.Sequential(*[TCResBlock(a, b) for a, b in zip(widths[:-1], widths[1:])])
         self.fc = nn.Linear(widths[-1], classes)
 
@@ -318,6 +321,20 @@ class GRUWithState(nn.Module):
     def forward(self, x, h0):
         y, hn = self.rnn(F.relu(self.inp(x)), h0)
         return self.fc(y), hn
+
+
+class LSTMWithState(nn.Module):
+    """LSTM with (h0, c0) as model inputs and (hn, cn) as outputs besides the per-frame output."""
+
+    def __init__(self, feat=16, hidden=20, out=8):
+        super().__init__()
+        self.inp = nn.Linear(feat, hidden)
+        self.rnn = nn.LSTM(hidden, hidden, batch_first=True)
+        self.fc = nn.Linear(hidden, out)
+
+    def forward(self, x, h0, c0):
+        y, (hn, cn) = self.rnn(torch.tanh(self.inp(x)), (h0, c0))
+        return self.fc(y), hn, cn
 
 
 # ---- frame-wise MLPs on [B, T, C] ----------------------------------------------------------------
@@ -433,6 +450,22 @@ class ConvTasNet(nn.Module):
         return y[:, :, :n]                       # sample s is final once frame s // stride is in
 
 
+class UpsampleTCN(nn.Module):
+    """Time up-sampling by 2 with a ConvTranspose1d (k4, stride 2) between causal convs; the transposed
+    conv's overlap-add tail is chopped so output frame s is final once input frame s // 2 is in."""
+
+    def __init__(self, cin=16, ch=16, out=8):
+        super().__init__()
+        self.c1 = CausalConv1d(cin, ch, 3)
+        self.up = nn.ConvTranspose1d(ch, ch, 4, stride=2)
+        self.c2 = CausalConv1d(ch, out, 3)
+
+    def forward(self, x):
+        n = x.shape[-1]
+        u = F.relu(self.up(F.relu(self.c1(x))))[:, :, :2 * n]
+        return self.c2(u)
+
+
 # ---- 2-D CRN: down-sample frequency, causal in time, transposed-conv up-sampling, skip concat ----
 class CRN2d(nn.Module):
     def __init__(self, c1=8, c2=16):
@@ -535,9 +568,9 @@ def build(name: str) -> Spec:
     if name == "tc_resnet":
         return Spec(TCResNet(), [("input", [1, 40, 32])], ["output"], _feat(40, 32, "NCW"),
                     "tc_resnet", "NCW (N, MFCC, time)", 2, None, True,
-                    "TC-ResNet: causal stem k3, 2 residual blocks (k9 strided conv via F.pad left, k9 conv "
-                    "written as padding + chop, 1x1 stride-2 shortcut, BN), head x[:, :, -1] (Gather -1) "
-                    "then Linear", frame_stride=4)
+                    "TC-ResNet: causal stem k3 written as padding + chop (Slice), 2 residual blocks (causal "
+                    "k9 stride-2 conv and k9 conv via F.pad left, BN, 1x1 stride-2 shortcut + BN, Add, ReLU), "
+                    "head x[:, :, -1] (Gather index -1) then Linear", min_chunk=4, output_rate=None)
     if name == "wavenet":
         return Spec(WaveNet(), [("input", [1, 1, 64])], ["output"],
                     lambda rng, n: {"input": audio(rng, n, 64)[:, None].astype(np.float32)},
@@ -577,6 +610,18 @@ def build(name: str) -> Spec:
                     "the final state hn): per-frame Linear+ReLU, nn.GRU(batch_first=True, hidden 24, h0), "
                     "per-frame Linear. calib.npz/heldout.npz hold 'input' [N, 32, 16] and 'h0' [N, 1, 24] "
                     "(h0 sample i is h0[i:i+1], shape [1, 1, 24])")
+    if name == "lstm_state":
+        def make(rng, n):
+            x = feature_frames(rng, n, 16, 32).transpose(0, 2, 1)
+            return {"input": x.astype(np.float32), "h0": hidden_state(rng, n, (1, 20)).astype(np.float32),
+                    "c0": (2.0 * hidden_state(rng, n, (1, 20))).astype(np.float32)}
+
+        return Spec(LSTMWithState(), [("input", [1, 32, 16]), ("h0", [1, 1, 20]), ("c0", [1, 1, 20])],
+                    ["output", "hn", "cn"], make,
+                    "lstm_state", "NWC (N, time, features); h0, c0 [layers, N, hidden]", 1, 1, True,
+                    "three inputs (frames, h0, c0) and three outputs (per-frame output, hn, cn): per-frame "
+                    "Linear+tanh, nn.LSTM(batch_first=True, hidden 20, (h0, c0)), per-frame Linear. "
+                    "calib.npz/heldout.npz hold 'input' [N, 32, 16], 'h0' and 'c0' [N, 1, 20]")
     if name == "mlp_gelu":
         return Spec(MLPGelu(), [("input", [1, 32, 16])], ["output"], _feat(16, 32, "NWC"),
                     "mlp_gelu", "NWC (N, time, channels)", 1, 1, True,
@@ -610,7 +655,13 @@ def build(name: str) -> Spec:
                     "net (1x1 bottleneck, 3 blocks of 1x1 + PReLU + causal depthwise k3 dilation 1,2,4 + "
                     "PReLU + 1x1, residual), sigmoid mask, multiply, ConvTranspose1d(32, 1, k16, stride 8) "
                     "decoder, first 256 samples kept (Slice). Frames are audio samples: chunks must be "
-                    "multiples of 8 samples", frame_stride=8)
+                    "multiples of 8 samples", min_chunk=8)
+    if name == "upsample_tcn":
+        return Spec(UpsampleTCN(), [("input", [1, 16, 32])], ["output"], _feat(16, 32, "NCW"),
+                    "upsample_tcn", "NCW (N, channels, time)", 2, 2, True,
+                    "causal conv, ConvTranspose1d(16, 16, k4, stride 2) along time + ReLU, first 2T frames "
+                    "kept (Slice), causal conv: output [1, 8, 64] (2 output frames per input frame)",
+                    output_rate=(2, 1))
     if name == "crn2d":
         return Spec(CRN2d(), [("input", [1, 1, 32, 32])], ["output"], _feat(32, 32, "NCHW_TF"),
                     "crn2d", "NCHW (N, 1, time, frequency)", 2, 2, True,
@@ -628,19 +679,21 @@ def build(name: str) -> Spec:
                     "causal_pools", "NCW (N, channels, time)", 2, 2, True,
                     "F.pad(left) + MaxPool1d k3 s1, AvgPool1d k3 s1, MaxPool1d k2 s2, AvgPool1d k3 s2, "
                     "with 1x1 convs between (the first pool sees negative values: the zero padding "
-                    "matters); 32 -> 8 frames", frame_stride=4)
+                    "matters); 32 -> 8 frames", min_chunk=4, output_rate=(1, 4))
     if name == "valid_convs":
         return Spec(ValidConvs(), [("input", [1, 12, 32])], ["output"], _feat(12, 32, "NCW"),
                     "valid_convs", "NCW (N, channels, time)", 2, 2, True,
                     "unpadded ('valid') convs: k3, k5 dilation 2, depthwise k3, 1x1 (32 -> 20 frames); a "
-                    "valid conv is a causal conv whose first (k-1)*d outputs are dropped")
+                    "valid conv is a causal conv whose first (k-1)*d outputs are dropped", output_offset=12)
     raise SystemExit(f"unknown model {name!r}; known: {', '.join(MODELS)}")
 
 
 MODELS = ["kws_dscnn", "tc_resnet", "wavenet", "crnn_gru", "crnn_lstm", "crnn_gru_bidir", "gru_seqfirst",
-          "gru_state", "mlp_gelu", "swish_mlp", "ln_tcn", "rmsnorm_tcn", "conv_chmean", "convtasnet", "crn2d",
-          "inception", "causal_pools", "valid_convs"]
-SEEDS = {name: 100 + i for i, name in enumerate(MODELS)}   # weights; data: seed*10+1 (calib), +2 (heldout)
+          "gru_state", "lstm_state", "mlp_gelu", "swish_mlp", "ln_tcn", "rmsnorm_tcn", "conv_chmean", "convtasnet",
+          "upsample_tcn", "crn2d", "inception", "causal_pools", "valid_convs"]
+# weights: SEEDS[name]; data: seed * 10 + 1 (calib), + 2 (heldout). From the name, so adding a model
+# leaves the others unchanged.
+SEEDS = {name: 100 + zlib.crc32(name.encode()) % 9000 for name in MODELS}
 
 
 # ================================================================================================
@@ -705,7 +758,10 @@ def make(name: str, out_root: Path) -> dict:
         "input_layout": spec.input_layout,
         "frame_axis_onnx": spec.frame_axis_onnx,
         "output_frame_axis": spec.output_frame_axis,
-        "frame_stride": spec.frame_stride,
+        # how it streams (null when it cannot): chunk granularity, output frames per input frame, and
+        # how many input frames a "valid" model eats before its first output frame
+        "stream": {"min_chunk": spec.min_chunk, "output_rate": list(spec.output_rate) if spec.output_rate else None,
+                   "output_offset": spec.output_offset} if spec.streamable else None,
         "streamable": spec.streamable,
         "why_not": spec.why_not if not spec.streamable else "",
         "ops": ops,
