@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 
 import numpy as np
 
@@ -16,8 +17,12 @@ from ..errors import ShapeError, UnsupportedError
 from ..ir.graph import Tensor
 from .calibrate import METHODS, FloatRunner, collect, load_calib
 from .export import Exporter, Namer, apply_layout, assign_exponents, insert_requantize, rewrite, topo_sort
-from .prepare import FGraph, prepare
-from .report import ErrorAccumulator, plot_report
+from .prepare import FGraph, check_supported, prepare
+from .report import ErrorAccumulator, plot_report, sqnr_problem
+
+
+class QuantizationWarning(UserWarning):
+    """The quantized model's output is far from the float model's (see ``quant_report``)."""
 
 __all__ = ["quantize", "plot_report", "supported_float_ops", "METHODS", "REPORT_SAMPLES"]
 
@@ -45,7 +50,8 @@ def _node_bits(fg: FGraph, origin: dict[str, list[str]], bits: int, int16_nodes)
 
 
 def quantize(onnx_path_or_model, calib, *, target: str = "esp32p4", bits: int = 8, calib_method: str = "kl",
-             int16_nodes=(), test_input=None, progress: bool = False, clip_outputs: bool = False):
+             int16_nodes=(), test_input=None, progress: bool = False, clip_outputs: bool = False,
+             warn: bool = True):
     """Quantize a float ONNX model for ESP-DL and return a :class:`chunkwise.Model`.
 
     ``calib``: an .npy ``[N, ...input shape without batch]``, an .npz (one array per input), a directory
@@ -53,7 +59,9 @@ def quantize(onnx_path_or_model, calib, *, target: str = "esp32p4", bits: int = 
     int8 model (mixed precision; RequantizeLinear nodes are inserted at the boundaries). ``test_input``
     (default: the first calibration sample, in the ONNX layout) is run through the emulator and stored as
     the model's test input/output. The model's ``quant_report`` holds per-layer SQNR / cosine similarity
-    against onnxruntime's float activations. Graph outputs are calibrated min-max (never clipped) unless
+    against onnxruntime's float activations (and ``passes``: what each rewrite pass did, or why not); an
+    output SQNR below 10 dB raises a :class:`QuantizationWarning` naming the worst layer (``warn=False``:
+    no warning). Graph outputs are calibrated min-max (never clipped) unless
     ``clip_outputs=True``, which applies ``calib_method`` to them too, as ESP-PPQ does.
     """
     from ..model import Model
@@ -72,7 +80,9 @@ def quantize(onnx_path_or_model, calib, *, target: str = "esp32p4", bits: int = 
     runner = FloatRunner(fg)
 
     fq = copy.deepcopy(fg)
-    origin = rewrite(fq)
+    passes_log: list[str] = []
+    origin = rewrite(fq, passes_log)
+    check_supported(fq, after_rewrites=True)
     bits_of = _node_bits(fq, origin, bits, int16_nodes)
     needed = tuple(sorted(set(bits_of.values()) | {bits}))
     stats = collect(runner, data, needed, calib_method, progress=progress)
@@ -99,10 +109,10 @@ def quantize(onnx_path_or_model, calib, *, target: str = "esp32p4", bits: int = 
 
     # ---- test values ------------------------------------------------------------------------
     if test_input is None:
-        feeds_f = {k: v[:1] for k, v in data.items()}
+        feeds_f = {k: v[0] for k, v in data.items()}
     else:
         feeds_f = load_calib(test_input, fg.inputs)
-        feeds_f = {k: v[:1] for k, v in feeds_f.items()}
+        feeds_f = {k: v[0] for k, v in feeds_f.items()}
     mode = TARGETS[target]
 
     def to_model_feeds(ff):
@@ -127,6 +137,11 @@ def quantize(onnx_path_or_model, calib, *, target: str = "esp32p4", bits: int = 
     # ---- report -----------------------------------------------------------------------------
     model.quant_report = _report(fg, fq, graph, model, runner, data, perm, feeds_f, target, bits, calib_method,
                                  to_model_feeds)
+    model.quant_report["passes"] = passes_log
+    if warn:
+        problem = sqnr_problem(model.quant_report)
+        if problem:
+            warnings.warn(problem, QuantizationWarning, stacklevel=2)
     return model
 
 
@@ -140,7 +155,7 @@ def _float_source(fq: FGraph, v: str) -> str:
 def _report(fg, fq, graph, model, runner, data, perm, feeds_f, target, bits, method, to_model_feeds) -> dict:
     acc = ErrorAccumulator()
     n = next(iter(data.values())).shape[0]
-    samples = [feeds_f] + [{k: v[i:i + 1] for k, v in data.items()} for i in range(min(n, REPORT_SAMPLES))]
+    samples = [feeds_f] + [{k: v[i] for k, v in data.items()} for i in range(min(n, REPORT_SAMPLES))]
     names = [v for v in graph.value_info if v not in graph.input_names]
     for ff in samples:
         fl = runner.run(ff)

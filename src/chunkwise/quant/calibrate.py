@@ -29,10 +29,13 @@ FINE_BINS = 8192
 # ---- calibration data ---------------------------------------------------------------------------
 
 def load_calib(calib, inputs: list[tuple[str, tuple[int, ...]]]) -> dict[str, np.ndarray]:
-    """Normalise CALIB to ``{input name: float32 [N, ...shape without batch]}``.
+    """Normalise CALIB to ``{input name: float32 [N, *input shape]}`` (N samples, each the full input).
 
     Accepts an .npy ([N, ...]), an .npz (one array per input), a directory of .npy files (one sample
-    each, sorted by name), an array or a dict of arrays.
+    each, sorted by name), an array or a dict of arrays. For an input of shape ``[1, ...]`` a sample may
+    omit the leading 1 (``[N, ...shape without batch]``); ESP-DL has no batch notion, so an input whose
+    first dimension is not 1 (``[2, 3, 4, 5]``, ``[48, 1]``) is one tensor and its samples are
+    ``[N, *shape]`` (or one ``shape`` array).
     """
     names = [n for n, _ in inputs]
     if isinstance(calib, (str, Path)):
@@ -47,20 +50,28 @@ def load_calib(calib, inputs: list[tuple[str, tuple[int, ...]]]) -> dict[str, np
             samples = []
             for f in files:
                 a = np.load(f, allow_pickle=False)
-                if a.shape == tuple(shp):
+                if shp and shp[0] == 1 and a.shape == tuple(shp):
                     a = a[0]
                 samples.append(a)
             data = {n0: _stack(samples, n0, shp, str(p))}
         elif p.suffix == ".npz":
-            with np.load(p, allow_pickle=False) as z:
-                arrs = {k: z[k] for k in z.files}
+            if not p.exists():
+                raise ShapeError(f"calibration file {p} not found")
+            try:
+                with np.load(p, allow_pickle=False) as z:
+                    arrs = {k: z[k] for k in z.files}
+            except (OSError, ValueError) as e:
+                raise ShapeError(f"cannot read {p}: {e}") from None
             if len(names) == 1 and len(arrs) == 1 and names[0] not in arrs:
                 arrs = {names[0]: next(iter(arrs.values()))}
             data = arrs
         elif p.suffix == ".npy":
             if not p.exists():
                 raise ShapeError(f"calibration file {p} not found")
-            data = np.load(p, allow_pickle=False)
+            try:
+                data = np.load(p, allow_pickle=False)
+            except (OSError, ValueError) as e:
+                raise ShapeError(f"cannot read {p}: {e}") from None
         else:
             raise ShapeError(f"calibration data {p}: give an .npy, an .npz or a directory of .npy files")
     else:
@@ -76,16 +87,25 @@ def load_calib(calib, inputs: list[tuple[str, tuple[int, ...]]]) -> dict[str, np
     count = None
     for n, shp in inputs:
         a = np.asarray(data[n])
-        want = tuple(shp[1:])
-        if a.shape == tuple(shp):  # a single sample with batch 1
-            a = a[None, 0]
-        elif a.shape == want:  # a single sample without batch
-            a = a[None]
-        elif a.ndim == len(shp) + 1 and a.shape[1] == 1 and a.shape[2:] == want:
-            a = a[:, 0]
-        if a.ndim != len(want) + 1 or a.shape[1:] != want:
-            raise ShapeError(f"calibration data for input {n!r} has shape {list(a.shape)}; expected "
-                             f"[N, {', '.join(map(str, want))}] (N samples of the input shape without batch)")
+        shp = tuple(shp)
+        if shp and shp[0] == 1:
+            want = shp[1:]
+            if a.shape == shp:  # a single sample with batch 1
+                a = a[None, 0]
+            elif a.shape == want:  # a single sample without batch
+                a = a[None]
+            elif a.ndim == len(shp) + 1 and a.shape[1] == 1 and a.shape[2:] == want:
+                a = a[:, 0]
+            if a.ndim != len(want) + 1 or a.shape[1:] != want:
+                raise ShapeError(f"calibration data for input {n!r} has shape {list(a.shape)}; expected "
+                                 f"[N, {', '.join(map(str, want))}] (N samples of the input shape without batch)")
+            a = a[:, None]
+        else:
+            if a.shape == shp:  # one sample
+                a = a[None]
+            if a.ndim != len(shp) + 1 or a.shape[1:] != shp:
+                raise ShapeError(f"calibration data for input {n!r} has shape {list(a.shape)}; expected "
+                                 f"[N, {', '.join(map(str, shp))}] (N samples of the input shape {list(shp)})")
         if a.dtype.kind not in "fiu":
             raise ShapeError(f"calibration data for input {n!r} has dtype {a.dtype}; give numbers")
         if a.shape[0] == 0:
@@ -144,9 +164,10 @@ class FloatRunner:
 
 
 def iter_samples(data: dict[str, np.ndarray]):
+    """One feed per sample: ``data`` holds ``[N, *input shape]`` per input (see :func:`load_calib`)."""
     n = next(iter(data.values())).shape[0]
     for i in range(n):
-        yield {k: v[i:i + 1] for k, v in data.items()}
+        yield {k: v[i] for k, v in data.items()}
 
 
 # ---- statistics ---------------------------------------------------------------------------------

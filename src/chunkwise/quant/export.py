@@ -30,7 +30,9 @@ import numpy as np
 from ..emu.rounding import TARGETS, qrange, quantize as q_quantize, round_array
 from ..errors import UnsupportedError
 from ..ir.graph import Graph, Node, Tensor, ValueInfo, make_attribute
+from ..ir import ops as opdefs
 from ..ir.layout import layout_doc, weight_layout
+from ..ir.ops import ExpPolicy, Layout
 from .prepare import FGraph, FNode
 
 INT16_LUT_STEP = 32
@@ -38,57 +40,59 @@ PER_CHANNEL_TARGETS = ("esp32p4", "esp32s31")
 BIAS_BITS = {("esp32p4", 8): 32, ("esp32s31", 8): 32, ("esp32s3", 8): 20, ("c", 8): 32,
              ("esp32p4", 16): 40, ("esp32s31", 16): 40, ("esp32s3", 16): 40, ("c", 16): 64}
 
-CONV_LAYOUT_OPS = {"Conv", "AveragePool", "MaxPool", "GlobalAveragePool"}
-LUT_OPS = {"Relu", "Sigmoid", "Tanh", "Swish", "LeakyRelu", "HardSigmoid", "HardSwish", "Elu", "Exp", "Log",
-           "Sqrt", "Neg", "Clip", "PRelu"}
-ELEMENTWISE_UNARY = LUT_OPS | {"RequantizeLinear"}
-ADD_LIKE_OPS = {"Add", "Sub", "Mul", "Div"}
-ALIGN_TO_OUTPUT_OPS = {"Add", "Sub", "Concat"}
-PASSIVE_OPS = {"MaxPool", "GlobalMaxPool", "Reshape", "Flatten", "Identity", "Slice", "Pad", "Split", "Transpose",
-               "Squeeze", "Unsqueeze"}
-ORIGIN_LAYOUT_OPS = {"Gemm", "Flatten", "Reshape", "Transpose", "Pad", "Squeeze", "Unsqueeze"}
-INT16_NATIVE_LUT = {"Relu", "Clip", "PRelu", "Neg"}  # int16: keep the op, full 65536-entry table (goldens)
+# What the exporter does with an op comes from its definition (chunkwise.ir.ops): layout class, exponent
+# policy, table activation (``lut`` + ``float_fn``). EXPORTED lists the ops the exporter has a rule for;
+# the sets below are views of the traits restricted to them.
+EXPORTED = frozenset({
+    "Conv", "Gemm", "AveragePool", "MaxPool", "GlobalAveragePool",
+    "Relu", "Sigmoid", "Tanh", "Swish", "LeakyRelu", "HardSigmoid", "HardSwish", "Elu", "Exp", "Log", "Sqrt",
+    "Neg", "Clip", "PRelu", "Gelu",
+    "Add", "Sub", "Mul", "Div", "Max", "Min", "Pow",
+    "Concat", "Slice", "Split", "Flatten", "Reshape", "Transpose", "Pad", "Squeeze", "Unsqueeze", "Identity",
+    "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceL1", "ReduceL2", "ReduceSumSquare",
+    "ReduceLogSum", "ReduceLogSumExp", "ReduceProd",
+    "LayerNormalization", "RMSNormalization", "LpNormalization", "Softmax", "LogSoftmax",
+    "DepthToSpace", "Resize",
+    "RequantizeLinear",
+})
 
-SUPPORTED = sorted(CONV_LAYOUT_OPS | LUT_OPS | ADD_LIKE_OPS | ORIGIN_LAYOUT_OPS | {"Concat", "Slice", "Swish"})
+
+def _trait_ops(**traits) -> frozenset:
+    return frozenset(opdefs.names(**traits)) & EXPORTED
+
+
+CONV_LAYOUT_OPS = _trait_ops(layout=Layout.SPATIAL)
+LUT_OPS = frozenset(d.name for d in opdefs.all_defs() if d.lut) & EXPORTED
+ELEMENTWISE_UNARY = _trait_ops(layout=Layout.ELEMENTWISE)
+ADD_LIKE_OPS = _trait_ops(layout=Layout.BROADCAST)
+ALIGN_TO_OUTPUT_OPS = _trait_ops(exponent=ExpPolicy.ALIGN)
+PASSIVE_OPS = _trait_ops(exponent=ExpPolicy.PASSIVE)
+FOLLOW_OPS = _trait_ops(exponent=ExpPolicy.FOLLOW)
+ORIGIN_LAYOUT_OPS = _trait_ops(layout=Layout.ORIGIN)
+AXIS_OPS = _trait_ops(layout=Layout.AXIS)
+INT16_NATIVE_LUT = {"Relu", "Clip", "PRelu", "Neg"}  # int16: keep the op, full 65536-entry table (goldens)
+FLOAT_OUTPUT_OPS = {"Softmax", "LogSoftmax"}  # ESP-DL writes float32 whatever the quant_type
+REDUCE_OPS = frozenset(n for n in EXPORTED if n.startswith("Reduce"))
+
+SUPPORTED = sorted(EXPORTED - {"RequantizeLinear"})
+
+# Operators whose quantization rules live in their own modules (.products, .rnn) register an object here;
+# each stage asks it first: ``layout(fg, node, perm, require, rank)``, ``ties(fg, qi, node, tie, fixed,
+# calib_exp)`` (optional), ``expected_input(fg, qi, node, u, calib_exp)`` (optional, None: the default) and
+# ``export(exporter, node, attrs) -> (op, attrs, inputs)``. ``REWRITES`` run first in :func:`rewrite`.
+OP_RULES: dict[str, object] = {}
+REWRITES: list = []
 
 
 # ---- float functions for LUTs (float32, as ESP-PPQ evaluates them in torch) ----------------------
 
-def _sigmoid(x):
-    return (1.0 / (1.0 + np.exp(-x.astype(np.float32)))).astype(np.float32)
-
-
 def lut_function(node: FNode):
-    a = node.attrs
-    op = node.op
-    if op == "Relu":
-        return lambda x: np.maximum(x, 0)
-    if op == "Sigmoid":
-        return _sigmoid
-    if op == "Tanh":
-        return lambda x: np.tanh(x).astype(np.float32)
-    if op == "Swish":
-        return lambda x: (x * _sigmoid(x)).astype(np.float32)
-    if op == "LeakyRelu":
-        al = np.float32(a.get("alpha", 0.01))
-        return lambda x: np.where(x >= 0, x, x * al).astype(np.float32)
-    if op == "HardSigmoid":
-        al, be = np.float32(a.get("alpha", 0.2)), np.float32(a.get("beta", 0.5))
-        return lambda x: np.clip(x * al + be, 0, 1).astype(np.float32)
-    if op == "HardSwish":
-        return lambda x: (x * np.clip(x / np.float32(6) + np.float32(0.5), 0, 1)).astype(np.float32)
-    if op == "Elu":
-        al = np.float32(a.get("alpha", 1.0))
-        return lambda x: np.where(x > 0, x, al * (np.exp(x) - 1)).astype(np.float32)
-    if op == "Exp":
-        return lambda x: np.exp(x).astype(np.float32)
-    if op == "Log":
-        return lambda x: np.log(np.where(x > 0, x, np.float32(np.nan))).astype(np.float32)
-    if op == "Sqrt":
-        return lambda x: np.sqrt(np.where(x >= 0, x, np.float32(np.nan))).astype(np.float32)
-    if op == "Neg":
-        return lambda x: -x
-    raise UnsupportedError("no table for this operator", node=node.name, op=op, supported=sorted(LUT_OPS))
+    """The float32 function ESP-PPQ tabulates for a table activation: the op definition's ``float_fn``."""
+    d = opdefs.find(node.op)
+    if d is None or d.float_fn is None:
+        raise UnsupportedError("no table for this operator", node=node.name, op=node.op,
+                               supported=sorted(n for n in LUT_OPS if opdefs.find(n).float_fn is not None))
+    return d.float_fn(dict(node.attrs))
 
 
 def export_lut(fn, op: str, e_in: int, e_out: int, bits: int, mode: int) -> np.ndarray:
@@ -117,26 +121,16 @@ class QInfo:
 
 # ---- 1. ESP-DL rewrites -------------------------------------------------------------------------
 
-def rewrite(fg: FGraph) -> dict[str, list[str]]:
-    """Swish and Relu fusion in place. Returns ``{new node name: [original node names]}``."""
-    origin: dict[str, list[str]] = {n.name: [n.name] for n in fg.nodes}
-    prods = fg.producers()
-    for sig in [n for n in fg.nodes if n.op == "Sigmoid"]:
-        x, s = sig.inputs[0], sig.outputs[0]
-        readers = fg.consumers(s)
-        if len(readers) != 1 or readers[0].op != "Mul" or fg.is_output(s):
-            continue
-        mul = readers[0]
-        if sorted(mul.inputs) != sorted([x, s]) or x == s:
-            continue
-        src = prods.get(x)
-        name = f"{src.name if src is not None else sig.name}/Swish"
-        i = fg.nodes.index(sig)
-        fg.nodes.remove(sig)
-        fg.nodes.remove(mul)
-        sw = FNode("Swish", name, [x], list(mul.outputs))
-        fg.nodes.insert(i, sw)
-        origin[name] = origin.pop(sig.name) + origin.pop(mul.name)
+def rewrite(fg: FGraph, log: list[str] | None = None) -> dict[str, list[str]]:
+    """Pattern fusions (:mod:`.patterns`: LayerNorm, RMSNorm, Gelu, Swish) and Relu fusion in place.
+    Returns ``{new node name: [original node names]}``."""
+    from .patterns import rewrite_patterns
+
+    fg.origin = {}
+    rewrite_patterns(fg, log)
+    for fn in REWRITES:
+        fn(fg)
+    origin: dict[str, list[str]] = {n.name: list(fg.origin.get(n.name, [n.name])) for n in fg.nodes}
     prods = fg.producers()
     for relu in [n for n in fg.nodes if n.op == "Relu"]:
         x = relu.inputs[0]
@@ -173,17 +167,19 @@ def assign_exponents(fg: FGraph, bits_of: dict[str, int], calib_exp) -> QInfo:
         qi.vbits[name] = bits_of[readers[0].name] if readers else 8
     for n in fg.nodes:
         for o in n.outputs:
-            qi.vbits[o] = bits_of[n.name]
+            qi.vbits[o] = 32 if n.op in FLOAT_OUTPUT_OPS else bits_of[n.name]
     tie: dict[str, str] = {}
     for n in fg.nodes:
         x = n.inputs[0] if n.inputs else ""
         p = prods.get(x)
-        if n.op in ("Relu", "Clip") and p is not None and len(downstream_ops(fg, p)) == 1 \
+        if n.op in FOLLOW_OPS and p is not None and len(downstream_ops(fg, p)) == 1 \
                 and bits_of[p.name] == bits_of[n.name]:
             tie[x] = n.outputs[0]
-        elif n.op in PASSIVE_OPS and p is not None and bits_of[p.name] == bits_of[n.name]:
+        elif n.op in PASSIVE_OPS and x and x not in fg.consts and qi.vbits[x] == bits_of[n.name]:
+            # data movement copies integers: its output carries its input's exponent (graph inputs too)
             for o in n.outputs:
-                tie[o] = x
+                if o:
+                    tie[o] = x
     for name, _ in fg.inputs:
         # a graph input has no producer: ESP-PPQ exports the first reader's input config for it, which for
         # Add/Sub/Concat is the reader's output exponent
@@ -209,15 +205,25 @@ def assign_exponents(fg: FGraph, bits_of: dict[str, int], calib_exp) -> QInfo:
             seen.append(v)
         return v
 
+    fixed: dict[str, int] = {}  # values whose exponent is not calibrated (e.g. an LSTM's cell state)
+    for n in fg.nodes:
+        rule = OP_RULES.get(n.op)
+        if rule is not None and hasattr(rule, "ties"):
+            rule.ties(fg, qi, n, tie, fixed, calib_exp)
     values = [nm for nm, _ in fg.inputs] + [o for n in fg.nodes for o in n.outputs if o]
     for v in values:
         r = resolve(v)
-        qi.exp[v] = calib_exp(r, qi.vbits[r])
+        qi.exp[v] = fixed[r] if r in fixed else 0 if qi.vbits[r] == 32 else calib_exp(r, qi.vbits[r])
     return qi
 
 
 def expected_input(fg: FGraph, qi: QInfo, node: FNode, u: str, calib_exp) -> tuple[int, int]:
     """(exponent, bits) that ``node`` wants for its activation input ``u``."""
+    rule = OP_RULES.get(node.op)
+    if rule is not None and hasattr(rule, "expected_input"):
+        want = rule.expected_input(fg, qi, node, u, calib_exp)
+        if want is not None:
+            return want
     b = qi.bits[node.name]
     if node.op in ALIGN_TO_OUTPUT_OPS:
         return qi.exp[node.outputs[0]], b
@@ -295,7 +301,9 @@ def apply_layout(fg: FGraph, qi: QInfo, namer: Namer) -> dict[str, list[int]]:
     for node in list(fg.nodes):
         op = node.op
         ins = act_inputs(node)
-        if op in CONV_LAYOUT_OPS:
+        if op in OP_RULES:
+            OP_RULES[op].layout(fg, node, perm, require, rank)
+        elif op in CONV_LAYOUT_OPS:
             r = rank(node.inputs[0])
             if r not in (3, 4):
                 raise UnsupportedError(f"input of rank {r}", node=node.name, op=op, supported=["rank 3 (NCW)",
@@ -369,6 +377,11 @@ def apply_layout(fg: FGraph, qi: QInfo, namer: Namer) -> dict[str, list[int]]:
             if p != _identity(len(p)):
                 _remap_slice_axes(fg, node, p)
             perm[node.outputs[0]] = p
+        elif op in AXIS_OPS:
+            u = node.inputs[0]
+            if u not in perm:
+                perm[u] = _identity(rank(u))
+            _axis_layout(fg, node, perm, require)
         elif op in ORIGIN_LAYOUT_OPS:
             for i in ins:
                 require(node, i, _identity(rank(node.inputs[i])))
@@ -390,6 +403,50 @@ def _choose_perm(ps: list[list[int]], r: int) -> list[int]:
         if p != _identity(len(p)):
             return p
     return ps[0]
+
+
+def node_axes(fg: FGraph, node: FNode, r: int) -> list[int]:
+    """The axes (normalized, sorted) a Reduce* node reduces: from its ``axes`` attribute or input 1."""
+    axes = node.attrs.get("axes")
+    if axes is None and len(node.inputs) > 1 and node.inputs[1]:
+        if node.inputs[1] not in fg.consts:
+            raise UnsupportedError("reduction axes must be a constant", node=node.name, op=node.op)
+        axes = [int(a) for a in np.asarray(fg.consts[node.inputs[1]]).ravel()]
+    if not axes:
+        if int(node.attrs.get("noop_with_empty_axes", 0)):
+            raise UnsupportedError("noop_with_empty_axes=1 without axes", node=node.name, op=node.op,
+                                   supported=["explicit axes", "noop_with_empty_axes=0"])
+        return list(range(r))
+    return sorted({int(a) % r for a in axes})
+
+
+def _axis_layout(fg: FGraph, node: FNode, perm: dict[str, list[int]], require) -> None:
+    """Ops acting along axes (Reduce*, Softmax, LogSoftmax, LpNormalization, Split): they run on their
+    input's layout; the axes they name are remapped to storage order (``_axes`` / ``axis``)."""
+    u = node.inputs[0]
+    p = perm[u]
+    r = len(p)
+    if node.op in REDUCE_OPS:
+        axes = node_axes(fg, node, r)
+        keep = int(node.attrs.get("keepdims", 1))
+        if not keep and p != _identity(r):
+            require(node, 0, _identity(r))
+            p = _identity(r)
+        node.attrs["_axes"] = sorted(p.index(a) for a in axes)
+        out_r = len(fg.shapes[node.outputs[0]])
+        perm[node.outputs[0]] = p if keep else _identity(out_r)
+        return
+    default = 0 if node.op == "Split" else -1
+    if node.op in ("Softmax", "LogSoftmax") and fg.opset < 13 and "axis" not in node.attrs:
+        default = 1  # opset < 13: flatten from axis 1; equal to the last axis only for rank 2
+    ax = int(node.attrs.get("axis", default)) % r
+    if node.op in ("Softmax", "LogSoftmax") and fg.opset < 13 and ax != r - 1:
+        raise UnsupportedError(f"opset-{fg.opset} {node.op} over axes {ax}..{r - 1} (flattened)", node=node.name,
+                               op=node.op, supported=["the last axis", "opset >= 13 (one axis)"])
+    node.attrs["axis"] = p.index(ax)
+    for o in node.outputs:
+        if o:
+            perm[o] = p
 
 
 def _remap_slice_axes(fg: FGraph, node: FNode, p: list[int]) -> None:
@@ -496,7 +553,8 @@ def insert_requantize(fg: FGraph, qi: QInfo, perm: dict[str, list[int]], namer: 
             if (want_e, want_b) == (qi.exp[u], qi.vbits[u]):
                 continue
             out = namer.var()
-            r = FNode("RequantizeLinear", namer.op(), [u], [out], {"_exp_in": qi.exp[u], "_exp_out": want_e})
+            kind = "QuantizeLinear" if qi.vbits[u] == 32 else "RequantizeLinear"  # float32 (Softmax) -> int
+            r = FNode(kind, namer.op(), [u], [out], {"_exp_in": qi.exp[u], "_exp_out": want_e})
             fg.nodes.insert(fg.nodes.index(node), r)
             qi.bits[r.name] = want_b
             qi.vbits[out] = want_b
@@ -547,7 +605,7 @@ class Exporter:
         self.params: dict[str, Tensor] = {}
 
     def dtype(self, bits: int) -> str:
-        return "int8" if bits == 8 else "int16"
+        return {8: "int8", 16: "int16", 32: "float32"}[bits]
 
     def shape(self, v: str) -> tuple[int, ...]:
         s = self.fg.shapes[v]
@@ -601,7 +659,9 @@ class Exporter:
         attrs: dict = {"quant_type": qt}
         inputs = list(n.inputs)
         a = n.attrs
-        if op == "Conv":
+        if op in OP_RULES:
+            op, attrs, inputs = OP_RULES[op].export(self, n, attrs)
+        elif op == "Conv":
             inputs = self.conv_params(n)
             nsp = len(self.fg.shapes[n.inputs[0]]) - 2
             attrs.update(activation=a.get("activation", "Linear"), dilations=list(a.get("dilations", [1] * nsp)),
@@ -654,8 +714,34 @@ class Exporter:
             self.param(vs, np.array(2.0 ** (a["_exp_out"] - a["_exp_in"]), np.float32), "float32", [0])
             self.param(vz, np.array(0), self.dtype(self.qi.bits[n.name]), [0])
             inputs = [inputs[0], vs, vz]
+        elif op == "QuantizeLinear":
+            vs, vz = self.namer.var(), self.namer.var()
+            self.param(vs, np.array(2.0 ** a["_exp_out"], np.float32), "float32", [0])
+            self.param(vz, np.array(0), self.dtype(self.qi.bits[n.name]), [0])
+            inputs = [inputs[0], vs, vz]
         elif op in ("GlobalAveragePool", "GlobalMaxPool"):
             pass
+        elif op in REDUCE_OPS:
+            nm = f"{n.name}_axes"
+            self.fg.consts[nm] = np.array(a["_axes"], np.int64)
+            inputs = [inputs[0], self.int64_param(nm)]
+            attrs["keepdims"] = int(a.get("keepdims", 1))
+        elif op in ("Softmax", "LogSoftmax", "LpNormalization", "Split"):
+            attrs["axis"] = int(a["axis"])
+            if op == "LpNormalization":
+                attrs["p"] = int(a.get("p", 2))
+            if op == "Split":
+                inputs = [inputs[0], self.split_sizes(n)]
+        elif op == "LayerNormalization":
+            inputs = self.norm_params(n, quantized=True)
+            attrs.update(axis=int(a.get("axis", -1)), epsilon=float(a.get("epsilon", 1e-5)))
+        elif op == "RMSNormalization":
+            inputs = self.norm_params(n, quantized=False)
+            attrs.update(axis=int(a.get("axis", -1)), epsilon=float(a.get("epsilon", 1e-5)))
+        elif op == "DepthToSpace":
+            attrs.update(blocksize=int(a["blocksize"]), mode=str(a.get("mode", "DCR")))
+        elif op == "Resize":
+            inputs = self.resize_inputs(n, attrs)
         else:
             raise UnsupportedError("operator is not supported by the exporter", node=n.name, op=op,
                                    supported=SUPPORTED)
@@ -731,7 +817,7 @@ class Exporter:
         for u in n.inputs:
             if u in self.fg.consts:
                 c = np.asarray(self.fg.consts[u], np.float32)
-                if n.op in ("Add", "Sub"):
+                if n.op in ALIGN_TO_OUTPUT_OPS:
                     e = self.qi.exp[n.outputs[0]]
                 else:
                     e = int(weight_exponents(c, None, bits)[0])
@@ -739,6 +825,67 @@ class Exporter:
             else:
                 out.append(u)
         return out
+
+    def split_sizes(self, n: FNode) -> str:
+        """Split sizes as an int64 input (ESP-DL reads only the input): from input 1, the opset < 13
+        attribute, or equal parts."""
+        x = n.inputs[0]
+        shp = self.fg.shapes[x]
+        r = len(shp)
+        ax = int(n.attrs["axis"])
+        dim = shp[(self.perm.get(x) or list(range(r)))[ax]]
+        if len(n.inputs) > 1 and n.inputs[1]:
+            if n.inputs[1] not in self.fg.consts:
+                raise UnsupportedError("Split sizes must be a constant", node=n.name, op="Split")
+            sizes = [int(v) for v in np.asarray(self.fg.consts[n.inputs[1]]).ravel()]
+        elif n.attrs.get("split"):
+            sizes = [int(v) for v in n.attrs["split"]]
+        else:
+            k = len(n.outputs)
+            c = -(-dim // k)
+            sizes = [min(c, dim - i * c) for i in range(k)]
+        nm = f"{n.name}_split"
+        self.fg.consts[nm] = np.array(sizes, np.int64)
+        return self.int64_param(nm)
+
+    def norm_params(self, n: FNode, quantized: bool) -> list[str]:
+        """LayerNormalization: scale and bias at the activation width, per-tensor min-max power-of-two
+        exponents; RMSNormalization: float32 scale (ESP-PPQ keeps it unquantized)."""
+        bits = self.qi.bits[n.name]
+        ins = [n.inputs[0]]
+        for i in n.inputs[1:3]:
+            if not i:
+                continue
+            if i not in self.fg.consts:
+                raise UnsupportedError("normalization scale/bias must be constants", node=n.name, op=n.op)
+            c = np.asarray(self.fg.consts[i], np.float32)
+            if quantized:
+                e = int(weight_exponents(c, None, bits)[0])
+                ins.append(self.act_const(i, e, bits))
+            else:
+                ins.append(self.param(i, c, "float32", [0]))
+        return ins
+
+    def resize_inputs(self, n: FNode, attrs: dict) -> list[str]:
+        a = n.attrs
+        if self.qi.bits[n.name] != 8:
+            raise UnsupportedError("int16 Resize (ESP-DL's int16 resize does nothing)", node=n.name, op="Resize",
+                                   supported=["int8 Resize"])
+        x = n.inputs[0]
+        r = len(self.fg.shapes[x])
+        p = self.perm.get(x) or list(range(r))
+        attrs.update(mode=str(a.get("mode", "nearest")),
+                     coordinate_transformation_mode=str(a.get("coordinate_transformation_mode", "half_pixel")),
+                     nearest_mode=str(a.get("nearest_mode", "round_prefer_floor")))
+        scales = n.inputs[2] if len(n.inputs) > 2 and n.inputs[2] else ""
+        sizes = n.inputs[3] if len(n.inputs) > 3 and n.inputs[3] else ""
+        if scales and scales in self.fg.consts and np.asarray(self.fg.consts[scales]).size == r:
+            v = np.asarray(self.fg.consts[scales], np.float32).ravel()[p]
+            return [x, "", self.param(f"{n.name}_scales", v, "float32", [0])]
+        if sizes and sizes in self.fg.consts:
+            v = np.asarray(self.fg.consts[sizes], np.int64).ravel()[p]
+            return [x, "", "", self.param(f"{n.name}_sizes", v, "int64", [0])]
+        raise UnsupportedError("Resize needs constant scales or sizes for every axis", node=n.name, op="Resize")
 
     def bias(self, n: FNode, b_name: str, e: np.ndarray, cout: int) -> str:
         bits = self.qi.bits[n.name]

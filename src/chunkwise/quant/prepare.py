@@ -23,7 +23,18 @@ FLOAT_OPS_SUPPORTED = (
     "Gemm", "GlobalAveragePool", "HardSigmoid", "HardSwish", "Identity", "LeakyRelu", "Log",
     "MaxPool", "Mul", "Neg", "Pad", "PRelu", "Relu", "Reshape", "Sigmoid", "Slice", "Sqrt",
     "Squeeze", "Sub", "Tanh", "Transpose", "Unsqueeze",
+    "ConvTranspose", "Gather", "GRU", "LSTM", "MatMul",  # rules in .products and .rnn
+    "Gelu", "Swish", "Max", "Min", "Pow", "Split", "DepthToSpace", "Resize",
+    "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceL1", "ReduceL2", "ReduceSumSquare",
+    "ReduceLogSum", "ReduceLogSumExp", "ReduceProd",
+    "LayerNormalization", "RMSNormalization", "LpNormalization", "Softmax", "LogSoftmax",
 )
+# operators taken only inside a pattern that .patterns fuses (checked again after the rewrites)
+PATTERN_ONLY_OPS = ("Erf", "Reciprocal")
+# float-exact passes of other modules (.products, .rnn), run after the ones here: f(fg) -> None
+PREPARE_PASSES: list = []
+# ESP-DL operators that only a rewrite makes (InsertZeros from ConvTranspose): allowed after the rewrites
+REWRITE_ONLY_OPS: set = set()
 
 
 @dataclass
@@ -47,6 +58,7 @@ class FGraph:
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     dtypes: dict[str, int] = field(default_factory=dict)  # ONNX elem types of activations
     opset: int = 17
+    origin: dict[str, list[str]] = field(default_factory=dict)  # fused node -> the ONNX nodes it replaces
 
     def producers(self) -> dict[str, FNode]:
         return {o: n for n in self.nodes for o in n.outputs if o}
@@ -119,8 +131,6 @@ def from_onnx(model: onnx.ModelProto) -> FGraph:
             raise UnsupportedError(f"input {vi.name!r} has a dynamic or unknown shape "
                                    f"{[d.dim_param or d.dim_value for d in dims or []]}; give a model with a static "
                                    "input shape (e.g. re-export with fixed dims)")
-        if shp and shp[0] != 1:
-            raise UnsupportedError(f"input {vi.name!r} has batch {shp[0]}", supported=["batch size 1"])
         if vi.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
             raise UnsupportedError(f"input {vi.name!r} is not float32", supported=["float32 inputs"])
         inputs.append((vi.name, shp))
@@ -217,6 +227,10 @@ def constants_to_initializers(fg: FGraph) -> None:
 
 def remove_identities(fg: FGraph) -> None:
     for n in list(fg.nodes):
+        if n.op == "Identity" and n.inputs[0] in fg.consts and not fg.is_output(n.outputs[0]):
+            fg.consts[n.outputs[0]] = fg.consts[n.inputs[0]]  # a constant under another name
+            fg.nodes.remove(n)
+            continue
         if n.op in ("Identity", "Dropout") and n.inputs[0] not in fg.consts:
             if n.op == "Dropout" and len([o for o in n.outputs if o]) > 1:
                 raise UnsupportedError("Dropout with a mask output", node=n.name, op=n.op)
@@ -376,11 +390,19 @@ def normalize_clip(fg: FGraph) -> None:
             n.inputs = ins
 
 
-def check_supported(fg: FGraph) -> None:
+def check_supported(fg: FGraph, *, after_rewrites: bool = False) -> None:
+    """Every node is an operator the quantizer takes (before the pattern rewrites, also the operators
+    only taken inside a fused pattern); the error names the node, the op, why (from the operator's
+    definition) and what is supported."""
+    from ..ir.ops import find
+
+    allowed = set(FLOAT_OPS_SUPPORTED) | (REWRITE_ONLY_OPS if after_rewrites else set(PATTERN_ONLY_OPS))
     for n in fg.nodes:
-        if n.op not in FLOAT_OPS_SUPPORTED:
-            raise UnsupportedError("operator is not supported by the quantizer", node=n.name, op=n.op,
-                                   supported=list(FLOAT_OPS_SUPPORTED))
+        if n.op not in allowed:
+            d = find(n.op)
+            why = d.refuse.get("quantize") if d is not None else None
+            raise UnsupportedError(f"operator is not supported by the quantizer{f' ({why})' if why else ''}",
+                                   node=n.name, op=n.op, supported=sorted(FLOAT_OPS_SUPPORTED))
 
 
 def prepare(src) -> FGraph:
@@ -394,6 +416,8 @@ def prepare(src) -> FGraph:
     normalize_clip(fg)
     fold_batchnorm(fg)
     merge_pad_into_conv(fg)
+    for fn in PREPARE_PASSES:
+        fn(fg)
     infer_shapes(fg)
     check_supported(fg)
     for n in fg.nodes:

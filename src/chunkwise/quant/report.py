@@ -37,6 +37,29 @@ class ErrorAccumulator:
         return {"sqnr_db": round(sqnr_db(s, n), 4), "cosine": round(float(cos), 6)}
 
 
+#: below this output SQNR (dB) ``quantize`` warns, naming the worst layer
+WARN_SQNR_DB = 10.0
+
+
+def worst_layer(report: dict) -> dict | None:
+    """The layer with the lowest SQNR (the first one at that value, in graph order)."""
+    layers = [l for l in report.get("layers", []) if l.get("sqnr_db") is not None and not math.isnan(l["sqnr_db"])]
+    return min(layers, key=lambda l: l["sqnr_db"]) if layers else None
+
+
+def sqnr_problem(report: dict, threshold: float = WARN_SQNR_DB) -> str | None:
+    """A sentence naming the output SQNR and the worst layer when the output SQNR is below ``threshold``
+    (or unknown), else None."""
+    out = report.get("output_sqnr_db")
+    if out is not None and out >= threshold:
+        return None
+    w = worst_layer(report)
+    where = (f"; worst layer: {w['op']} node {w['node']!r} (value {w['name']!r}) at {w['sqnr_db']:.1f} dB"
+             if w is not None else "")
+    got = "could not be measured" if out is None else f"is {out:.1f} dB"
+    return f"output SQNR vs float {got}, below {threshold:g} dB{where}"
+
+
 def plot_report(report: dict, path) -> Path:
     """Per-layer SQNR (bars) and cosine similarity (line) as a PNG."""
     import matplotlib

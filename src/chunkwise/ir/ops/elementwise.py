@@ -104,7 +104,8 @@ _unary("LeakyRelu",
        zero_to_zero=_z, attrs={"alpha": Attr("float", 0.01)})
 _unary("PRelu", None, zero_to_zero=_z,
        doc="slope input 1: one value or one per channel ([C, 1, ...] in ONNX); ESP-DL reads NHWC channels")
-_unary("Neg", lambda a: (lambda x: (-np.asarray(x, F32)).astype(F32)), zero_to_zero=_z)
+_unary("Neg", lambda a: (lambda x: (-np.asarray(x, F32)).astype(F32)), exponent=ExpPolicy.PASSIVE, zero_to_zero=_z,
+       doc="ESP-DL negates the integers and ignores exponents and tables: the output keeps the input exponent")
 _unary("Clip", None, exponent=ExpPolicy.FOLLOW, zero_to_zero=_clip_zero, nonneg=_clip_nonneg,
        attrs={"min": Attr("float"), "max": Attr("float")},
        doc="bounds as inputs 1, 2 (opset >= 11) or attributes (older opsets)")
