@@ -18,6 +18,7 @@ from ..ir.graph import Tensor
 from .calibrate import METHODS, FloatRunner, collect, load_calib
 from .export import Exporter, Namer, apply_layout, assign_exponents, insert_requantize, rewrite, topo_sort
 from .prepare import FGraph, check_supported, prepare
+from . import products, rnn  # noqa: F401,E402  (register their operators' rules)
 from .report import ErrorAccumulator, plot_report, sqnr_problem
 
 
