@@ -87,7 +87,8 @@ def run(
     from ..errors import ShapeError
 
     m = chunkwise.load(model, key=key, model=pick, target=target)
-    names = [v.name for v in m.graph.inputs if v.name not in m.graph.initializers]
+    state = {p["input"] for p in json.loads(m.graph.metadata.get("streaming_state", "[]"))}
+    names = [v.name for v in m.graph.inputs if v.name not in m.graph.initializers and v.name not in state]
     feeds = eio.read_inputs(input, names) if input is not None else None
     if compare is not None:
         from ..emu.streamcheck import verify_streaming
@@ -121,7 +122,7 @@ def run(
         from ..emu.streamcheck import split_chunks
 
         sess = m.session()
-        x = m.prepare_inputs(feeds, fixed_shape=False)
+        x = m.prepare_inputs({**sess.state, **feeds}, fixed_shape=False)
         data = sess.input_names  # recurrent state inputs are carried by the session (given: the initial state)
         chunk = sess.shapes[data[0]][frame_axis]
         parts = {k: split_chunks(x[k], chunk, frame_axis, chunks) for k in data}

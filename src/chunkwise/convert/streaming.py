@@ -155,6 +155,25 @@ def _hoist(graph: Graph, c: Cache, shapes, time, consts) -> tuple[str, int, int]
         node, idx, axis = prod, 0, time[prod.inputs[0]].axis
 
 
+def _same_values(graph: Graph, name: str):
+    """A key equal for values that are equal by construction: a value, or a Transpose's (input, perm)
+    (ESP-PPQ gives each consumer of a transposed tensor its own Transpose)."""
+    prod = graph.producers().get(name)
+    if prod is not None and prod.op_type == "Transpose":
+        return ("Transpose", prod.inputs[0], tuple(prod.attr("perm") or ()))
+    return name
+
+
+def _drop_dead(graph: Graph, name: str) -> None:
+    """Remove the producer of ``name`` when nothing reads it any more (a Transpose a shared cache replaced)."""
+    if any(name in n.inputs for n in graph.nodes) or name in {v.name for v in graph.outputs}:
+        return
+    prod = graph.producers().get(name)
+    if prod is not None and prod.op_type == "Transpose":
+        graph.nodes.remove(prod)
+        graph.value_info.pop(name, None)
+
+
 def insert_caches(graph: Graph, d: Decision, shapes, chunk: int, report: StreamReport) -> PassResult:
     if not d.caches:
         return PassResult(graph, False, "no window op needs past frames")
@@ -167,10 +186,11 @@ def insert_caches(graph: Graph, d: Decision, shapes, chunk: int, report: StreamR
             name, idx, axis = _hoist(graph, c, shapes, d.time, consts)
         consumer = graph.node(name)
         src = consumer.inputs[idx]
-        key = (src, c.frames, axis)
+        key = (_same_values(graph, src), c.frames, axis)
         if not c.delay_line and key in shared:
             consumer.inputs[idx] = shared[key]
             report.notes.append(f"{consumer.name} shares the {c.frames}-frame cache of {src!r}")
+            _drop_dead(graph, src)
             continue
         cnode, out = _cache_node(graph, src, c.frames, axis, consumer.name)
         if not c.delay_line:

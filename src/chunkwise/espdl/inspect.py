@@ -414,6 +414,14 @@ def render_text(s: dict) -> str:
         facts.append(["entries", ", ".join(f"[{i}] {e}" for i, e in enumerate(c.get("entries") or []))])
     if g.get("metadata"):
         facts.append(["metadata", ", ".join(f"{k}={v}" for k, v in g["metadata"].items())])
+    md = g.get("metadata") or {}
+    if "streaming_chunk" in md:  # written by chunkwise stream
+        import json as _json
+
+        st = _json.loads(md.get("streaming_state") or "[]")
+        facts.append(["streaming", f"chunk {md['streaming_chunk']} frames on axis {md.get('streaming_frame_axis', 1)}; "
+                      f"outputs lag the offline model by {md.get('streaming_delay_frames', 0)} frames"
+                      + (f"; state carried: " + ", ".join(f"{p['output']} -> {p['input']}" for p in st) if st else "")])
     facts += [
         ["nodes", f"{s['node_count']}  ({', '.join(f'{k} {v}' for k, v in s['op_histogram'].items())})"],
         ["params", f"{p['bytes']:,} bytes in {p['tensors']} tensors ("
