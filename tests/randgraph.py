@@ -79,7 +79,7 @@ def _plan(seed: int, ir: bool) -> dict:
     numerators = {1}
     cur_2d, up_used, f_strided = two_d, False, False
     pad_styles = ("chop", "pad", "padT", "fused") if ir else ("chop", "pad")
-    for _ in range(int(rng.integers(2, 7))):
+    for i in range(int(rng.integers(2, 7))):
         kinds = dict(BLOCKS)
         if not cur_2d:
             kinds.pop("crnn")
@@ -87,6 +87,8 @@ def _plan(seed: int, ir: bool) -> dict:
         if up_used:
             kinds.pop("convT")
         kind = _pick(rng, kinds)
+        if two_d and i == 0:  # a one-channel spectrogram: the first layer makes channels, as in real models
+            kind = "conv"
         k = int(rng.integers(1, 6))
         d = int(rng.integers(1, 5)) if k > 1 else 1
         s = 2 if kind in ("conv", "dw", "pool") and rate * 2 <= 8 and rng.random() < 0.3 else 1
@@ -124,6 +126,8 @@ def _plan(seed: int, ir: bool) -> dict:
             b["S"] = S
             b["K"] = int(rng.choice([S, 2 * S]))
             up_used = True
+        elif kind == "layernorm":
+            b["over_f"] = bool(cur_2d and rng.random() < 0.5)
         elif kind == "crnn":
             b["cout"] = int(rng.choice([2, 4]))
             cur_2d = False
@@ -392,17 +396,22 @@ def _emit_onnx(o: _Onnx, plan: dict, v: _V, b: dict) -> _V:
             o.features.append("linear_gemm")
         y = o.node("Transpose", [y], perm=back)
         return o.act(_V(y, n, v.t, v.f, v.rate), b["act"])
-    if kind == "layernorm":  # nn.LayerNorm(C) on [1, T, C] at opset 13
-        x, back = o.to_frames(v)
+    if kind == "layernorm":  # nn.LayerNorm(C) on [1, T, C] (or nn.LayerNorm(F) on [1, C, T, F]) at opset 13
+        over_f = two and (b["over_f"] or v.c < 4)
+        x, back = (v.name, None) if over_f else o.to_frames(v)
+        n = v.f if over_f else v.c
         mean = o.node("ReduceMean", [x], axes=[-1], keepdims=1)
         dx = o.node("Sub", [x, mean])
         var = o.node("ReduceMean", [o.node("Pow", [dx, o.const(np.array(2.0, np.float32), "Pow")])], axes=[-1],
                      keepdims=1)
         std = o.node("Sqrt", [o.node("Add", [var, o.const(np.array(1e-5, np.float32), "Add_eps")])])
         y = o.node("Div", [dx, std])
-        y = o.node("Mul", [y, o.const((1.0 + 0.1 * o.rng.standard_normal(v.c)).astype(np.float32), "Mul_g")])
-        y = o.node("Add", [y, o.const(o.bias(v.c), "Add_b")])
+        y = o.node("Mul", [y, o.const((1.0 + 0.1 * o.rng.standard_normal(n)).astype(np.float32), "Mul_g")])
+        y = o.node("Add", [y, o.const(o.bias(n), "Add_b")])
         o.features.append("layernorm_decomposed")
+        if over_f:
+            o.features.append("layernorm_features")
+            return _V(y, v.c, v.t, v.f, v.rate)
         return _V(o.node("Transpose", [y], perm=back), v.c, v.t, v.f, v.rate)
     if kind == "convT":  # causal up-sampler: ConvTranspose, then drop the last K - S frames
         S, K, n = b["S"], b["K"], b["cout"]
@@ -502,11 +511,96 @@ def random_calib(model: onnx.ModelProto, seed: int = 0, n: int = 16) -> np.ndarr
 
 # ---- (b) quantized IR ----------------------------------------------------------------------------------
 
+def _rms_builder(seed: int, target: str):
+    """A GraphBuilder that tracks the expected RMS (in integer units) of every value and gives each Conv,
+    Gemm, MatMul and Mul the output exponent that keeps its output near 40 (GraphBuilder assumes full-scale
+    inputs, so deep random stacks would fade to all-zero tensors, and bit-exact checks would be vacuous)."""
+    from chunkwise.ir.build import GraphBuilder
+
+    class RmsBuilder(GraphBuilder):
+        AUTO = {"Conv", "Gemm", "MatMul", "Mul"}
+        INPUT_RMS = 37.0  # uniform integers in [-64, 64]: chunkwise.convert.streaming.random_input
+
+        def __init__(self):
+            super().__init__(seed=seed + 7919, target=target, name=f"random_ir_{seed}")
+            self.rms: dict[str, float] = {}
+            self.keep = False  # the caller's out_exp stands
+
+        def r(self, name: str) -> float:
+            return self.rms.get(name, self.INPUT_RMS)
+
+        def _node(self, op, inputs, out_shape, out_exp, dtype="int8", **attrs):
+            if op in self.AUTO and not self.keep:
+                out_exp = self._auto_exp(op, inputs, attrs)
+            out = super()._node(op, inputs, out_shape, out_exp, dtype, **attrs)
+            self.rms[out] = float(np.clip(self._out_rms(op, inputs, out, attrs), 0.5, 127.0))
+            return out
+
+        def _weight_exps(self, name):
+            return np.asarray(self.g.initializers[name].exponents, dtype=np.float64)
+
+        def _auto_exp(self, op, inputs, attrs) -> int:
+            x = inputs[0]
+            e_in = self.exp(x)
+            if op == "Mul":
+                v = self.r(x) * self.r(inputs[1])
+                return int(e_in + self.exp(inputs[1]) + round(math.log2(max(v, 1.0) / 40.0)))
+            w = self.g.initializers[inputs[1]].data
+            if op == "Conv":
+                depthwise = int(attrs.get("group", 1)) > 1
+                fan_in = int(np.prod(w.shape[:-2])) * (1 if depthwise else int(w.shape[-2]))
+            else:
+                fan_in = int(w.shape[-2])
+            acc = self.r(x) * 58.0 * math.sqrt(fan_in) + 1.0  # int8 weights uniform in [-100, 100]: rms 58
+            return int(e_in + self._weight_exps(inputs[1]).max() + round(math.log2(acc / 40.0)))
+
+        def _out_rms(self, op, inputs, out, attrs) -> float:
+            x = inputs[0]
+            rx = self.r(x)
+            e_in, e_out = self.exp(x), self.exp(out)
+            gain = 2.0 ** (e_in - e_out)
+            if op in ("Conv", "Gemm", "MatMul"):
+                ew = self._weight_exps(inputs[1])
+                v = 40.0 * float(np.mean(2.0 ** (ew - ew.max())))
+                return v / math.sqrt(2) if attrs.get("activation") == "Relu" else v
+            if op == "Mul":
+                return self.r(x) * self.r(inputs[1]) * 2.0 ** (e_in + self.exp(inputs[1]) - e_out)
+            if op in ("Add", "Sub"):
+                return math.hypot(rx, self.r(inputs[1]))
+            if op == "Sigmoid":
+                return 75.0 * 2.0 ** (-7 - e_out)
+            if op == "Tanh":
+                return 110.0 * min(rx * 2.0 ** e_in, 1.0) * 2.0 ** (-7 - e_out)
+            if op in ("Relu",):
+                return rx * gain / math.sqrt(2)
+            if op in ("LeakyRelu", "PRelu", "HardSwish", "Swish"):
+                return rx * gain * 0.75
+            if op == "Clip":
+                return min(rx, 6.0 * 2.0 ** -e_in) * gain * 0.7
+            if op == "AveragePool":
+                return rx * 0.8
+            if op == "LayerNormalization":
+                return 2.0 ** -e_out
+            if op == "InsertZeros":
+                return rx / math.sqrt(float(np.prod(attrs.get("stride", [1]))))
+            if op == "RequantizeLinear":
+                return rx * gain
+            if op == "Concat":
+                return float(np.mean([self.r(i) for i in inputs]))
+            return rx  # data movement, MaxPool
+
+        def split(self, x, sizes, axis):
+            outs = super().split(x, sizes, axis)
+            for o in outs:
+                self.rms[o] = self.r(x)
+            return outs
+
+    return RmsBuilder()
+
+
 class _Ir:
     def __init__(self, seed: int, target: str):
-        from chunkwise.ir.build import GraphBuilder
-
-        self.b = GraphBuilder(seed=seed + 7919, target=target, name=f"random_ir_{seed}")
+        self.b = _rms_builder(seed, target)
         self.rng = np.random.default_rng([seed, 5, 20261129])
         self.features: list[str] = []
 
@@ -560,10 +654,12 @@ class _Ir:
             self.features.append("strided")
         if fs > 1:
             self.features.append("feature_stride")
+        b.keep = out_exp is not None
         if two:
             y = b.conv_full(x, cout, (k, kf), (d, 1), (s, fs), (left, pf, right, pf), depthwise, act, out_exp)
         else:
             y = b.conv_full(x, cout, (k,), (d,), (s,), (left, right), depthwise, act, out_exp)
+        b.keep = False
         if style == "chop" and right:
             y = b.slice_time(y, 0, -right)
         return y
@@ -598,8 +694,11 @@ class _Ir:
             return b.lut(x, "HardSwish", lambda v: v * np.clip(v / 6 + 0.5, 0, 1), e)
         if act == "Swish":
             if lut:
-                return b.lut(x, "Swish", lambda v: v / (1 + np.exp(-v)), e)
-            return b.binary("Mul", x, b.sigmoid(x), out_exp=e)
+                return b.lut(x, "Swish", lambda v: v * 0.5 * (1 + np.tanh(v / 2)), e)
+            b.keep = True
+            y = b.binary("Mul", x, b.sigmoid(x), out_exp=e)
+            b.keep = False
+            return y
         raise ValueError(act)
 
     def conv_act(self, x: str, cout: int, blk: dict, act=None, **kw) -> str:
@@ -685,12 +784,19 @@ def _emit_ir(r: _Ir, plan: dict, x: str, blk: dict) -> str:
         if blk["mode"] == "matmul":
             y = b.matmul(x, n, act="Relu" if relu else "Linear")
             r.features.append("linear_matmul")
-        else:
+        elif blk["variant"] == 0:  # Gemm straight on [1, T, (F,) C] (ESP-DL's Gemm takes [..., K])
             y = b.gemm(x, n, act="Relu" if relu else "Linear")
+            r.features.append("linear_gemm_nd")
+        else:  # PyTorch's x.reshape(-1, C) -> Linear -> reshape back
+            y = b.gemm(b.reshape(x, [-1, c]), n, act="Relu" if relu else "Linear")
+            y = b.reshape(y, list(shp[:-1]) + [n] if blk["variant"] == 1 else [1, -1] + list(shp[2:-1]) + [n])
             r.features.append("linear_gemm")
         return y if relu else r.act(y, blk["act"], blk["lut"])
     if kind == "layernorm":
         r.features.append("layernorm")
+        if two and (blk["over_f"] or c < 4):  # over the features: [1,T,F,C] -> [1,T,C,F] -> LN -> back
+            r.features.append("layernorm_features")
+            return b.transpose(b.layer_norm(b.transpose(x, [0, 1, 3, 2]), -5), [0, 1, 3, 2])
         return b.layer_norm(x, -5)
     if kind == "convT":  # InsertZeros + Conv (ESP-PPQ's ConvTranspose)
         S, K = blk["S"], blk["K"]
