@@ -665,7 +665,8 @@ class Exporter:
             inputs = self.conv_params(n)
             nsp = len(self.fg.shapes[n.inputs[0]]) - 2
             attrs.update(activation=a.get("activation", "Linear"), dilations=list(a.get("dilations", [1] * nsp)),
-                         group=int(a.get("group", 1)), kernel_shape=list(a.get("kernel_shape")),
+                         group=int(a.get("group", 1)),
+                         kernel_shape=list(a.get("kernel_shape") or self.fg.consts[n.inputs[1]].shape[2:]),
                          pads=list(a.get("pads", [0] * (2 * nsp))), strides=list(a.get("strides", [1] * nsp)))
             if a.get("auto_pad", "NOTSET") not in ("NOTSET", ""):
                 raise UnsupportedError(f"auto_pad={a['auto_pad']}", node=n.name, op=op, supported=["explicit pads"])
@@ -873,17 +874,17 @@ class Exporter:
                                    supported=["int8 Resize"])
         x = n.inputs[0]
         r = len(self.fg.shapes[x])
-        p = self.perm.get(x) or list(range(r))
         attrs.update(mode=str(a.get("mode", "nearest")),
                      coordinate_transformation_mode=str(a.get("coordinate_transformation_mode", "half_pixel")),
                      nearest_mode=str(a.get("nearest_mode", "round_prefer_floor")))
         scales = n.inputs[2] if len(n.inputs) > 2 and n.inputs[2] else ""
         sizes = n.inputs[3] if len(n.inputs) > 3 and n.inputs[3] else ""
+        # ESP-DL reads scales / sizes in the ONNX (NCHW) order, whatever the activation layout
         if scales and scales in self.fg.consts and np.asarray(self.fg.consts[scales]).size == r:
-            v = np.asarray(self.fg.consts[scales], np.float32).ravel()[p]
+            v = np.asarray(self.fg.consts[scales], np.float32).ravel()
             return [x, "", self.param(f"{n.name}_scales", v, "float32", [0])]
         if sizes and sizes in self.fg.consts:
-            v = np.asarray(self.fg.consts[sizes], np.int64).ravel()[p]
+            v = np.asarray(self.fg.consts[sizes], np.int64).ravel()
             return [x, "", "", self.param(f"{n.name}_sizes", v, "int64", [0])]
         raise UnsupportedError("Resize needs constant scales or sizes for every axis", node=n.name, op="Resize")
 

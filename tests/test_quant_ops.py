@@ -1,0 +1,157 @@
+"""Single-operator float models through the quantizer: each ESP-DL operator with an ONNX counterpart
+quantizes (esp32p4 / esp32s3, int8 / int16), runs in the emulator and stays close to onnxruntime's float
+output; inputs whose first dimension is not 1 are one tensor (ESP-DL has no batch notion)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import chunkwise
+
+RNG = np.random.default_rng(3)
+
+
+def model(op, shape, attrs=None, consts=None, extra_inputs=(), outputs=1, opset=13, const_first=False,
+          pre=None):
+    """One ``op`` node on input ``x`` (optionally behind a ``pre`` node), constants as initializers."""
+    consts = consts or {}
+    ins = ["x"] + list(extra_inputs)
+    if const_first:
+        ins = list(extra_inputs) + ["x"]
+    nodes = []
+    if pre is not None:
+        nodes.append(helper.make_node(pre, ["x"], ["x0"]))
+        ins = ["x0" if i == "x" else i for i in ins]
+    outs = [f"y{i}" for i in range(outputs)]
+    nodes.append(helper.make_node(op, ins, outs, **(attrs or {})))
+    inits = [numpy_helper.from_array(np.asarray(v), k) for k, v in consts.items()]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))],
+                          [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outs],
+                          initializer=inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    m.ir_version = 8
+    return m
+
+
+F = np.float32
+I64 = np.int64
+
+# name, model factory, input distribution ("n": normal, "p": positive), min int8 output SQNR (dB)
+CASES = {
+    "ReduceMean_last": (lambda: model("ReduceMean", (1, 8, 16), {"axes": [-1]}), "n", 22),
+    "ReduceMean_keep0": (lambda: model("ReduceMean", (1, 8, 16), {"axes": [1], "keepdims": 0}), "n", 22),
+    "ReduceSum_axes_input": (lambda: model("ReduceSum", (1, 8, 16), consts={"ax": np.array([2], I64)},
+                                           extra_inputs=["ax"]), "n", 22),
+    "ReduceMax": (lambda: model("ReduceMax", (1, 8, 16), {"axes": [2]}), "n", 22),
+    "ReduceMin": (lambda: model("ReduceMin", (1, 8, 16), {"axes": [1]}), "n", 22),
+    "ReduceL2": (lambda: model("ReduceL2", (1, 8, 16), {"axes": [2]}), "n", 22),
+    "ReduceSumSquare": (lambda: model("ReduceSumSquare", (1, 8, 16), {"axes": [2]}), "n", 22),
+    "ReduceMean_conv_nwc": (lambda: _conv_then("ReduceMean", {"axes": [2]}), "n", 22),
+    "Softmax": (lambda: model("Softmax", (1, 8, 16), {"axis": -1}), "n", 22),
+    "Softmax_axis1": (lambda: model("Softmax", (1, 8, 16), {"axis": 1}), "n", 22),
+    "LogSoftmax": (lambda: model("LogSoftmax", (1, 8, 16), {"axis": -1}), "n", 22),
+    "LpNormalization": (lambda: model("LpNormalization", (1, 8, 16), {"axis": -1, "p": 2}), "n", 22),
+    "LayerNormalization": (lambda: model("LayerNormalization", (1, 8, 16), {"axis": -1},
+                                         consts={"s": RNG.uniform(0.5, 1.5, 16).astype(F),
+                                                 "b": RNG.normal(0, .2, 16).astype(F)},
+                                         extra_inputs=["s", "b"], opset=17), "n", 22),
+    "Gelu": (lambda: model("Gelu", (1, 8, 16), opset=20), "n", 22),
+    "Max_const": (lambda: model("Max", (1, 8, 16), consts={"c": np.array(0.3, F)}, extra_inputs=["c"]), "n", 22),
+    "Min_const": (lambda: model("Min", (1, 8, 16), consts={"c": RNG.normal(0, 1, 16).astype(F)},
+                                extra_inputs=["c"]), "n", 22),
+    "Pow_square": (lambda: model("Pow", (1, 8, 16), consts={"c": np.array(2.0, F)}, extra_inputs=["c"]), "n", 20),
+    "Split": (lambda: model("Split", (1, 8, 16), {"axis": 1}, consts={"s": np.array([3, 5], I64)},
+                            extra_inputs=["s"], outputs=2), "n", 22),
+    "Split_equal": (lambda: model("Split", (1, 8, 16), {"axis": 2}, outputs=2), "n", 22),
+    "Exp": (lambda: model("Exp", (1, 8, 16)), "n", 10),  # e^x over +-6: int8 steps are coarse near 0
+    "Log": (lambda: model("Log", (1, 8, 16)), "p", 20),
+    "Sqrt": (lambda: model("Sqrt", (1, 8, 16)), "p", 25),
+    "Neg": (lambda: model("Neg", (1, 8, 16)), "n", 22),
+    "Reshape": (lambda: model("Reshape", (1, 8, 16), consts={"s": np.array([1, 16, 8], I64)},
+                              extra_inputs=["s"]), "n", 22),
+    "Transpose": (lambda: model("Transpose", (1, 8, 16), {"perm": [0, 2, 1]}), "n", 22),
+    "Squeeze": (lambda: model("Squeeze", (1, 1, 16), consts={"a": np.array([1], I64)}, extra_inputs=["a"]), "n", 22),
+    "Unsqueeze": (lambda: model("Unsqueeze", (1, 8, 16), consts={"a": np.array([1], I64)},
+                                extra_inputs=["a"]), "n", 22),
+    "Flatten": (lambda: model("Flatten", (1, 4, 4, 4), {"axis": 1}), "n", 22),
+    "Relu": (lambda: model("Relu", (1, 8, 16)), "n", 22),
+    "Resize_nearest": (lambda: model("Resize", (1, 4, 6, 6), {"mode": "nearest"},
+                                     consts={"roi": np.zeros(0, F), "sc": np.array([1, 1, 2, 2], F)},
+                                     extra_inputs=["roi", "sc"]), "n", 22),
+    "DepthToSpace_CRD": (lambda: model("DepthToSpace", (1, 8, 3, 3), {"blocksize": 2, "mode": "CRD"}), "n", 22),
+    "batch2_Add": (lambda: model("Add", (2, 3, 4, 5), consts={"c": RNG.normal(0, 1, (3, 4, 5)).astype(F)},
+                                 extra_inputs=["c"]), "n", 22),
+    "batch48_Sigmoid": (lambda: model("Sigmoid", (48, 1)), "n", 22),
+}
+
+
+def _conv_then(op, attrs):
+    w = RNG.normal(0, 0.3, (8, 8, 3)).astype(F)
+    m = model(op, (1, 8, 16), attrs)
+    g = m.graph
+    g.node.insert(0, helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1]))
+    g.node[1].input[0] = "c"
+    g.initializer.append(numpy_helper.from_array(w, "w"))
+    return m
+
+
+def _data(shape, dist, n=16):
+    if dist == "p":
+        return RNG.uniform(0.05, 4.0, (n,) + tuple(shape)).astype(F)
+    return RNG.normal(0, 1.5, (n,) + tuple(shape)).astype(F)
+
+
+def _shape(m):
+    return tuple(d.dim_value for d in m.graph.input[0].type.tensor_type.shape.dim)
+
+
+@pytest.mark.parametrize("target, bits", [("esp32p4", 8), ("esp32s3", 8), ("esp32p4", 16), ("esp32s3", 16)])
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_single_op_quantizes_and_runs(name, target, bits, tmp_path):
+    make, dist, min_db = CASES[name]
+    m = make()
+    if name.startswith("Resize") and bits == 16:
+        with pytest.raises(chunkwise.UnsupportedError, match="int16 Resize"):
+            chunkwise.quantize(m, _data(_shape(m), dist), target=target, bits=bits)
+        return
+    calib = _data(_shape(m), dist)
+    q = chunkwise.quantize(m, calib, target=target, bits=bits, test_input=calib[:1], warn=False)
+    rep = q.quant_report
+    want = min_db if bits == 8 else min_db + 20
+    assert rep["output_sqnr_db"] is not None and rep["output_sqnr_db"] >= want, (rep["output_sqnr_db"], rep["layers"])
+    p = tmp_path / "m.espdl"
+    q.save(p)
+    back = chunkwise.load(p)
+    ins = {k: v.data for k, v in back.graph.test_inputs.items()}
+    got = back.run(ins)
+    for k, t in back.graph.test_outputs.items():
+        np.testing.assert_array_equal(got[k], t.data)
+
+
+def test_passive_ops_keep_input_exponent_on_graph_inputs():
+    """A single Reshape/Neg/Transpose on a graph input: ESP-DL copies (or negates) integers, so the
+    output must carry the input's exponent (it did not: output values sat exponents off)."""
+    for name in ("Reshape", "Neg", "Transpose", "Squeeze", "Flatten"):
+        m = CASES[name][0]()
+        q = chunkwise.quantize(m, _data(_shape(m), "n"), warn=False)
+        g = q.graph
+        assert g.outputs[0].exponent == g.inputs[0].exponent, name
+
+
+def test_batch_not_one_calibration_shapes():
+    m = CASES["batch2_Add"][0]()
+    one = RNG.normal(0, 1, (2, 3, 4, 5)).astype(F)
+    q = chunkwise.quantize(m, one, warn=False)  # one sample of the full input shape
+    assert tuple(q.graph.inputs[0].shape) == (2, 3, 4, 5)
+    with pytest.raises(chunkwise.ShapeError, match=r"\[N, 2, 3, 4, 5\]"):
+        chunkwise.quantize(m, RNG.normal(0, 1, (3, 4, 5)).astype(F), warn=False)
+
+
+def test_bad_sqnr_warns_naming_worst_layer():
+    # calibrated on tiny values, tested on large ones: the output saturates and must be called out
+    m = CASES["Relu"][0]()
+    calib = RNG.normal(0, 0.01, (8, 8, 16)).astype(F)
+    with pytest.warns(chunkwise.quant.QuantizationWarning, match="worst layer: Relu"):
+        chunkwise.quantize(m, calib, test_input=RNG.normal(0, 100, (8, 16)).astype(F))
