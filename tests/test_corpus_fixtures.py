@@ -39,6 +39,22 @@ EXPECTED_REFUSALS = {
 }
 
 
+# int16 exports (esp32p4) whose embedded test outputs the emulator does not reproduce exactly: ESP-PPQ computes
+# int16 Conv/Gemm in float32, the chip accumulates exactly and rounds once, so near-ties round the other way
+# (docs/int16-deviations.md). {model: (max |diff| at the outputs, mismatching output elements)}, as measured.
+# Traced with every intermediate exported as a test value: inception, all intermediates within +-1 from its
+# Convs on, two such steps add up to 2 at the output; swish_mlp, one element of the first Gemm is off by 1,
+# which crosses a step of the int16 Swish LUT (42 there) and spreads through the next Gemms (13 at the output).
+KNOWN_S16_DEVIATIONS = {
+    "gru_state": (1, 3),
+    "swish_mlp": (13, 6),
+    "upsample_tcn": (1, 1),
+    "inception": (2, 26),
+    "causal_pools": (1, 3),
+    "valid_convs": (1, 1),
+}
+
+
 def _ids(models):
     return [m.name for m in models]
 
@@ -47,8 +63,32 @@ def _ppq_cases():
     cases = []
     for m in MODELS:
         for f in m.ppq_exports():
-            cases.append(pytest.param(m, f, id=f"{m.name}-{f.stem}"))
+            marks = []
+            if f.stem.endswith("_s16") and m.name in KNOWN_S16_DEVIATIONS:
+                marks = [pytest.mark.xfail(strict=True, raises=AssertionError,
+                                           reason="ESP-PPQ's float32 int16 accumulation vs the chip's exact one")]
+            cases.append(pytest.param(m, f, id=f"{m.name}-{f.stem}", marks=marks))
     return cases
+
+
+def _load(path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return chunkwise.load(path)
+
+
+def _run_test_values(model):
+    """{test output name: (emulated, embedded)} for the model's embedded test input."""
+    g = model.graph
+    intermediates = not set(g.test_outputs) <= set(g.output_names)
+    outs = model.run(model.test_feeds(), intermediates=intermediates)
+    res = {}
+    for name, t in g.test_outputs.items():
+        assert name in outs, f"no value for test output {name!r}"
+        got = np.asarray(outs[name])
+        assert got.dtype.kind in "iu", f"{name}: {got.dtype}"
+        res[name] = (got.reshape(t.data.shape), t.data)
+    return res
 
 
 def test_corpus_index_and_size():
@@ -132,6 +172,12 @@ def test_ppq_status_matches_files():
             if rec["ppq"] == "ok":
                 want = "error" if m.name in EXPECTED_REFUSALS else "bit-exact"
                 assert rec["emu_test"].startswith(want), (m.name, job, rec)
+        for job in set(m.ppq_status) - set(PPQ_JOBS):  # extra jobs (int16) for some models
+            rec = m.ppq_status[job]
+            assert (rec["ppq"] == "ok") == (m.dir / f"ppq_{job}.espdl").exists(), (m.name, job, rec)
+            if rec["ppq"] == "ok":
+                known = job.endswith("_s16") and m.name in KNOWN_S16_DEVIATIONS
+                assert rec["emu_test"] == ("not bit-exact" if known else "bit-exact"), (m.name, job, rec)
     # what ESP-PPQ 1.3.12 itself fails on (the recorded first line), kept honest
     failed = {m.name for m in MODELS if m.ppq_status["esp32p4_s8"]["ppq"] != "ok"}
     assert {"crnn_gru", "crnn_lstm", "ln_tcn"} <= failed
@@ -141,9 +187,7 @@ def test_ppq_status_matches_files():
 @pytest.mark.parametrize("m,path", _ppq_cases())
 def test_ppq_export_emulates_bit_exact(m, path):
     target = re.fullmatch(r"ppq_(esp32p4|esp32s3|c)_s(8|16)", path.stem).group(1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = chunkwise.load(path)
+    model = _load(path)
     assert model.target == target
     g = model.graph
     assert g.test_inputs and g.test_outputs, f"{path} carries no test values"
@@ -154,10 +198,16 @@ def test_ppq_export_emulates_bit_exact(m, path):
         with pytest.raises(UnsupportedError, match=rf"node '{re.escape(node)}' \({op}\)"):
             model.run(feeds)
         return
-    intermediates = not set(g.test_outputs) <= set(g.output_names)
-    outs = model.run(feeds, intermediates=intermediates)
-    for name, t in g.test_outputs.items():
-        assert name in outs, f"{path.name}: no value for test output {name!r}"
-        got = np.asarray(outs[name])
-        assert got.dtype.kind in "iu", f"{name}: {got.dtype}"
-        np.testing.assert_array_equal(got.reshape(t.data.shape), t.data, err_msg=f"{path.name}: {name}")
+    for name, (got, want) in _run_test_values(model).items():
+        np.testing.assert_array_equal(got, want, err_msg=f"{path.name}: {name}")
+
+
+@pytest.mark.parametrize("name", sorted(KNOWN_S16_DEVIATIONS))
+def test_ppq_s16_deviations_stay_bounded(name):
+    """The int16 exports above differ from ESP-PPQ's values only as much as measured (no regression)."""
+    path = CORPUS / name / "ppq_esp32p4_s16.espdl"
+    max_diff, count = KNOWN_S16_DEVIATIONS[name]
+    res = _run_test_values(_load(path))
+    diffs = [np.abs(g.astype(np.int64) - w.astype(np.int64)) for g, w in res.values()]
+    assert max(int(d.max()) for d in diffs) <= max_diff
+    assert 0 < sum(int((d != 0).sum()) for d in diffs) <= count
