@@ -81,10 +81,18 @@ CASES = {
                                      consts={"roi": np.zeros(0, F), "sc": np.array([1, 1, 2, 2], F)},
                                      extra_inputs=["roi", "sc"]), "n", 22),
     "DepthToSpace_CRD": (lambda: model("DepthToSpace", (1, 8, 3, 3), {"blocksize": 2, "mode": "CRD"}), "n", 22),
+    "ReverseSequence": (lambda: model("ReverseSequence", (6, 4, 3), {"batch_axis": 1, "time_axis": 0},
+                                      consts={"l": np.array([6, 3, 1, 5], I64)}, extra_inputs=["l"]), "n", 22),
+    "Log_out_of_domain": (lambda: model("Log", (1, 8, 16)), "n", 3),
     "batch2_Add": (lambda: model("Add", (2, 3, 4, 5), consts={"c": RNG.normal(0, 1, (3, 4, 5)).astype(F)},
                                  extra_inputs=["c"]), "n", 22),
     "batch48_Sigmoid": (lambda: model("Sigmoid", (48, 1)), "n", 22),
 }
+
+
+# int16 minimum output SQNR where "int8 + 20 dB" does not hold: Log of values near 0 (out-of-domain
+# inputs are left out of calibration and of the comparison) is dominated by the steepness of log
+INT16_MIN_DB = {"Log_out_of_domain": 8}
 
 
 def _conv_then(op, attrs):
@@ -119,7 +127,7 @@ def test_single_op_quantizes_and_runs(name, target, bits, tmp_path):
     calib = _data(_shape(m), dist)
     q = chunkwise.quantize(m, calib, target=target, bits=bits, test_input=calib[:1], warn=False)
     rep = q.quant_report
-    want = min_db if bits == 8 else min_db + 20
+    want = min_db if bits == 8 else INT16_MIN_DB.get(name, min_db + 20)
     assert rep["output_sqnr_db"] is not None and rep["output_sqnr_db"] >= want, (rep["output_sqnr_db"], rep["layers"])
     p = tmp_path / "m.espdl"
     q.save(p)

@@ -172,6 +172,15 @@ def iter_samples(data: dict[str, np.ndarray]):
 
 # ---- statistics ---------------------------------------------------------------------------------
 
+def _finite(a):
+    """The finite values of a float activation (Log/Sqrt of out-of-domain inputs give NaN, which a chip
+    never sees as such: calibration ignores them)."""
+    if a is None or a.dtype.kind != "f":
+        return a
+    ok = np.isfinite(a)
+    return a if ok.all() else a[ok]
+
+
 def hist_bins(bits: int) -> int:
     return 32 * (1 << (bits - 1))
 
@@ -194,13 +203,13 @@ class Stats:
 
     def observe_max(self, acts: dict[str, np.ndarray]) -> None:
         for n in self.names:
-            a = acts.get(n)
+            a = _finite(acts.get(n))
             if a is not None and a.size:
                 self.maxabs[n] = max(self.maxabs[n], float(np.max(np.abs(a))))
 
     def observe_hist(self, acts: dict[str, np.ndarray]) -> None:
         for n in self.names:
-            a = acts.get(n)
+            a = _finite(acts.get(n))
             if a is None or not a.size:
                 continue
             for bins in self.bins:

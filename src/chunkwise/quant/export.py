@@ -52,7 +52,7 @@ EXPORTED = frozenset({
     "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceL1", "ReduceL2", "ReduceSumSquare",
     "ReduceLogSum", "ReduceLogSumExp", "ReduceProd",
     "LayerNormalization", "RMSNormalization", "LpNormalization", "Softmax", "LogSoftmax",
-    "DepthToSpace", "Resize",
+    "DepthToSpace", "Resize", "ReverseSequence",
     "RequantizeLinear",
 })
 
@@ -172,7 +172,9 @@ def assign_exponents(fg: FGraph, bits_of: dict[str, int], calib_exp) -> QInfo:
     for n in fg.nodes:
         x = n.inputs[0] if n.inputs else ""
         p = prods.get(x)
-        if n.op in FOLLOW_OPS and p is not None and len(downstream_ops(fg, p)) == 1 \
+        # ESP-PPQ's activation fusion pairs a computing op with its activation; after a passive op (its output
+        # tied to its input below) the activation keeps its own calibrated exponent
+        if n.op in FOLLOW_OPS and p is not None and p.op not in PASSIVE_OPS and len(downstream_ops(fg, p)) == 1 \
                 and bits_of[p.name] == bits_of[n.name]:
             tie[x] = n.outputs[0]
         elif n.op in PASSIVE_OPS and x and x not in fg.consts and qi.vbits[x] == bits_of[n.name]:
@@ -743,6 +745,11 @@ class Exporter:
             attrs.update(blocksize=int(a["blocksize"]), mode=str(a.get("mode", "DCR")))
         elif op == "Resize":
             inputs = self.resize_inputs(n, attrs)
+        elif op == "ReverseSequence":
+            if len(inputs) < 2 or inputs[1] not in self.fg.consts:
+                raise UnsupportedError("sequence_lens must be a constant", node=n.name, op=op)
+            attrs.update(batch_axis=int(a.get("batch_axis", 1)), time_axis=int(a.get("time_axis", 0)))
+            inputs = [inputs[0], self.int64_param(inputs[1])]
         else:
             raise UnsupportedError("operator is not supported by the exporter", node=n.name, op=op,
                                    supported=SUPPORTED)

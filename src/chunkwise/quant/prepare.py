@@ -27,7 +27,7 @@ FLOAT_OPS_SUPPORTED = (
     "Gelu", "Swish", "Max", "Min", "Pow", "Split", "DepthToSpace", "Resize",
     "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceL1", "ReduceL2", "ReduceSumSquare",
     "ReduceLogSum", "ReduceLogSumExp", "ReduceProd",
-    "LayerNormalization", "RMSNormalization", "LpNormalization", "Softmax", "LogSoftmax",
+    "LayerNormalization", "RMSNormalization", "LpNormalization", "Softmax", "LogSoftmax", "ReverseSequence",
 )
 # operators taken only inside a pattern that .patterns fuses (checked again after the rewrites)
 PATTERN_ONLY_OPS = ("Erf", "Reciprocal")

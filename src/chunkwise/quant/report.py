@@ -23,8 +23,13 @@ class ErrorAccumulator:
         self.acc: dict[str, list[float]] = {}
 
     def add(self, name: str, ref: np.ndarray, got: np.ndarray) -> None:
+        """Accumulate ``ref`` vs ``got``; positions where the float reference is not finite (Log/Sqrt
+        outside their domain) are left out."""
         r = ref.astype(np.float64).ravel()
         g = got.astype(np.float64).ravel()
+        ok = np.isfinite(r)
+        if not ok.all():
+            r, g = r[ok], g[ok]
         a = self.acc.setdefault(name, [0.0, 0.0, 0.0, 0.0])
         a[0] += float(r @ r)
         a[1] += float((r - g) @ (r - g))
