@@ -223,39 +223,15 @@ def test_supported_ops_include_rnn():
 
 # ---- bit-exact with ESP-PPQ ----------------------------------------------------------------------------------
 
-def _params_by_node(g):
-    return {(n.op_type, i): g.initializers[u] for n in g.nodes for i, u in enumerate(n.inputs)
-            if u in g.initializers and n.op_type in ("GRU", "LSTM")}
-
-
 @pytest.mark.parametrize("name", ["gru_state", "lstm_state"])
-@pytest.mark.parametrize("target", ["esp32p4", "esp32s3"])
-def test_bit_exact_with_esp_ppq_corpus_export(name, target):
-    """The same model and calibration samples through ESP-PPQ 1.3.12 (tests/fixtures/corpus, exported by
-    tools/make_corpus_ppq.py): every exponent, GRU/LSTM parameter and test output equal."""
-    m = next(c for c in corpus_models() if c.name == name)
-    ref_path = m.ppq(target, 8)
-    assert ref_path is not None, m.ppq_status
-    ref = chunkwise.load(ref_path, target=target)
-    calib = load_inputs(m.calib, m.input_names)
-    held = load_inputs(m.heldout, m.input_names)
-    ours = quantize(str(m.onnx), calib, target=target, test_input=held, clip_outputs=True)
-    go, gr = ours.graph, ref.graph
-    assert [n.op_type for n in go.nodes] == [n.op_type for n in gr.nodes]
-    for vi in list(gr.inputs) + list(gr.outputs):
-        assert go.info(vi.name).exponents == vi.exponents, vi.name
-    for no, nr in zip(go.nodes, gr.nodes):
-        assert [go.info(o).exponents for o in no.outputs if o] == [gr.info(o).exponents for o in nr.outputs if o], nr.name
-    po, pr = _params_by_node(go), _params_by_node(gr)
-    assert po.keys() == pr.keys()
-    for k in pr:
-        assert po[k].dtype == pr[k].dtype and po[k].exponents == pr[k].exponents, k
-        np.testing.assert_array_equal(np.asarray(po[k].data), np.asarray(pr[k].data))
-    for k, v in gr.test_inputs.items():
-        np.testing.assert_array_equal(go.test_inputs[k].data, v.data)
-    got = ours.run({k: v.data for k, v in gr.test_inputs.items()})
-    for k, v in gr.test_outputs.items():
-        np.testing.assert_array_equal(np.asarray(got[k]).reshape(v.data.shape), v.data)
+@pytest.mark.parametrize("target, bits", [("esp32p4", 8), ("esp32s3", 8), ("esp32p4", 16)])
+def test_bit_exact_with_esp_ppq_corpus_export(name, target, bits):
+    """The same model and calibration samples through ESP-PPQ 1.3.12 (tests/fixtures/corpus): every node,
+    exponent, GRU/LSTM parameter and integer output equal (see test_quant_products.assert_same_as_esp_ppq)."""
+    from test_quant_products import assert_same_as_esp_ppq
+
+    q = assert_same_as_esp_ppq(next(c for c in corpus_models() if c.name == name), target, bits)
+    assert rnn_nodes(q)
 
 
 @pytest.mark.parametrize("name", ["crnn_gru", "crnn_lstm", "crnn_gru_bidir", "gru_seqfirst", "gru_state",
