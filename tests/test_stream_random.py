@@ -45,16 +45,9 @@ TODAY: dict[str, str] = {
     'ir-31': "StreamingError: cannot stream node 'Reshape_62' (Reshape): reshapes [1, 84, 8, 4] -> [672, 4] across the frame axis; add a tail Slice (last K frames) or a Gather of the last frame before it",
     'ir-69': "StreamingError: cannot stream node 'Gemm_16' (Gemm): Gemm of a rank-3 input",
     'ir-79': "StreamingError: cannot stream node 'Gemm_97' (Gemm): Gemm of a rank-3 input",
-    'onnx-1': "UnsupportedError: node '/block10/ReduceMean' (ReduceMean): operator is not supported by the quantizer. Supported: Add, AveragePool, BatchNormalization, Clip, Concat, Conv, Div, Dropout, Elu, Exp, Flatten, Gemm, GlobalAveragePool, HardSigmoi",
-    'onnx-2': "UnsupportedError: node '/block36/Gather' (Gather): operator is not supported by the quantizer. Supported: Add, AveragePool, BatchNormalization, Clip, Concat, Conv, Div, Dropout, Elu, Exp, Flatten, Gemm, GlobalAveragePool, HardSigmoid, HardS",
-    'onnx-3': "UnsupportedError: node '/block13/ConvTranspose' (ConvTranspose): operator is not supported by the quantizer. Supported: Add, AveragePool, BatchNormalization, Clip, Concat, Conv, Div, Dropout, Elu, Exp, Flatten, Gemm, GlobalAveragePool, Hard",
-    'onnx-5': "UnsupportedError: node '/block24/Split' (Split): operator is not supported by the quantizer. Supported: Add, AveragePool, BatchNormalization, Clip, Concat, Conv, Div, Dropout, Elu, Exp, Flatten, Gemm, GlobalAveragePool, HardSigmoid, HardSwi",
-    'onnx-7': "UnsupportedError: node '/block7/Split' (Split): operator is not supported by the quantizer. Supported: Add, AveragePool, BatchNormalization, Clip, Concat, Conv, Div, Dropout, Elu, Exp, Flatten, Gemm, GlobalAveragePool, HardSigmoid, HardSwis",
-    'onnx-8': "UnsupportedError: node '/block30/ReduceMean' (ReduceMean): operator is not supported by the quantizer. Supported: Add, AveragePool, BatchNormalization, Clip, Concat, Conv, Div, Dropout, Elu, Exp, Flatten, Gemm, GlobalAveragePool, HardSigmoi",
-    'onnx-10': "UnsupportedError: node '/block57/Gather' (Gather): operator is not supported by the quantizer. Supported: Add, AveragePool, BatchNormalization, Clip, Concat, Conv, Div, Dropout, Elu, Exp, Flatten, Gemm, GlobalAveragePool, HardSigmoid, HardS",
-    'onnx-12': "UnsupportedError: node '/block40/MatMul' (MatMul): operator is not supported by the quantizer. Supported: Add, AveragePool, BatchNormalization, Clip, Concat, Conv, Div, Dropout, Elu, Exp, Flatten, Gemm, GlobalAveragePool, HardSigmoid, HardS",
-    'onnx-13': "UnsupportedError: node '/block16/Split' (Split): operator is not supported by the quantizer. Supported: Add, AveragePool, BatchNormalization, Clip, Concat, Conv, Div, Dropout, Elu, Exp, Flatten, Gemm, GlobalAveragePool, HardSigmoid, HardSwi",
-    'onnx-14': "UnsupportedError: node '/block3/ConvTranspose' (ConvTranspose): operator is not supported by the quantizer. Supported: Add, AveragePool, BatchNormalization, Clip, Concat, Conv, Div, Dropout, Elu, Exp, Flatten, Gemm, GlobalAveragePool, HardS",
+    'onnx-3': "UnsupportedError: node '/block15/PRelu' (PRelu): PRelu on a rank-3 tensor. Supported: 4-D (NCHW) input (ESP-DL's PRelu reads shape[3] as channels)",
+    'onnx-12': "StreamingError: cannot stream node '/block40/MatMul/Reshape_in' (Reshape): reshapes [1, 24, 12, 8] -> [288, 8] across the frame axis; add a tail Slice (last K frames) or a Gather of the last frame before it",
+    'onnx-14': "UnsupportedError: node '/block5/PRelu' (PRelu): PRelu on a rank-3 tensor. Supported: 4-D (NCHW) input (ESP-DL's PRelu reads shape[3] as channels)",
 }
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import platform
 import re
 import statistics
@@ -218,9 +219,36 @@ def run_ir_seed(seed: int, args) -> dict:
     return finish(rec)
 
 
-def corpus_candidates(meta: dict, T: int) -> list[int]:
-    unit = int(meta.get("frame_stride") or 1)
+def corpus_candidates(meta: dict, T: int, unit: int | None = None) -> list[int]:
+    """Chunk sizes for a corpus model: multiples of its frame stride (meta ``frame_stride``, else input frames
+    per output frame of a per-frame output) that divide T."""
+    if unit is None:
+        unit = int(meta.get("frame_stride") or 0)
+    if not unit:
+        unit = 1
+        fa_out = meta.get("output_frame_axis")
+        outs = meta.get("outputs") or []
+        if fa_out is not None and outs and len(outs[0].get("shape", [])) > int(fa_out):
+            t_out = int(outs[0]["shape"][int(fa_out)])
+            if t_out and T % t_out == 0:
+                unit = T // t_out
     return [c for c in range(unit, T // 2 + 1, unit) if T % c == 0][:4] or [unit]
+
+
+STRIDE_RE = re.compile(r"multiple of the cumulative stride (\d+)")
+
+
+def try_corpus_chunks(rec: dict, offline: Model, meta: dict, T: int, n: int, frame_axis: int, args, feeds) -> None:
+    """try_chunks at the corpus model's chunk sizes; when the converter says the chunk must be a multiple of
+    a larger stride than the metadata gave (a wrong guess of ours, not a refusal), once more at those."""
+    cands = corpus_candidates(meta, T)[:n]
+    try_chunks(rec, offline, cands, frame_axis, args.pushes, feeds)
+    errs = [r["stream_error"] or "" for r in rec["chunks"].values()]
+    strides = [int(m.group(1)) for m in (STRIDE_RE.search(e) for e in errs) if m]
+    if strides and len(strides) == len(errs):
+        unit = math.lcm(*strides, *cands[:1])
+        rec["chunk_note"] = f"metadata stride gave chunks {cands}; the converter asked for multiples of {unit}"
+        try_chunks(rec, offline, corpus_candidates(meta, T, unit)[:n], frame_axis, args.pushes, feeds)
 
 
 def run_corpus(args) -> list[dict]:
@@ -243,7 +271,7 @@ def run_corpus(args) -> list[dict]:
         shapes = cm.input_shapes
         first = cm.input_names[0]
         T = int(shapes[first][fa_onnx])
-        cands = corpus_candidates(meta, T)[:args.chunks]
+        cands = corpus_candidates(meta, T)[:args.chunks]  # recorded; try_corpus_chunks may widen the stride
         base = {"features": [meta.get("family", cm.name)], "ops": meta.get("ops", []), "T": T, "candidates": cands,
                 "streamable_by_design": bool(meta.get("streamable")), "why_not_by_design": meta.get("why_not", "")}
         ort_time = None
@@ -264,7 +292,7 @@ def run_corpus(args) -> list[dict]:
             rec["quantize_s"] = round(time.perf_counter() - t0, 3)
             q_in = next(v for v in q.graph.inputs if v.name == first)
             fa = espdl_frame_axis(shapes[first], q_in.shape, fa_onnx)
-            try_chunks(rec, q, cands, fa, args.pushes, q.test_feeds() if q.graph.test_inputs else None)
+            try_corpus_chunks(rec, q, meta, T, args.chunks, fa, args, q.test_feeds() if q.graph.test_inputs else None)
         except Exception as e:
             rec["quantized"], rec["quantize_error"] = False, first_line(e)
         out.append(finish(rec))
@@ -279,7 +307,8 @@ def run_corpus(args) -> list[dict]:
             offline = chunkwise.load(p, target=args.target)
             o_in = next(v for v in offline.graph.inputs if v.name not in offline.graph.initializers)
             fa = espdl_frame_axis(shapes.get(o_in.name, shapes[first]), o_in.shape, fa_onnx)
-            try_chunks(rec, offline, cands, fa, args.pushes, offline.test_feeds() if offline.graph.test_inputs else None)
+            feeds = offline.test_feeds() if offline.graph.test_inputs else None
+            try_corpus_chunks(rec, offline, meta, T, args.chunks, fa, args, feeds)
         except Exception as e:
             rec["quantized"], rec["quantize_error"] = False, "load: " + first_line(e)
         out.append(finish(rec))
@@ -309,6 +338,8 @@ def summarize(records: list[dict]) -> dict:
     for src, rs in groups.items():
         streamed = [r for r in rs if r.get("streamed")]
         pushes = [r["push_us"] for r in streamed if r.get("push_us")]
+        dict_pushes = [c["push_dict_us"] for r in streamed for c in list((r.get("chunks") or {}).values())[:1]
+                       if c.get("push_dict_us")]
         ratios = [r["ratio"] for r in streamed if r.get("ratio")]
         table[src] = {
             "models": len(rs),
@@ -320,6 +351,7 @@ def summarize(records: list[dict]) -> dict:
             "compiled": sum(1 for r in streamed if r.get("compiled")),
             "push_us_median": round(statistics.median(pushes), 2) if pushes else None,
             "push_us_max": round(max(pushes), 2) if pushes else None,
+            "push_dict_us_median": round(statistics.median(dict_pushes), 2) if dict_pushes else None,
             "ratio_median": round(statistics.median(ratios), 3) if ratios else None,
             "ratio_max": round(max(ratios), 3) if ratios else None,
         }
@@ -366,16 +398,21 @@ def markdown(summary: dict, records: list[dict], args, meta: dict) -> str:
            "every chunk size; *compiled*: `model.session().program is not None`; *push*: median µs of one "
            "`Session.push` (bare array) at the smallest chunk; *ratio*: push / onnxruntime (1 thread) running "
            "the float model on the whole offline window.", "",
-           "| source | models | streamable by design | quantized | streamed | bit-exact | compiled | push µs median / max "
-           "| ratio median / max |",
+           "| source | models | streamable by design | quantized | streamed | bit-exact | compiled "
+           "| push µs median / max | ratio median / max |",
            "|---|---|---|---|---|---|---|---|---|"]
     for src in ("onnx", "ir", "corpus", "corpus-ppq", "all"):
         t = summary["table"].get(src)
         if not t:
             continue
-        out.append(f"| {src} | {t['models']} | {t['streamable_by_design']} | {t['quantized']} | {t['streamed']} | {t['bit_exact']} | "
-                   f"{t['compiled']} | {t['push_us_median']} / {t['push_us_max']} | "
+        out.append(f"| {src} | {t['models']} | {t['streamable_by_design']} | {t['quantized']} | {t['streamed']} | "
+                   f"{t['bit_exact']} | {t['compiled']} | {t['push_us_median']} / {t['push_us_max']} | "
                    f"{t['ratio_median']} / {t['ratio_max']} |")
+    t = summary["table"].get("all")
+    if t:
+        out += ["", f"Push with `{{name: array}}` instead of the bare array: median {t['push_dict_us_median']} µs "
+                f"(bare array {t['push_us_median']} µs). Compiled-path refusals list only the first node per model. "
+                "Regenerate: `python tools/stream_report.py --seeds 30` (about 1-2 minutes)."]
     titles = {"quantize": "Quantization refusals (first error)", "stream": "Streaming refusals (first error)",
               "not_bit_exact": "Streamed but not bit-exact", "not_compiled": "Streamed but not compiled (why)"}
     for k, title in titles.items():
@@ -391,7 +428,8 @@ def markdown(summary: dict, records: list[dict], args, meta: dict) -> str:
         out.append(f"| {f} | {c.get('models', 0)} | {c.get('quantized', 0)} | {c.get('streamed', 0)} | "
                    f"{c.get('compiled', 0)} |")
     out += ["", "## Every model", "",
-            "| model | T | chunks | quantized | streamed | bit-exact | compiled | push µs | ort µs | ratio | first error |",
+            "| model | T | chunks | quantized | streamed | bit-exact | compiled | push µs | ort µs | ratio "
+            "| first error |",
             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         err = r.get("quantize_error") or r.get("stream_error") or (
@@ -399,7 +437,8 @@ def markdown(summary: dict, records: list[dict], args, meta: dict) -> str:
         err = (err or "").replace("|", "/")[:140]
         if not r.get("streamable_by_design", True):
             err = f"(not streamable by design: {r.get('why_not_by_design', '')[:60]}) {err}"
-        out.append(f"| {r['name']} | {r.get('T')} | {','.join(str(c) for c in r.get('chunks', {}) or r.get('candidates', [])[:args.chunks])} | "
+        tried = list(r.get("chunks") or {}) or r.get("candidates", [])[:args.chunks]
+        out.append(f"| {r['name']} | {r.get('T')} | {','.join(str(c) for c in tried)} | "
                    f"{'yes' if r.get('quantized') else 'no'} | {'yes' if r.get('streamed') else 'no'} | "
                    f"{'yes' if r.get('bit_exact') else 'no'} | {'yes' if r.get('compiled') else 'no'} | "
                    f"{r.get('push_us') or ''} | {r.get('ort_us') or ''} | {r.get('ratio') or ''} | {err} |")
@@ -417,6 +456,7 @@ def main(argv=None) -> int:
     ap.add_argument("--only", choices=["onnx", "ir", "corpus"], default=None)
     ap.add_argument("--json", default=str(REPO / "docs" / "stream-coverage.json"))
     ap.add_argument("--md", default=str(REPO / "docs" / "stream-coverage.md"))
+    ap.add_argument("--commit", default=None, help="label for the code measured (default: git HEAD of the checkout)")
     args = ap.parse_args(argv)
     args.chunks = args.chunks or (1 if args.quick else 2)
     args.pushes = 50 if args.quick else 300
@@ -441,13 +481,19 @@ def main(argv=None) -> int:
             print(line(rec), flush=True)
     if args.only in (None, "corpus") and not args.no_corpus:
         records += run_corpus(args)
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                                check=False).stdout.strip() or "?"
-    except OSError:
-        commit = "?"
+    commit = args.commit
+    if commit is None:
+        try:
+            commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                                    text=True, check=False).stdout.strip() or "?"
+            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                                   capture_output=True, text=True, check=False).stdout.strip()
+            commit += " + uncommitted changes" if dirty else ""
+        except OSError:
+            commit = "?"
     meta = {"argv": list(sys.argv[1:] if argv is None else argv), "commit": commit,
-            "date": datetime.date.today().isoformat(), "host": f"{platform.machine()}, Python {platform.python_version()}",
+            "date": datetime.date.today().isoformat(),
+            "host": f"{platform.machine()}, Python {platform.python_version()}",
             "target": args.target}
     summary = summarize(records)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
