@@ -28,6 +28,7 @@ The analysis only *decides*; :mod:`chunkwise.convert.streaming` applies the deci
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Callable
@@ -139,17 +140,20 @@ class _Cx:
     producers: dict
     consumers: dict
     in_frames: int  # offline frames of the graph input on the frame axis
+    stride_needs: list = field(default_factory=list)  # (node, chunk multiple it needs)
 
     def rank(self, name: str) -> int:
         return len(self.shapes[name])
 
-    def frames(self, node: Node, t: Time) -> int:
-        """Frames of a streamed tensor per chunk; the chunk must make it whole."""
+    def frames(self, node: Node, t: Time, stride: int = 1) -> int:
+        """Frames of a streamed tensor per chunk. The chunk must make them whole (and a multiple of ``stride``):
+        when it does not, the need is recorded and the analysis goes on, so the refusal at the end names the
+        stride of the whole model."""
+        need = t.rate * stride
         f = Fraction(self.chunk) / t.rate
-        if f.denominator != 1:
-            raise refuse(node, f"a chunk of {self.chunk} frames gives {f} frames here (rate {t.rate}); "
-                               f"the chunk must be a multiple of {t.rate.numerator}")
-        return int(f)
+        if (Fraction(self.chunk) / need).denominator != 1:
+            self.stride_needs.append((node, need.numerator))
+        return max(int(f), stride)
 
     def stream_len(self, t: Time) -> Fraction:
         """Frames of this tensor a stream of the whole offline input produces."""
@@ -222,11 +226,7 @@ def _window(cx: _Cx, node: Node, ins: list[Time], streamed) -> Time:
     own_l, R = w.pads_begin[i], w.pads_end[i]
     L = own_l + x.pad
     sp = w.span(i)
-    c_in = cx.frames(node, x)
-    if c_in % s:
-        step = x.rate * s
-        raise refuse(node, f"the chunk must be a multiple of the cumulative stride {step} "
-                           f"(valid chunk sizes: {', '.join(str(step * m) for m in range(1, 6))}, ...)")
+    cx.frames(node, x, s)
     if x.delay % s:
         raise refuse(node, f"stride {s} after a lookahead of {x.delay} frames (not a multiple of the stride)")
     if (node.name, 0) in cx.manual:
@@ -239,16 +239,21 @@ def _window(cx: _Cx, node: Node, ins: list[Time], streamed) -> Time:
     if L > sp - 1:
         raise refuse(node, f"left padding {L} exceeds the window span {sp} - 1")
     if L < sp - s:
-        if R:
-            msg = f"right padding {R} on the frame axis needs {R} future frames"
-        else:
-            msg = f"left padding {L} < span {sp} - stride {s}: the op looks {sp - s - L} frames ahead"
-        if not cx.allow_lookahead:
-            raise refuse(node, msg + " (use --allow-lookahead to accept a delayed output)")
+        # With right padding the offline output frame j is aligned to input frame j and reads later frames:
+        # lookahead, accepted only on request. Without it the offline op merely starts late (a 'valid' window
+        # trims its first outputs): the stream runs it causally and its first outputs are warm-up frames the
+        # offline model does not have; the delay aligning the two is recorded either way.
+        if R and not cx.allow_lookahead:
+            raise refuse(node, f"right padding {R} on the frame axis needs {R} future frames (use "
+                               "--allow-lookahead to accept a delayed output)")
         if s != 1:
-            raise refuse(node, msg + f"; lookahead is supported for stride 1 only (stride {s})")
+            raise refuse(node, f"left padding {L} < span {sp} - stride {s}: the op looks {sp - s - L} frames ahead; "
+                               f"that is supported for stride 1 only (stride {s})")
         extra = sp - 1 - L
         cx.d.lookahead[node.name] = extra
+        if not R:
+            cx.d.notes.append(f"{node.name}: no padding on the frame axis ('valid'): the offline output starts "
+                              f"{extra} frames late; the stream's first {extra} frames are warm-up")
         delay = x.delay + extra
         L = sp - 1
     elif R:
@@ -582,6 +587,11 @@ def analyse(graph: Graph, shapes: dict[str, tuple[int, ...]], chunk: int, frame_
         for o, t in zip(node.outputs, outs):
             if o:
                 time[o] = t
+    if cx.stride_needs:
+        step = math.lcm(*(m for _, m in cx.stride_needs))
+        raise refuse(cx.stride_needs[0][0], f"the chunk must be a multiple of the cumulative stride {step} "
+                                            f"(valid chunk sizes: {', '.join(str(step * m) for m in range(1, 6))}, "
+                                            "...)")
     producers = cx.producers
     for v in graph.outputs:
         t = time.get(v.name)
