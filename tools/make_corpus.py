@@ -719,9 +719,14 @@ def make(name: str, out_root: Path) -> dict:
         assert heldout[n].shape == (1, *shp[1:]), (name, n, heldout[n].shape, shp)
 
     d = out_root / name
-    if d.exists():
+    if d.exists():  # also drops ESP-PPQ's exports of the old model: re-run tools/make_corpus_ppq.py
         shutil.rmtree(d)
     d.mkdir(parents=True)
+    status = out_root / "ppq_status.json"
+    if status.exists():
+        st = json.loads(status.read_text())
+        if st.get("models", {}).pop(name, None) is not None:
+            status.write_text(json.dumps(st, indent=1) + "\n")
     onnx_path = d / "model.onnx"
     args = tuple(torch.from_numpy(heldout[n].reshape(shp)) for n, shp in spec.inputs)
     with torch.no_grad(), warnings.catch_warnings():
