@@ -35,6 +35,7 @@ def supported_float_ops() -> set[str]:
     return set(FLOAT_OPS_SUPPORTED)
 
 REPORT_SAMPLES = 4
+OUTPUT_METHOD = "mse"  # calibration of graph outputs unless clip_outputs=True
 
 
 def _node_bits(fg: FGraph, origin: dict[str, list[str]], bits: int, int16_nodes) -> dict[str, int]:
@@ -62,8 +63,9 @@ def quantize(onnx_path_or_model, calib, *, target: str = "esp32p4", bits: int = 
     the model's test input/output. The model's ``quant_report`` holds per-layer SQNR / cosine similarity
     against onnxruntime's float activations (and ``passes``: what each rewrite pass did, or why not); an
     output SQNR below 10 dB raises a :class:`QuantizationWarning` naming the worst layer (``warn=False``:
-    no warning). Graph outputs are calibrated min-max (never clipped) unless
-    ``clip_outputs=True``, which applies ``calib_method`` to them too, as ESP-PPQ does.
+    no warning). Graph outputs get the power of two with the least squared error over their calibration
+    histogram (min-max with ``calib_method="minmax"``) unless ``clip_outputs=True``, which applies
+    ``calib_method`` to them too, as ESP-PPQ does.
     """
     from ..model import Model
 
@@ -86,17 +88,20 @@ def quantize(onnx_path_or_model, calib, *, target: str = "esp32p4", bits: int = 
     check_supported(fq, after_rewrites=True)
     bits_of = _node_bits(fq, origin, bits, int16_nodes)
     needed = tuple(sorted(set(bits_of.values()) | {bits}))
-    stats = collect(runner, data, needed, calib_method, progress=progress)
-    memo: dict = {}
-
     outputs = set(fg.outputs)
+    stats = collect(runner, data, needed, calib_method, progress=progress,
+                    fine=() if clip_outputs or calib_method == "minmax" else outputs)
+    memo: dict = {}
 
     def calib_exp(v: str, b: int) -> int:
         key = (v, b)
         if key not in memo:
-            # graph outputs are never clipped (min-max): clipping the last layer costs output SQNR
-            # directly and nothing downstream benefits from the finer step
-            method = "minmax" if v in outputs and not clip_outputs else calib_method
+            # graph outputs: the power of two with the least squared error over the calibration
+            # histogram (clipping the last layer costs output SQNR directly; KL ignores how much)
+            # (calib_method="minmax" keeps its promise: nothing is clipped, outputs included)
+            # int16 outputs: min-max, as ESP-PPQ's int16 exports (the fine histogram is coarser than int16 steps)
+            out_method = calib_method if calib_method == "minmax" or b != 8 else OUTPUT_METHOD
+            method = out_method if v in outputs and not clip_outputs else calib_method
             memo[key] = stats.exponent(v, b, method)
         return memo[key]
 

@@ -188,8 +188,9 @@ def hist_bins(bits: int) -> int:
 class Stats:
     """max|x| per value (pass 1), then histograms of |x| per (value, bits) (pass 2)."""
 
-    def __init__(self, names: list[str], bits_needed: tuple[int, ...], method: str = "kl"):
+    def __init__(self, names: list[str], bits_needed: tuple[int, ...], method: str = "kl", fine=()):
         self.names = names
+        self.fine = set(fine)  # values that also get the fine histogram (the MSE search for graph outputs)
         # histogram resolutions: KL needs ESP-PPQ's 32 * 2**(bits-1) bins (int8 only: int16 uses min-max);
         # percentile / MSE share one fine histogram
         if method == "kl":
@@ -212,7 +213,7 @@ class Stats:
             a = _finite(acts.get(n))
             if a is None or not a.size:
                 continue
-            for bins in self.bins:
+            for bins in self.bins + ((FINE_BINS,) if n in self.fine and FINE_BINS not in self.bins else ()):
                 top = self.maxabs[n]
                 if top <= 0:
                     continue
@@ -309,13 +310,15 @@ def _mse_exponent(hist: np.ndarray, step: float, bits: int) -> int:
 
 
 def collect(runner: FloatRunner, data: dict[str, np.ndarray], bits_needed: tuple[int, ...], method: str,
-            progress: bool = False) -> Stats:
+            progress: bool = False, fine=()) -> Stats:
+    """Statistics of every float value over ``data``; ``fine`` values also get the fine histogram that
+    ``Stats.exponent(..., "mse")`` searches."""
     if method not in METHODS:
         raise UnsupportedError(f"calibration method {method!r}", supported=list(METHODS))
     names = list(runner.inputs) + [n for n in runner.out_names if n not in runner.inputs]
-    st = Stats(names, bits_needed, method)
+    st = Stats(names, bits_needed, method, fine)
     n = next(iter(data.values())).shape[0]
-    passes = 2 if st.bins else 1
+    passes = 2 if st.bins or st.fine else 1
     bar = None
     if progress:
         from tqdm import tqdm
