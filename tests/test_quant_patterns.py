@@ -156,3 +156,30 @@ def test_fused_ops_quantize_and_run(make, target, bits):
     assert "Erf" not in ops and "ReduceMean" not in ops
     sq = model.quant_report["output_sqnr_db"]
     assert sq is not None and sq > (20 if bits == 8 else 40), sq
+
+
+def test_quantize_reports_every_named_pass():
+    import chunkwise
+
+    m = layernorm_model()
+    q = chunkwise.quantize(m, RNG.normal(0, 1, (8, 8, 24)).astype(np.float32), warn=False)
+    names = [l.split(":")[0] for l in q.quant_report["passes"]]
+    for want in ("constants_to_initializers", "fold_constants", "fold_batchnorm", "merge_pad_into_conv",
+                 "check_supported", "fuse_layernorm", "fuse_gelu", "fuse_relu"):
+        assert want in names, names
+    assert any(l.startswith("fuse_layernorm: modified") for l in q.quant_report["passes"])
+    assert any(l.startswith("fold_batchnorm: no change (no BatchNormalization)") for l in q.quant_report["passes"])
+
+
+def test_a_pass_breaking_the_graph_is_named():
+    from chunkwise.ir.passes import FunctionPass, GraphCheckError, PassResult, Sequential
+    from chunkwise.quant.prepare import check_fgraph
+
+    fg = prepare(swish_model())
+
+    def bad(g):
+        g.nodes[0].inputs = ["nowhere"]
+        return PassResult(g, True, "broke it")
+
+    with pytest.raises(GraphCheckError, match="after pass break_it"):
+        Sequential([FunctionPass("break_it", bad)], check=check_fgraph)(fg)

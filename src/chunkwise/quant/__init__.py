@@ -78,12 +78,12 @@ def quantize(onnx_path_or_model, calib, *, target: str = "esp32p4", bits: int = 
     if isinstance(int16_nodes, str):
         int16_nodes = [int16_nodes]
 
-    fg = prepare(onnx_path_or_model)
+    passes_log: list[str] = []
+    fg = prepare(onnx_path_or_model, passes_log)
     data = load_calib(calib, fg.inputs)
     runner = FloatRunner(fg)
 
     fq = copy.deepcopy(fg)
-    passes_log: list[str] = []
     origin = rewrite(fq, passes_log)
     check_supported(fq, after_rewrites=True)
     bits_of = _node_bits(fq, origin, bits, int16_nodes)

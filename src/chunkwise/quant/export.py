@@ -132,6 +132,7 @@ def rewrite(fg: FGraph, log: list[str] | None = None) -> dict[str, list[str]]:
         fn(fg)
     origin: dict[str, list[str]] = {n.name: list(fg.origin.get(n.name, [n.name])) for n in fg.nodes}
     prods = fg.producers()
+    fused = []
     for relu in [n for n in fg.nodes if n.op == "Relu"]:
         x = relu.inputs[0]
         p = prods.get(x)
@@ -144,6 +145,10 @@ def rewrite(fg: FGraph, log: list[str] | None = None) -> dict[str, list[str]]:
         fg.nodes.remove(relu)
         origin[p.name] = origin[p.name] + origin.pop(relu.name)
         prods = fg.producers()
+        fused.append(p.name)
+    if log is not None:
+        log.append(f"fuse_relu: modified ({len(fused)} Conv/Gemm with activation=Relu)" if fused
+                   else "fuse_relu: no change (no Relu whose producer is a Conv/Gemm read only by it)")
     return origin
 
 

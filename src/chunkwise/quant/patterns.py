@@ -27,7 +27,7 @@ import numpy as np
 import onnx
 
 from ..ir.passes import FunctionPass, PassResult, Sequential
-from .prepare import FGraph, FNode, to_onnx
+from .prepare import FGraph, FNode, check_fgraph, to_onnx
 
 #: the opset that defines each fused operator (for :func:`float_onnx`)
 FUSED_OPSET = {"LayerNormalization": 17, "Gelu": 20, "RMSNormalization": 23, "Swish": 24}
@@ -392,24 +392,6 @@ def fuse_swish(fg: FGraph) -> PassResult:
 
 
 # ---- the sequence -----------------------------------------------------------------------------------
-
-def check_fgraph(fg: FGraph) -> None:
-    """Every node input is a graph input, a constant or produced earlier; each value produced once."""
-    from ..ir.passes import GraphCheckError
-
-    known = set(fg.consts) | {n for n, _ in fg.inputs} | {""}
-    for n in fg.nodes:
-        for i in n.inputs:
-            if i not in known:
-                raise GraphCheckError(f"node {n.name!r} reads {i!r} before it is produced")
-        for o in n.outputs:
-            if o and o in known:
-                raise GraphCheckError(f"value {o!r} is produced twice")
-            known.add(o)
-    for o in fg.outputs:
-        if o not in known:
-            raise GraphCheckError(f"graph output {o!r} is produced by no node")
-
 
 PATTERN_PASSES = [
     FunctionPass("fuse_layernorm", fuse_layernorm),

@@ -405,23 +405,79 @@ def check_supported(fg: FGraph, *, after_rewrites: bool = False) -> None:
                                    node=n.name, op=n.op, supported=sorted(FLOAT_OPS_SUPPORTED))
 
 
-def prepare(src) -> FGraph:
-    """Load and simplify a float ONNX model (path or ModelProto). The result is float-equivalent."""
-    model = load_onnx(src)
-    fg = from_onnx(model)
-    constants_to_initializers(fg)
-    infer_shapes(fg)
-    fold_constants(fg)
-    remove_identities(fg)
-    normalize_clip(fg)
-    fold_batchnorm(fg)
-    merge_pad_into_conv(fg)
-    for fn in PREPARE_PASSES:
+def check_fgraph(fg: FGraph) -> None:
+    """Every node input is a graph input, a constant or produced earlier; each value produced once; every
+    graph output produced (the graph check run after each pass)."""
+    from ..ir.passes import GraphCheckError
+
+    known = set(fg.consts) | {n for n, _ in fg.inputs} | {""}
+    for n in fg.nodes:
+        for i in n.inputs:
+            if i not in known:
+                raise GraphCheckError(f"node {n.name!r} reads {i!r} before it is produced")
+        for o in n.outputs:
+            if o and o in known:
+                raise GraphCheckError(f"value {o!r} is produced twice")
+            known.add(o)
+    for o in fg.outputs:
+        if o not in known:
+            raise GraphCheckError(f"graph output {o!r} is produced by no node")
+
+
+def _signature(fg: FGraph):
+    return ([(n.op, tuple(n.inputs), tuple(n.outputs), repr(sorted(n.attrs.items()))) for n in fg.nodes],
+            sorted(fg.consts))
+
+
+def step(name: str, fn, idle: str):
+    """A prepare step ``fn(fg) -> None`` as a named pass: it reports what changed (node count) or ``idle``
+    (why it did nothing)."""
+    from ..ir.passes import FunctionPass, PassResult
+
+    def run(fg: FGraph) -> PassResult:
+        before = _signature(fg)
+        n0 = len(fg.nodes)
         fn(fg)
+        if _signature(fg) == before:
+            return PassResult(fg, False, idle)
+        return PassResult(fg, True, f"{n0} -> {len(fg.nodes)} nodes")
+
+    return FunctionPass(name, run)
+
+
+def _static_shapes(fg: FGraph) -> None:
     infer_shapes(fg)
-    check_supported(fg)
     for n in fg.nodes:
         for o in n.outputs:
             if o and o not in fg.shapes:
                 raise UnsupportedError(f"could not infer a static shape for {o!r}", node=n.name, op=n.op)
+
+
+PREPARE_STEPS = [
+    step("constants_to_initializers", constants_to_initializers, "no Constant node"),
+    step("infer_shapes", infer_shapes, "shapes inferred, no node changed"),
+    step("fold_constants", fold_constants, "no node with only constant inputs"),
+    step("remove_identities", remove_identities, "no Identity/Dropout"),
+    step("normalize_clip", normalize_clip, "no Clip with attribute bounds"),
+    step("fold_batchnorm", fold_batchnorm, "no BatchNormalization"),
+    step("merge_pad_into_conv", merge_pad_into_conv, "no zero Pad read only by a Conv/AveragePool"),
+]
+
+
+def prepare(src, log: list[str] | None = None) -> FGraph:
+    """Load and simplify a float ONNX model (path or ModelProto). The result is float-equivalent.
+
+    The steps run as named passes (:data:`PREPARE_STEPS`, then the ``PREPARE_PASSES`` other modules
+    register) with the graph check after each; ``log`` gets one line per pass (what it did, or why not).
+    The operator check and the static-shape check come last.
+    """
+    from ..ir.passes import Sequential
+
+    model = load_onnx(src)
+    fg = from_onnx(model)
+    passes = list(PREPARE_STEPS) + [step(getattr(fn, "__name__", "prepare_pass"), fn, "nothing to do")
+                                    for fn in PREPARE_PASSES]
+    passes += [step("check_supported", check_supported, "every operator is supported"),
+               step("static_shapes", _static_shapes, "every value has a static shape")]
+    fg = Sequential(passes, check=check_fgraph)(fg, log)
     return fg
