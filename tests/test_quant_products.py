@@ -3,6 +3,9 @@ with onnxruntime, ESP-PPQ's export forms, the emulator, and bit-exactness with E
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -285,40 +288,86 @@ def test_supported_ops_include_products():
 
 # ---- corpus and ESP-PPQ ----------------------------------------------------------------------------------
 
-def assert_same_as_esp_ppq(m, target, bits, ops=None):
-    """Our quantization of corpus model ``m`` against ESP-PPQ 1.3.12's export of it (same model, calibration
-    samples and test input; tools/make_corpus_ppq.py): same nodes, attributes, exponents and parameters, so
-    the same integers on ESP-PPQ's test input; and ESP-PPQ's own expected outputs where the emulator
-    reproduces them (its int16 exports carry float32 near-tie roundings in a few values, see
-    tests/fixtures/corpus/README.md)."""
+def assert_same_as_esp_ppq(m, target, bits):
+    """Our quantization of corpus model ``m`` against ESP-PPQ 1.3.12's export of it (tools/make_corpus_ppq.py)."""
     ref_path = m.ppq(target, bits)
     if ref_path is None:
         pytest.skip(f"no ESP-PPQ export {target} int{bits} of {m.name}: {m.ppq_status}")
+    return same_as_esp_ppq(m.onnx, load_inputs(m.calib, m.input_names), load_inputs(m.heldout, m.input_names),
+                           ref_path, target, bits)
+
+
+def same_as_esp_ppq(onnx_path, calib, heldout, ref_path, target, bits):
+    """Same model, calibration samples and test input as ESP-PPQ's export ``ref_path``: same nodes (up to the
+    Transposes ESP-PPQ puts in front of a Gather), attributes,
+    exponents and parameters, so the same integers on ESP-PPQ's test input as its model gives in the emulator,
+    and as ESP-PPQ's own expected outputs where the emulator reproduces them on its model (its int16 exports
+    carry float32 near-tie roundings in a few values, tests/fixtures/corpus/README.md). Gather indices are
+    compared after ours were made non-negative (ESP-PPQ writes -1, which ESP-DL does not wrap)."""
     ref = chunkwise.load(ref_path, target=target)
-    ours = quantize(str(m.onnx), load_inputs(m.calib, m.input_names), target=target, bits=bits,
-                    test_input=load_inputs(m.heldout, m.input_names), clip_outputs=True)
+    ours = quantize(str(onnx_path), calib, target=target, bits=bits, test_input=heldout, clip_outputs=True)
     go, gr = ours.graph, ref.graph
-    assert [n.op_type for n in go.nodes] == [n.op_type for n in gr.nodes]
-    skip = ("lut", "transA")  # ESP-PPQ writes transA=0 on the Gemms its formatter makes; ESP-DL ignores it
-    for no, nr in zip(go.nodes, gr.nodes):
-        if ops is not None and nr.op_type not in ops:
-            continue
+    # ESP-PPQ moves a Gather's input back to NCW with a Transpose; we gather the stored (NWC) axis directly
+    no_t = [n for n in go.nodes if n.op_type != "Transpose"]
+    nr_t = [n for n in gr.nodes if n.op_type != "Transpose"]
+    assert [n.op_type for n in no_t] == [n.op_type for n in nr_t]
+    assert len(go.nodes) <= len(gr.nodes)
+    skip = ("lut", "transA", "axis" if "Gather" in [n.op_type for n in no_t] else "")
+    for no, nr in zip(no_t, nr_t):
         assert [go.info(o).exponents for o in no.outputs if o] == [gr.info(o).exponents for o in nr.outputs if o]
         assert {k: no.attr(k) for k in nr.attrs if k not in skip} == {k: nr.attr(k) for k in nr.attrs if k not in skip}
-        for u, v in zip(no.inputs, nr.inputs):
-            if v in gr.initializers and gr.initializers[v].dtype != "int64":
-                a, b = go.initializers[u], gr.initializers[v]
-                assert a.exponents == b.exponents and a.layout == b.layout, (nr.name, v)
-                np.testing.assert_array_equal(np.asarray(a.data), np.asarray(b.data))
+        for i, (u, v) in enumerate(zip(no.inputs, nr.inputs)):
+            if v not in gr.initializers:
+                continue
+            a, b = go.initializers[u], gr.initializers[v]
+            want = np.asarray(b.data)
+            if nr.op_type == "Gather" and i == 1:
+                want = np.where(want < 0, want + go.info(no.inputs[0]).shape[int(no.attr("axis"))], want)
+            elif b.dtype == "int64":
+                continue  # shapes / axes: ESP-PPQ's graph may spell a Reshape target differently
+            assert a.exponents == b.exponents and a.layout == b.layout, (nr.name, v)
+            np.testing.assert_array_equal(np.asarray(a.data), want)
     for vi in list(gr.inputs) + list(gr.outputs):
         assert go.info(vi.name).exponents == vi.exponents, vi.name
     feeds = {k: v.data for k, v in gr.test_inputs.items()}
-    got, want = ours.run(feeds), ref.run(feeds)
+    got = ours.run(feeds)
+    try:
+        emu_ref = ref.run(feeds)
+    except UnsupportedError:  # ESP-PPQ's export does not run on ESP-DL (a negative Gather index)
+        emu_ref = None
     for k, v in gr.test_outputs.items():
-        np.testing.assert_array_equal(np.asarray(got[k]).reshape(v.data.shape), np.asarray(want[k]).reshape(v.data.shape))
-        if m.ppq_status.get(f"{target}_s{bits}", {}).get("emu_test") == "bit-exact":
-            np.testing.assert_array_equal(np.asarray(got[k]).reshape(v.data.shape), v.data)
+        g = np.asarray(got[k]).reshape(v.data.shape)
+        if emu_ref is not None:
+            e = np.asarray(emu_ref[k]).reshape(v.data.shape)
+            np.testing.assert_array_equal(g, e)
+            if not np.array_equal(e, v.data):
+                continue
+        np.testing.assert_array_equal(g, v.data)
     return ours
+
+
+QREFS = Path(__file__).resolve().parent / "fixtures" / "quant_refs"
+
+
+def quant_ref(case, target, bits):
+    """(onnx, calib, heldout, ESP-PPQ export) of tests/fixtures/quant_refs/<case> (tools/make_quant_refs.py)."""
+    d = QREFS / case
+    ref = d / f"ppq_{target}_s{bits}.espdl"
+    if not ref.exists():
+        status = json.loads((QREFS / "status.json").read_text()).get(case, {})
+        pytest.skip(f"ESP-PPQ made no {target} int{bits} export of {case}: {status.get(f'{target}_s{bits}')}")
+    names = [i["name"] for i in json.loads((d / "meta.json").read_text())["inputs"]]
+    return d / "model.onnx", load_inputs(d / "calib.npz", names), load_inputs(d / "heldout.npz", names), ref
+
+
+REF_JOBS = [("esp32p4", 8), ("esp32s3", 8), ("c", 8), ("esp32p4", 16), ("c", 16)]
+
+
+@pytest.mark.parametrize("case", ["matmul_dynamic", "matmul_batched", "convt1d_dw", "convt1d_opad", "convt2d",
+                                  "gather_last", "gather_pos"])
+@pytest.mark.parametrize("target, bits", REF_JOBS)
+def test_bit_exact_with_esp_ppq_refs(case, target, bits):
+    same_as_esp_ppq(*quant_ref(case, target, bits), target, bits)
 
 
 @pytest.mark.parametrize("name", ["crn2d", "upsample_tcn", "gru_state"])

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..emu.rounding import quantize as q_quantize
 from ..errors import UnsupportedError
-from .export import OP_RULES
+from .export import OP_RULES, PASSIVE_OPS, downstream_ops
 from .prepare import PREPARE_PASSES, FGraph, FNode, infer_shapes
 from .products import quantize_param
 
@@ -137,6 +137,13 @@ class RNNRule:
         tie[yh] = y
         h0 = _opt(node, 5)
         prods = fg.producers()
+        # ESP-PPQ's alignment pass then overrides the upstream layers: a non-passive producer whose only reader
+        # is this node is calibrated to Y's exponent too (X arrives without a requantization)
+        for u in (node.inputs[0], h0):
+            p = prods.get(u)
+            if p is not None and p.op not in PASSIVE_OPS and downstream_ops(fg, p) == [node] \
+                    and qi.bits[p.name] == b and not fg.is_output(u):
+                tie[u] = y
         if h0 and h0 not in fg.consts and h0 not in prods and qi.vbits.get(h0) == b \
                 and all(r.op in ("GRU", "LSTM") for r in fg.consumers(h0)):
             tie[h0] = y  # a graph input: exported at Y's exponent directly
@@ -198,9 +205,6 @@ class RNNRule:
             ins.append(c0)
         while ins and not ins[-1]:
             ins.pop()
-        if h0 and not ins[3]:
-            raise UnsupportedError("an initial state without a bias B", node=n.name, op=n.op,
-                                   supported=["B given (PyTorch's default bias=True)", "no initial state"])
         attrs["hidden_size"] = hidden
         if a.get("direction", "forward") != "forward":
             attrs["direction"] = a["direction"]
