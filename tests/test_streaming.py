@@ -118,7 +118,7 @@ def test_strided_chunk_error_lists_valid_sizes():
 @pytest.mark.parametrize("case, message", [
     ("same", "right padding 1 on the frame axis needs 1 future frames"),
     ("gap", "global pooling over time"),
-    ("flatten", "across the frame axis; add a tail Slice"),
+    ("flatten", "contracts over the frame axis; add a tail Slice"),
     ("maxpool_signed", "MaxPool pads with -inf"),
     ("drop_newest", "dropping the newest frames needs the future"),
 ])
@@ -130,7 +130,7 @@ def test_refusals_name_the_node_and_why(case, message):
     elif case == "gap":
         y = b._node("GlobalAveragePool", [b.conv(x, 8, k=3)], (1, 1, 8), -4)
     elif case == "flatten":
-        y = b.flatten(b.conv(x, 8, k=3))
+        y = b.gemm(b.flatten(b.conv(x, 8, k=3)), 4)  # Flatten merges time into features; Gemm then needs all
     elif case == "maxpool_signed":
         y = b.pool(b.conv(x, 8, k=1), "MaxPool", 3)
     else:

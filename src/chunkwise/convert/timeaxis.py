@@ -390,17 +390,38 @@ def _slice(cx: _Cx, node: Node, ins: list[Time], streamed) -> Time:
 
 
 def _reshape(cx: _Cx, node: Node, ins: list[Time], streamed) -> Time:
+    """The frame axis survives a reshape that keeps every element of a frame together: kept as it is, merged
+    with the axes after it (e.g. [1, T, F, C] -> [T*F, C]: F rows per frame, the rate divided by F), or split
+    into frames and the axes after it ([1, T*F, C] -> [1, T, F, C]: the rate multiplied by F)."""
     x = ins[0]
     src = cx.shapes[node.inputs[0]]
     dst = cx.shapes[node.outputs[0]]
-    before = int(np.prod(src[:x.axis], dtype=np.int64))
+    a, T = x.axis, src[x.axis]
+    before = int(np.prod(src[:a], dtype=np.int64))
+    inner = [int(np.prod(src[a + 1:a + 1 + r], dtype=np.int64)) for r in range(len(src) - a)]
+    out = None
     for jx in range(len(dst)):
-        if int(np.prod(dst[:jx], dtype=np.int64)) == before and dst[jx] == src[x.axis]:
-            if node.op_type == "Reshape":
-                cx.d.reshapes[node.name] = jx
-            return x.with_(axis=jx)
-    raise refuse(node, f"reshapes {list(src)} -> {list(dst)} across the frame axis; add a tail Slice "
-                       "(last K frames) or a Gather of the last frame before it")
+        if int(np.prod(dst[:jx], dtype=np.int64)) != before:
+            continue
+        if dst[jx] in (T * m for m in inner):  # kept (m == 1) or merged with the next axes
+            m = dst[jx] // T
+            out = x.with_(axis=jx, rate=x.rate / m, delay=x.delay * m, pad=x.pad * m)
+            break
+        rest = [int(np.prod(dst[jx + 1:jx + 1 + r], dtype=np.int64)) for r in range(1, len(dst) - jx)]
+        m = next((m for m in rest if dst[jx] * m == T), None) if dst[jx] > 1 else None
+        if m and m > 1:  # split into dst[jx] frames of m
+            if x.delay % m or x.pad % m:
+                raise refuse(node, f"splits the frame axis into groups of {m} frames after a delay or padding of "
+                                   "other than whole groups")
+            out = x.with_(axis=jx, rate=x.rate * m, delay=x.delay // m, pad=x.pad // m)
+            break
+    if out is None:
+        raise refuse(node, f"reshapes {list(src)} -> {list(dst)} across the frame axis; add a tail Slice "
+                           "(last K frames) or a Gather of the last frame before it")
+    cx.frames(node, out)
+    if node.op_type == "Reshape":  # Flatten / Squeeze / Unsqueeze take their shape from the input
+        cx.d.reshapes[node.name] = out.axis
+    return out
 
 
 _WHOLE = {"norm": "normalizes over the frame axis (needs the whole sequence)",
@@ -441,8 +462,6 @@ def _contract(cx: _Cx, node: Node, ins: list[Time], streamed) -> Time:
     if streamed[0][0] != 0 or x.axis == rank - 1:
         raise refuse(node, "contracts over the frame axis; add a tail Slice (last K frames) or a Gather of the last "
                            "frame before it")
-    if node.op_type == "Gemm" and rank != 2:
-        raise refuse(node, f"Gemm of a rank-{rank} input")
     if node.op_type == "Gemm" and int(node.attr("transA", 0) or 0):
         raise refuse(node, "transA=1 contracts over the frame axis")
     _zero_or_refuse(cx, node, x)
