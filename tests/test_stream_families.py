@@ -111,6 +111,21 @@ def test_wavenet_pad_feeds_filter_and_gate_with_one_shared_cache():
         assert sorted(c["frames"] for c in r.caches) == [1, 1, 2, 4]
 
 
+def test_consumers_needing_different_histories_share_the_longest_cache():
+    """One padded tensor read by a k=3 conv (2 frames of history) and a k=5 conv with 2 more frames of its own
+    padding (4 frames): one 4-frame cache; the k=3 conv reads its newest frames through a Slice."""
+    b = GraphBuilder(29)
+    x = b.input((1, 12, 6))
+    y = b.conv(x, 6, k=1)
+    p = b.pad_time(y, 2)
+    a = b.conv_full(p, 6, kernel=[3], out_exp=b.exp(y) + 2)
+    c = b.conv_full(p, 6, kernel=[5], pads=[2, 0], out_exp=b.exp(y) + 2)
+    b.output(b.binary("Add", a, c))
+    for s, r in _stream_all(b, [1, 2, 3]):
+        assert [cc["frames"] for cc in r.caches] == [4]
+        assert [n.op_type for n in s.graph.nodes].count("StreamingCache") == 1
+
+
 @pytest.mark.parametrize("pool", ["MaxPool", "AveragePool"])
 @pytest.mark.parametrize("signed", [False, True])
 def test_pad_then_pool(pool, signed):

@@ -174,48 +174,62 @@ def _drop_dead(graph: Graph, name: str) -> None:
         graph.value_info.pop(name, None)
 
 
+def _slice_node(graph: Graph, src: str, out_base: str, node_base: str, start: int, end: int, axis: int) -> tuple:
+    sl_out = fresh_name(graph, out_base)
+    ins = [src] + [_const_tensor(graph, f"{sl_out}_{k}", [v]) for k, v in
+                   (("starts", start), ("ends", end), ("axes", axis), ("steps", 1))]
+    sl = Node("Slice", fresh_name(graph, node_base), ins, [sl_out])
+    sl.set_attr("quant_type", _quant_type(graph, src))
+    vi = graph.value_info[src]
+    graph.value_info[sl_out] = ValueInfo(sl_out, vi.dtype, None, vi.exponents)
+    return sl, sl_out
+
+
 def insert_caches(graph: Graph, d: Decision, shapes, chunk: int, report: StreamReport) -> PassResult:
+    """One StreamingCache per history: consumers of one value (or of equal Transposes of it) share a cache of
+    the most frames any of them needs; one that needs fewer reads the newest frames through a Slice."""
     if not d.caches:
         return PassResult(graph, False, "no window op needs past frames")
     consts = Consts(graph)
-    shared: dict[tuple[str, int, int], str] = {}  # (value, frames, axis) -> cache output: one cache per history
-    for c in d.caches:
+    groups: dict[tuple, list[tuple[Cache, str, int, int]]] = {}
+    order = {n.name: i for i, n in enumerate(graph.nodes)}
+    for k, c in enumerate(d.caches):
         if c.delay_line or not c.hoist:
             name, idx, axis = c.node, c.index, c.axis
         else:
             name, idx, axis = _hoist(graph, c, shapes, d.time, consts)
-        consumer = graph.node(name)
-        src = consumer.inputs[idx]
-        key = (_same_values(graph, src), c.frames, axis)
-        if not c.delay_line and key in shared:
-            consumer.inputs[idx] = shared[key]
-            report.notes.append(f"{consumer.name} shares the {c.frames}-frame cache of {src!r}")
-            _drop_dead(graph, src)
-            continue
-        cnode, out = _cache_node(graph, src, c.frames, axis, consumer.name)
-        if not c.delay_line:
-            shared[key] = out
-        pos = graph.nodes.index(consumer)
-        new_nodes = [cnode]
-        if c.delay_line:
-            frames = int(chunk / d.time[src].rate)
-            sl_out = fresh_name(graph, f"{src}_{consumer.name}_delayed")
-            starts = _const_tensor(graph, f"{sl_out}_starts", [0])
-            ends = _const_tensor(graph, f"{sl_out}_ends", [frames])
-            axes = _const_tensor(graph, f"{sl_out}_axes", [axis])
-            steps = _const_tensor(graph, f"{sl_out}_steps", [1])
-            sl = Node("Slice", fresh_name(graph, f"{src}_{consumer.name}_delay"), [out, starts, ends, axes, steps],
-                      [sl_out])
-            sl.set_attr("quant_type", _quant_type(graph, src))
-            graph.value_info[sl_out] = ValueInfo(sl_out, graph.value_info[out].dtype, None,
-                                                 graph.value_info[out].exponents)
-            new_nodes.append(sl)
-            out = sl_out
-        graph.nodes[pos:pos] = new_nodes
-        consumer.inputs[idx] = out
-        report.caches.append({"node": cnode.name, "input": src, "consumer": consumer.name, "frames": c.frames,
-                              "axis": axis, "reason": c.reason, "bytes": 0})
-    return PassResult(graph, True, f"{len(d.caches)} caches")
+        src = graph.node(name).inputs[idx]
+        key = ("delay", k) if c.delay_line else (_same_values(graph, src), axis)
+        groups.setdefault(key, []).append((c, name, idx, axis))
+    for key, members in groups.items():
+        members.sort(key=lambda m: order[m[1]])
+        c0, name0, idx0, axis = members[0]
+        first = graph.node(name0)
+        src = first.inputs[idx0]
+        frames = max(m[0].frames for m in members)
+        cnode, out = _cache_node(graph, src, frames, axis, first.name)
+        graph.nodes.insert(graph.nodes.index(first), cnode)
+        reasons = sorted({m[0].reason for m in members})
+        report.caches.append({"node": cnode.name, "input": src, "consumer": ", ".join(m[1] for m in members),
+                              "frames": frames, "axis": axis, "reason": "; ".join(reasons), "bytes": 0})
+        for c, name, idx, _ in members:
+            consumer = graph.node(name)
+            own_src = consumer.inputs[idx]
+            feed = out
+            if c.delay_line:  # cache + Slice[0:c]: the branch lags by the cached frames
+                n = int(chunk / d.time[src].rate)
+                sl, feed = _slice_node(graph, out, f"{src}_{name}_delayed", f"{src}_{name}_delay", 0, n, axis)
+                graph.nodes.insert(graph.nodes.index(consumer), sl)
+            elif c.frames < frames:  # the newest frames of the shared cache
+                sl, feed = _slice_node(graph, out, f"{src}_{name}_last", f"{src}_{name}_SCache_slice",
+                                       frames - c.frames, INT64_MAX, axis)
+                graph.nodes.insert(graph.nodes.index(consumer), sl)
+            consumer.inputs[idx] = feed
+            if len(members) > 1:
+                report.notes.append(f"{name} reads {c.frames} frames of the shared {frames}-frame cache of {src!r}")
+            if own_src != src:
+                _drop_dead(graph, own_src)
+    return PassResult(graph, True, f"{len(groups)} caches for {len(d.caches)} edges")
 
 
 def _const_tensor(graph: Graph, base: str, values, shape=None, dtype: str = "int64") -> str:
