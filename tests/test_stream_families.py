@@ -215,6 +215,26 @@ def test_ops_along_features_stream_without_caches():
         assert not r.caches
 
 
+def test_2d_ops_along_frequency_and_channels_stream_without_caches():
+    b = GraphBuilder(30)
+    x = b.input((1, 8, 4, 3))
+    y = b.conv_full(x, 4, kernel=[1, 3], pads=[0, 1, 0, 1])
+    scales = b._init("scales", np.array([1, 1, 2, 1], dtype=np.float32))
+    roi = b._init("roi", np.zeros(0, dtype=np.float32))
+    y = b._node("Resize", [y, roi, scales], (1, 8, 8, 4), b.exp(y), mode="nearest",
+                coordinate_transformation_mode="asymmetric", nearest_mode="floor")
+    y = b.pad(y, [0, 0, 1, 0, 0, 0, 1, 0])  # frequency only
+    st, en, ax = (b._init(n, np.array(v, dtype=np.int64)) for n, v in (("st", [1]), ("en", [9]), ("ax", [2])))
+    y = b._node("Slice", [y, st, en, ax], (1, 8, 8, 4), b.exp(y))
+    scale = b._init("rms_scale", np.ones(4, dtype=np.float32))
+    y = b._node("RMSNormalization", [y, scale], (1, 8, 8, 4), -5, axis=-1, epsilon=1e-5)
+    y = b._node("LpNormalization", [y], (1, 8, 8, 4), -7, axis=-1, p=2)
+    y = _reduce(b, y, [2], (1, 8, 4), keepdims=0)
+    b.output(y)
+    for s, r in _stream_all(b, [1, 2, 4]):
+        assert not r.caches
+
+
 def test_insert_zeros_along_frequency_streams_per_frame():
     b = GraphBuilder(19)
     x = b.input((1, 8, 4, 3))
