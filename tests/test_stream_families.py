@@ -426,6 +426,25 @@ def test_tail_heads(head):
         assert set(r.outputs.values()) == {"tail (fixed window)"}
 
 
+def test_esp_ppq_negative_gather_index_is_made_non_negative():
+    """ESP-PPQ exports x[:, -1] as Gather(-1), which ESP-DL does not wrap: the stream selects the newest frame."""
+    def build(index):
+        b = GraphBuilder(31)
+        x = b.input((1, 12, 8))
+        y = b.conv(x, 8, k=3, act="Relu")
+        b.output(b.gemm(b.gather(y, index, axis=1), 5))
+        return Model(b.g)
+
+    meant = build(11)
+    for c in (1, 3, 4):
+        s, r = stream(build(-1), c)
+        assert r.verification["bit_exact"]
+        assert any("made non-negative" in n for n in r.notes)
+        gather = next(n for n in s.graph.nodes if n.op_type == "Gather")
+        assert int(s.graph.initializers[gather.inputs[1]].data) == c - 1
+        _check(meant, s)
+
+
 # ---- refusals ------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("case, message", [

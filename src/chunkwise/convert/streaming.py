@@ -436,13 +436,14 @@ def stream(model, chunk: int, *, frame_axis: int = 1, table: list[TableEntry] | 
 
     if chunk < 1:
         raise StreamingError(f"chunk must be >= 1 frame, got {chunk}")
+    model, wrapped = _wrap_negative_gathers(model)
     shapes, off_plan = _offline_shapes(model)
     graph = model.graph.copy()
     graph.test_inputs.clear()
     graph.test_outputs.clear()
     manual, manual_axes = _apply_table(graph, table or [], frame_axis)
     d = analyse(graph, shapes, chunk, frame_axis, allow_lookahead, manual)
-    report = StreamReport(chunk=chunk, frame_axis=frame_axis, notes=list(d.notes))
+    report = StreamReport(chunk=chunk, frame_axis=frame_axis, notes=wrapped + list(d.notes))
     for (node, idx), frames in manual.items():
         d.caches.append(Cache(node, idx, frames, manual_axes[(node, idx)], "table entry", hoist=False))
     delays = {o.name: d.time[o.name].delay for o in graph.outputs if d.time.get(o.name) and d.time[o.name].streamed}
@@ -509,6 +510,39 @@ def stream(model, chunk: int, *, frame_axis: int = 1, table: list[TableEntry] | 
                 "This is a converter bug or an unsupported pattern: please report it with the model")
     _embed_test_values(smodel, x, chunk, frame_axis)
     return smodel, report
+
+
+def _wrap_negative_gathers(model):
+    """ESP-PPQ exports ``x[:, -1]`` as a Gather of index -1, which ESP-DL does not wrap (the emulator refuses
+    it). The converter streams what the model means (ONNX semantics): a copy with the indices made
+    non-negative is both converted and used as the offline reference. Returns (model, notes)."""
+    from ..model import Model
+
+    g = model.graph
+    bad = [n for n in g.nodes if n.op_type == "Gather" and len(n.inputs) > 1 and _const(g, n.inputs[1]) is not None
+           and np.any(_const(g, n.inputs[1]) < 0)]
+    if not bad:
+        return model, []
+    probe = g.copy()
+    for n in bad:  # in range for any size: the planner then gives every shape
+        n2 = probe.node(n.name)
+        n2.inputs[1] = _const_tensor(probe, f"{n.name}_probe_index", [0] * max(_const(g, n.inputs[1]).size, 1),
+                                     shape=_const(g, n.inputs[1]).shape, dtype="int64")
+    probe_model = Model(probe, target=model.target)
+    shapes, _ = _offline_shapes(probe_model)
+    fixed = g.copy()
+    notes = []
+    for n in bad:
+        n2 = fixed.node(n.name)
+        idx = _const(g, n.inputs[1])
+        rank = len(shapes[n.inputs[0]])
+        axis = int(n.attr("axis", 0) or 0) % rank
+        dim = shapes[n.inputs[0]][axis]
+        new = np.where(idx < 0, idx + dim, idx).astype(np.int64)
+        n2.inputs[1] = _const_tensor(fixed, f"{n.name}_index_wrapped", new.ravel().tolist(), shape=new.shape)
+        notes.append(f"{n.name}: index {idx.tolist()} made non-negative ({new.tolist()}): ESP-DL does not wrap "
+                     "negative Gather indices")
+    return Model(fixed, target=model.target), notes
 
 
 def random_input(model, seed: int) -> dict[str, np.ndarray]:

@@ -358,7 +358,10 @@ def _slice(cx: _Cx, node: Node, ins: list[Time], streamed) -> Time:
             raise refuse(node, "gathers along the frame axis with indices that are not one constant frame")
         i = int(idx.ravel()[0])
         i = i + T if i < 0 else i
-        K = T - i
+        produced = cx.stream_len(x) + x.pad  # offline frames a stream of the whole input produces
+        if not 0 <= i < min(Fraction(T), produced):
+            raise refuse(node, f"selects frame {i} of {T}, which a stream never produces")
+        K = int(min(Fraction(T), produced)) - i  # the K-th newest frame of the stream
         have = _tail(cx, node, x, K)
         cx.d.tail_gathers[node.name] = have - K
         cx.d.notes.append(f"{node.name}: tail head on frame {i} of {T} (the last {K} frames); downstream nodes see "
