@@ -282,6 +282,69 @@ def decompose_conv_transpose(fg: FGraph) -> int:
     return count
 
 
+# ---- PRelu on [N, C, T] ------------------------------------------------------------------------------------
+
+def prelu_to_4d(fg: FGraph) -> int:
+    """PRelu on a 3-D ``[N, C, T]`` tensor (``nn.PReLU`` after a Conv1d) -> a storage reshape to 4-D, PRelu, and
+    back. ESP-DL's PRelu takes its channels from ``shape[3]`` (``dl_module_prelu.hpp``), which a 3-D tensor
+    does not have (ESP-PPQ 1.3 exports it as is: the chip reads past the shape). The NWC storage ``[N, T, C]``
+    is reshaped to ``[N, 1, T, C]`` (the ONNX-order value ``[N, C, 1, T]`` in NHWC) without moving data."""
+    count = 0
+    for n in [m for m in fg.nodes if m.op == "PRelu"]:
+        x = n.inputs[0]
+        if len(fg.shapes.get(x, ())) != 3 or len(n.inputs) < 2 or n.inputs[1] not in fg.consts:
+            continue
+        nb, c, t = fg.shapes[x]
+        slope = np.asarray(fg.consts[n.inputs[1]], np.float32)
+        if slope.size not in (1, c):
+            continue  # refused by the layout pass with the supported slope shapes
+        y = n.outputs[0]
+        x4 = _const_name(fg, f"{n.name}/to4d_output_0")
+        y4 = _const_name(fg, f"{n.name}/PRelu4d_output_0")
+        s4 = _const_name(fg, f"{n.inputs[1]}_4d")
+        fg.consts[s4] = slope.reshape(-1, 1, 1) if slope.size == c and c > 1 else slope.reshape(1)
+        fg.shapes[x4] = fg.shapes[y4] = (nb, c, 1, t)
+        i = fg.nodes.index(n)
+        up = FNode("StorageReshape", f"{n.name}/to4d", [x], [x4], {"perm_in": [0, 2, 1], "perm_out": [0, 2, 3, 1]})
+        down = FNode("StorageReshape", f"{n.name}/to3d", [y4], [y], {"perm_in": [0, 2, 3, 1], "perm_out": [0, 2, 1]})
+        n.inputs = [x4, s4]
+        n.outputs = [y4]
+        fg.nodes[i:i + 1] = [up, n, down]
+        if hasattr(fg, "origin"):
+            for m in (up, down):
+                fg.origin[m.name] = list(fg.origin.get(n.name, [n.name]))
+        count += 1
+    return count
+
+
+class StorageReshapeRule:
+    """A reshape of the stored (channel-last) data between a 3-D NWC and a 4-D NHWC view of the same values:
+    ESP-DL's Reshape to the output's storage shape; the exponent passes through."""
+
+    @staticmethod
+    def layout(fg, node, perm, require, rank):
+        require(node, 0, list(node.attrs["perm_in"]))
+        perm[node.outputs[0]] = list(node.attrs["perm_out"])
+
+    @staticmethod
+    def ties(fg, qi, node, tie, fixed, calib_exp):
+        x, y = node.inputs[0], node.outputs[0]
+        tie[y] = x  # data movement
+        prelu = fg.producers().get(x)
+        if len(fg.shapes[x]) == 4 and prelu is not None and prelu.op == "PRelu" \
+                and qi.vbits.get(prelu.inputs[0]) == qi.vbits.get(x):
+            # ESP-DL's PRelu copies positive values unchanged on the c target and in int16 (prelu_11c; only
+            # the int8 SIMD kernels rescale them): its output keeps its input's exponent
+            tie[x] = prelu.inputs[0]
+
+    @staticmethod
+    def export(ex, n, attrs):
+        shape = np.array(ex.shape(n.outputs[0]), np.int64)
+        name = ex.param(f"{n.name}_shape", shape, "int64", [0])
+        attrs["allowzero"] = 0
+        return "Reshape", attrs, [n.inputs[0], name]
+
+
 # ---- stage rules ---------------------------------------------------------------------------------------
 
 def _identity(r: int) -> list[int]:
@@ -386,10 +449,12 @@ class InsertZerosRule:
 
 
 def register() -> None:
-    OP_RULES.update({"MatMul": MatMulRule, "Gather": GatherRule, "InsertZeros": InsertZerosRule})
-    REWRITE_ONLY_OPS.add("InsertZeros")
-    if decompose_conv_transpose not in REWRITES:
-        REWRITES.append(decompose_conv_transpose)
+    OP_RULES.update({"MatMul": MatMulRule, "Gather": GatherRule, "InsertZeros": InsertZerosRule,
+                     "StorageReshape": StorageReshapeRule})
+    REWRITE_ONLY_OPS.update({"InsertZeros", "StorageReshape"})
+    for fn in (decompose_conv_transpose, prelu_to_4d):
+        if fn not in REWRITES:
+            REWRITES.append(fn)
     if prepare_products not in PREPARE_PASSES:
         PREPARE_PASSES.append(prepare_products)
 
