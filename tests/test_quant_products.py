@@ -128,6 +128,16 @@ def linear_model(t=12, c=16, n=24, bias=True, relu=False):
     return model(nodes, [("x", [1, t, c])], ["y"], inits)
 
 
+def test_gemm_reshapes_collapse_around_row_wise_activations(tmp_path):
+    m = linear_model(relu=False)
+    m.graph.node.insert(2, helper.make_node("Tanh", ["ab"], ["th"]))
+    m.graph.node[3].input[0] = "th"
+    q = quantize(m, randn(16, 12, 16), target="esp32p4")
+    check_runs(q, tmp_path)
+    assert [n.op_type for n in q.graph.nodes] == ["Reshape", "Gemm", "Tanh", "Gemm", "Reshape"]
+    assert q.graph.info(q.graph.nodes[2].outputs[0]).shape == (12, 24)
+
+
 def test_matmul_to_gemm_float_exact_and_structure():
     m = linear_model(relu=True)
     fg = prepared_equals_original(m, {"x": randn(1, 12, 16)})
@@ -400,10 +410,15 @@ def test_bit_exact_with_esp_ppq_refs(case, target, bits):
     same_as_esp_ppq(*quant_ref(case, target, bits), target, bits)
 
 
-@pytest.mark.parametrize("name", ["crn2d", "upsample_tcn", "gru_state"])
-@pytest.mark.parametrize("target, bits", [("esp32p4", 8), ("esp32s3", 8), ("esp32p4", 16)])
+@pytest.mark.parametrize("name, target, bits", [
+    (name, t, b) for name in ("crn2d", "upsample_tcn", "gru_state", "tc_resnet")
+    for t, b in (("esp32p4", 8), ("esp32s3", 8), ("esp32p4", 16))] + [
+    # swish_mlp on esp32s3: ESP-PPQ's Swish fusion gives its first Swish another exponent (quant/patterns.py)
+    ("swish_mlp", "esp32p4", 8), ("swish_mlp", "esp32p4", 16)])
 def test_bit_exact_with_esp_ppq_corpus_export(name, target, bits):
-    """ConvTranspose -> InsertZeros + Conv; MatMul + Add on [B, T, C] -> Reshape/Gemm/Reshape, as ESP-PPQ."""
+    """ConvTranspose -> InsertZeros + Conv; MatMul + Add on [B, T, C] -> Reshape/Gemm/Reshape, the Reshapes
+    between two Gemms dropped around row-wise activations; the last-frame Gather (ESP-PPQ's -1 is the last
+    index here, gathered on the stored NWC axis), as ESP-PPQ exports them."""
     assert_same_as_esp_ppq(next(c for c in corpus_models() if c.name == name), target, bits)
 
 

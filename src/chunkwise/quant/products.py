@@ -193,6 +193,46 @@ def matmul_to_gemm(fg: FGraph) -> int:
     return count
 
 
+# unary element-wise ops a Gemm's rows can pass through in 2-D (PRelu needs 4-D, table ops any rank)
+ROW_WISE = ("Clip", "Elu", "Exp", "Gelu", "HardSigmoid", "HardSwish", "LeakyRelu", "Log", "Neg", "Relu", "Sigmoid",
+            "Sqrt", "Swish", "Tanh")
+
+
+def collapse_gemm_reshapes(fg: FGraph) -> int:
+    """``Reshape(back to [B, T, N]) -> row-wise activations -> Reshape([B*T, N])`` between two Gemms made by
+    :func:`matmul_to_gemm` -> the activations run on the 2-D rows directly, as ESP-PPQ's simplified graph has
+    it (runs after the pattern fusions, which turn GELU / Swish into single ops). Returns the count."""
+    count = 0
+    prods = fg.producers()
+    for r_in in [n for n in fg.nodes if n.op == "Reshape"]:
+        if r_in not in fg.nodes:
+            continue
+        chain, v = [], r_in.inputs[0]
+        while v in prods and prods[v].op in ROW_WISE and len(fg.consumers(v)) == 1 and not fg.is_output(v):
+            chain.append(prods[v])
+            v = prods[v].inputs[0]
+        r_out = prods.get(v)
+        if not chain or r_out is None or r_out.op != "Reshape" or len(fg.consumers(v)) != 1 or fg.is_output(v):
+            continue
+        src = r_out.inputs[0]
+        if tuple(fg.shapes[src]) != tuple(fg.shapes[r_in.outputs[0]]) or fg.is_output(r_in.outputs[0]):
+            continue
+        if any(len(n.inputs) > 1 and any(u and u not in fg.consts for u in n.inputs[1:]) for n in chain):
+            continue
+        chain[-1].inputs[0] = src
+        for n in chain:
+            for o in n.outputs:
+                fg.shapes[o] = tuple(fg.shapes[src])
+        dst, new = r_in.outputs[0], r_in.inputs[0]
+        for n in fg.nodes:
+            n.inputs = [new if u == dst else u for u in n.inputs]
+        fg.nodes.remove(r_in)
+        fg.nodes.remove(r_out)
+        prods = fg.producers()
+        count += 1
+    return count
+
+
 def prepare_products(fg: FGraph) -> None:
     gather_nonneg(fg)
     matmul_to_gemm(fg)
@@ -452,7 +492,7 @@ def register() -> None:
     OP_RULES.update({"MatMul": MatMulRule, "Gather": GatherRule, "InsertZeros": InsertZerosRule,
                      "StorageReshape": StorageReshapeRule})
     REWRITE_ONLY_OPS.update({"InsertZeros", "StorageReshape"})
-    for fn in (decompose_conv_transpose, prelu_to_4d):
+    for fn in (decompose_conv_transpose, prelu_to_4d, collapse_gemm_reshapes):
         if fn not in REWRITES:
             REWRITES.append(fn)
     if prepare_products not in PREPARE_PASSES:
