@@ -436,7 +436,7 @@ def stream(model, chunk: int, *, frame_axis: int = 1, table: list[TableEntry] | 
 
     if chunk < 1:
         raise StreamingError(f"chunk must be >= 1 frame, got {chunk}")
-    model, wrapped = _wrap_negative_gathers(model)
+    model, wrapped = wrap_negative_gathers(model)
     shapes, off_plan = _offline_shapes(model)
     graph = model.graph.copy()
     graph.test_inputs.clear()
@@ -512,7 +512,7 @@ def stream(model, chunk: int, *, frame_axis: int = 1, table: list[TableEntry] | 
     return smodel, report
 
 
-def _wrap_negative_gathers(model):
+def wrap_negative_gathers(model):
     """ESP-PPQ exports ``x[:, -1]`` as a Gather of index -1, which ESP-DL does not wrap (the emulator refuses
     it). The converter streams what the model means (ONNX semantics): a copy with the indices made
     non-negative is both converted and used as the offline reference. Returns (model, notes)."""

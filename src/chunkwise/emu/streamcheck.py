@@ -80,6 +80,9 @@ def verify_streaming(streaming, offline, x: dict[str, np.ndarray] | None = None,
         if not offline.graph.test_inputs:
             raise ShapeError("the offline model has no test input; pass an input array")
         x = offline.test_feeds()
+    from ..convert.streaming import wrap_negative_gathers
+
+    offline, _ = wrap_negative_gathers(offline)  # ESP-PPQ's Gather(-1): compare with what it means
     x = offline.prepare_inputs(x)
     state = {p["input"] for p in json.loads(streaming.graph.metadata.get("streaming_state", "[]"))}
     delays = output_delays(streaming)
