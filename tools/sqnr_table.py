@@ -57,6 +57,12 @@ def sqnr(ref: np.ndarray, got: np.ndarray) -> float:
 def chip_sqnr(model, onnx_path: Path, feeds: dict[str, np.ndarray]) -> float:
     """Emulate ``model`` (a chunkwise.Model, ours or ESP-PPQ's) on float ``feeds`` (ONNX layout, batch
     included) and return the output SQNR vs onnxruntime on the original float model."""
+    sig, noise = chip_errors(model, onnx_path, feeds)
+    return math.inf if noise == 0.0 else 10.0 * math.log10(max(sig, 1e-30) / noise)
+
+
+def chip_errors(model, onnx_path: Path, feeds: dict[str, np.ndarray]) -> tuple[float, float]:
+    """(signal energy, error energy) of the emulated model's outputs vs onnxruntime's float outputs."""
     import onnxruntime as ort
 
     from chunkwise.emu.rounding import TARGETS, quantize as q_quantize
@@ -97,7 +103,10 @@ def chip_sqnr(model, onnx_path: Path, feeds: dict[str, np.ndarray]) -> float:
         gots.append(np.asarray(y, np.float64).ravel())
     if not refs:
         raise ValueError("no output of the model matches the float model's outputs by name")
-    return sqnr(np.concatenate(refs), np.concatenate(gots))
+    r, g = np.concatenate(refs), np.concatenate(gots)
+    ok = np.isfinite(r)
+    r, g = r[ok], g[ok]
+    return float(np.sum(r * r)), float(np.sum((r - g) ** 2))
 
 
 def _short(e: Exception) -> str:

@@ -293,17 +293,23 @@ def _kl_exponent(hist: np.ndarray, step: float, bits: int) -> int:
     return _pow2_exp(scale, up=False)
 
 
-def _mse_exponent(hist: np.ndarray, step: float, bits: int) -> int:
+def _hist_error(hist: np.ndarray, step: float, bits: int, e: int) -> float:
+    """Expected squared quantization error over a histogram of |x| at exponent ``e`` (clipping beyond
+    ``qmax * 2**e``, uniform rounding noise below)."""
     qmax = (1 << (bits - 1)) - 1
     centers = (np.arange(len(hist)) + 0.5) * step
+    s = 2.0 ** e
+    clip = qmax * s
+    return float(np.sum(np.where(centers > clip, (centers - clip) ** 2, s * s / 12.0) * hist))
+
+
+def _mse_exponent(hist: np.ndarray, step: float, bits: int) -> int:
+    qmax = (1 << (bits - 1)) - 1
     top = len(hist) * step
     e_hi = _pow2_exp(2 * top / (2 * qmax + 1), up=True)
     best, best_e = None, e_hi
     for e in range(e_hi - 6, e_hi + 1):
-        s = 2.0 ** e
-        clip = qmax * s
-        err = np.where(centers > clip, (centers - clip) ** 2, s * s / 12.0)
-        v = float(np.sum(err * hist))
+        v = _hist_error(hist, step, bits, e)
         if best is None or v < best - 1e-12 * abs(best):
             best, best_e = v, e
     return best_e
