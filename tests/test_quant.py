@@ -503,7 +503,7 @@ def test_prelu_slope_shapes():
     r = np.random.default_rng(2)
     c = lambda n, a: numpy_helper.from_array(np.asarray(a, np.float32), n)  # noqa: E731
     cases = ((np.full((8, 1, 1), 0.2), [1, 4, 3, 5], None), (np.full((1, 1, 1), 0.2), [1, 4, 3, 5], None),
-             (np.full((1, 1, 5), 0.2), [1, 4, 3, 5], "slope"), (np.full((8, 1), 0.2), [1, 4, 6], "rank-3"))
+             (np.full((1, 1, 5), 0.2), [1, 4, 3, 5], "slope"))  # rank 3: test_quant_products.py (4-D view)
     for slope, shape, err in cases:
         m = _mk([helper.make_node("Conv", ["x", "w"], ["c"], name="c", kernel_shape=[1] * (len(shape) - 2)),
                  helper.make_node("PRelu", ["c", "s"], ["y"], name="the_prelu")], [("x", shape)], "y",

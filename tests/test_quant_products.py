@@ -167,6 +167,18 @@ def test_framewise_linear_quantizes_as_gemm(target, bits, tmp_path):
     assert q.quant_report["output_sqnr_db"] > (20 if bits == 8 else 50), q.quant_report["output_sqnr_db"]
 
 
+@pytest.mark.parametrize("node", ["MatMul_0", "Add_1"])
+def test_framewise_linear_mixed_precision(node, tmp_path):
+    """int16_nodes may name the MatMul or its bias Add: the Gemm and its Reshapes run in int16 together."""
+    m = linear_model(relu=True)
+    for i, n in enumerate(m.graph.node):
+        n.name = f"{n.op_type}_{i}"
+    q = quantize(m, randn(16, 12, 16), target="esp32p4", int16_nodes=[node])
+    check_runs(q, tmp_path)
+    qt = [(n.op_type, n.attr("quant_type")) for n in q.graph.nodes]
+    assert qt == [("Reshape", "S16"), ("Gemm", "S16"), ("RequantizeLinear", "S8"), ("Gemm", "S8"), ("Reshape", "S8")]
+
+
 @pytest.mark.parametrize("target", ["esp32p4", "esp32s3", "c"])
 def test_dynamic_and_batched_matmul(target, tmp_path):
     # both operands activations: ESP-DL's MatMul with B in its row-major order

@@ -70,12 +70,28 @@ def quantize_param(w: np.ndarray, bits: int, mode: int) -> tuple[np.ndarray, int
 
 # ---- float-exact passes ------------------------------------------------------------------------------
 
-def _origin(fg: FGraph, new: str, old: list[str]) -> None:
+def _origin(fg: FGraph, new: list[str], old: list[str]) -> None:
+    """Nodes ``new`` replace the ONNX nodes ``old`` (for ``int16_nodes`` and the report). Kept on the graph as
+    ``product_origin`` too: the export stage's rewrite starts a fresh ``fg.origin``, :func:`restore_origin`
+    puts these back."""
+    src = []
+    for o in old:
+        src += fg.origin.pop(o, [o]) if hasattr(fg, "origin") else [o]
+    keep = fg.__dict__.setdefault("product_origin", {})
+    for n in new:
+        keep[n] = list(src)
+        if hasattr(fg, "origin"):
+            fg.origin[n] = list(src)
+
+
+def restore_origin(fg: FGraph) -> int:
+    """The prepare-stage origins of :func:`matmul_to_gemm`'s nodes, back into ``fg.origin``."""
+    names = {n.name for n in fg.nodes}
+    keep = {k: v for k, v in fg.__dict__.get("product_origin", {}).items() if k in names}
     if hasattr(fg, "origin"):
-        src = []
-        for o in old:
-            src += fg.origin.pop(o, [o])
-        fg.origin[new] = src
+        for k, v in keep.items():
+            fg.origin.setdefault(k, v)
+    return len(keep)
 
 
 def _const_name(fg: FGraph, base: str) -> str:
@@ -182,7 +198,7 @@ def matmul_to_gemm(fg: FGraph) -> int:
         fg.nodes.remove(mm)
         if add is not None:
             fg.nodes.remove(add)
-            _origin(fg, mm.name, [mm.name, add.name])
+        _origin(fg, [n.name for n in new_nodes], [mm.name] + ([add.name] if add is not None else []))
         fg.nodes[i:i] = new_nodes
         count += 1
     if count:
@@ -492,7 +508,7 @@ def register() -> None:
     OP_RULES.update({"MatMul": MatMulRule, "Gather": GatherRule, "InsertZeros": InsertZerosRule,
                      "StorageReshape": StorageReshapeRule})
     REWRITE_ONLY_OPS.update({"InsertZeros", "StorageReshape"})
-    for fn in (decompose_conv_transpose, prelu_to_4d, collapse_gemm_reshapes):
+    for fn in (restore_origin, decompose_conv_transpose, prelu_to_4d, collapse_gemm_reshapes):
         if fn not in REWRITES:
             REWRITES.append(fn)
     if prepare_products not in PREPARE_PASSES:
