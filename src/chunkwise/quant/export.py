@@ -595,6 +595,21 @@ def weight_exponents(w: np.ndarray, axis: int | None, bits: int) -> np.ndarray:
     return np.array([_pow2_up(float(v), qmax) for v in a.max(axis=1, initial=0.0)])
 
 
+def const_exponent(c: np.ndarray, bits: int, mode: int) -> int:
+    """The power-of-two exponent with the least squared error for a constant operand (Mul/Div/Pow): its
+    values are known, so clipping a few outliers may beat min-max (ESP-PPQ's percentile observer does
+    likewise for int8). Searched from min-max down by up to 3 steps; ties keep the wider range."""
+    e_max = int(weight_exponents(c, None, bits)[0])
+    c64 = c.astype(np.float64)
+    dtype = "int8" if bits == 8 else "int16"
+    best, best_e = None, e_max
+    for e in range(e_max, e_max - 4, -1):
+        err = float(np.sum((c64 - q_quantize(c, e, dtype, mode).astype(np.float64) * 2.0 ** e) ** 2))
+        if best is None or err < best:
+            best, best_e = err, e
+    return best_e
+
+
 def _quant_per_channel(w: np.ndarray, exps: np.ndarray, axis: int, dtype: str, mode: int) -> np.ndarray:
     shape = [1] * w.ndim
     shape[axis] = -1
@@ -833,7 +848,7 @@ class Exporter:
                 if n.op in ALIGN_TO_OUTPUT_OPS:
                     e = self.qi.exp[n.outputs[0]]
                 else:
-                    e = int(weight_exponents(c, None, bits)[0])
+                    e = const_exponent(c, bits, self.mode)
                 out.append(self.act_const(u, e, bits))
             else:
                 out.append(u)
