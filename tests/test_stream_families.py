@@ -235,6 +235,27 @@ def test_2d_ops_along_frequency_and_channels_stream_without_caches():
         assert not r.caches
 
 
+def test_per_row_matmul_over_an_interleaved_reshape():
+    """[1, C, T, F] -> [C*T, F] -> MatMul -> [1, C, T, N]: time interleaved with channels in between (the
+    quantizer's MatMul lowering); a window op on the interleaved tensor is refused."""
+    b = GraphBuilder(32)
+    x = b.input((1, 8, 6, 3))
+    y = b.conv_full(x, 4, kernel=[2, 1], pads=[1, 0, 0, 0])  # [1, T, F, C]
+    t = b.transpose(y, [0, 3, 1, 2])  # [1, C, T, F]
+    r = b.reshape(t, [4 * 8, 6])
+    m = b.matmul(r, 5)
+    back = b.reshape(m, [1, 4, 8, 5])
+    b.output(b.conv_full(b.transpose(back, [0, 2, 3, 1]), 3, kernel=[2, 1], pads=[1, 0, 0, 0]))
+    _stream_all(b, [1, 2, 4])
+
+    b = GraphBuilder(33)
+    x = b.input((1, 8, 6, 3))
+    r = b.reshape(b.transpose(x, [0, 3, 1, 2]), [1, 3 * 8, 6])
+    b.output(b.conv_full(r, 4, kernel=[2], pads=[1, 0]))
+    with pytest.raises(StreamingError, match="interleaved"):
+        stream(Model(b.g), 2)
+
+
 def test_insert_zeros_along_frequency_streams_per_frame():
     b = GraphBuilder(19)
     x = b.input((1, 8, 4, 3))

@@ -42,7 +42,6 @@ ERRORS = {e.__name__: e for e in (StreamingError, UnsupportedError, Verification
 # `python -m tests.test_stream_random`; remove an entry when its case passes (strict xfail says so).
 TODAY: dict[str, str] = {
     'onnx-3': "UnsupportedError: node '/block15/PRelu' (PRelu): PRelu on a rank-3 tensor. Supported: 4-D (NCHW) input (ESP-DL's PRelu reads shape[3] as channels)",
-    'onnx-12': "StreamingError: cannot stream node '/block40/MatMul/Reshape_in' (Reshape): reshapes [1, 24, 12, 8] -> [288, 8] across the frame axis; add a tail Slice (last K frames) or a Gather of the last frame before it",
     'onnx-14': "UnsupportedError: node '/block5/PRelu' (PRelu): PRelu on a rank-3 tensor. Supported: 4-D (NCHW) input (ESP-DL's PRelu reads shape[3] as channels)",
 }
 

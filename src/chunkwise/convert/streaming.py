@@ -385,7 +385,8 @@ def rewrite_reshapes(graph: Graph, d: Decision, shapes, chunk: int) -> PassResul
     for name, jx in d.reshapes.items():
         node = graph.node(name)
         shape = list(shapes[node.outputs[0]])
-        shape[jx] = int(chunk / d.time[node.outputs[0]].rate)
+        t = d.time[node.outputs[0]]
+        shape[jx] = int(chunk / t.rate) * t.outer
         node.inputs[1] = _const_tensor(graph, f"{name}_shape_stream", shape)
     return PassResult(graph, True, f"{len(d.reshapes)} reshapes")
 

@@ -49,13 +49,17 @@ class Time:
     rate: Fraction = Fraction(1)  # input frames per frame of this tensor
     delay: int = 0  # frames (at this tensor's rate) by which the stream lags the offline tensor
     pad: int = 0  # leading zero frames (at this rate) of the offline tensor that the stream does not carry
+    # > 1: the axis holds ``outer`` groups one after the other, each with every frame (a reshape merged an
+    # axis before time into it, e.g. [1, C, T, F] -> [C*T, F] for a per-row Gemm); only per-row ops and the
+    # reshape back may follow
+    outer: int = 1
 
     @property
     def streamed(self) -> bool:
         return self.axis is not None
 
     def with_(self, **kw) -> "Time":
-        d = {"axis": self.axis, "rate": self.rate, "delay": self.delay, "pad": self.pad}
+        d = {"axis": self.axis, "rate": self.rate, "delay": self.delay, "pad": self.pad, "outer": self.outer}
         d.update(kw)
         return Time(**d)
 
@@ -169,6 +173,13 @@ def _zero_or_refuse(cx: _Cx, node: Node, t: Time, what: str = "") -> None:
                            "zero to zero, so they cannot become a zero StreamingCache past it")
 
 
+def _contiguous(node: Node, t: Time) -> None:
+    """Ops that look along time need its frames in one run (not interleaved with another axis)."""
+    if t.outer > 1:
+        raise refuse(node, f"the frame axis is interleaved with another axis here ({t.outer} groups, after a reshape "
+                           "that merged them); only per-frame ops and the reshape back may follow")
+
+
 def _frame(cx: _Cx, node: Node, ins: list[Time], streamed) -> Time:
     if len(streamed) > 1 or streamed[0][0] != 0:
         raise refuse(node, "its per-frame data input is not the only streamed input")
@@ -180,7 +191,7 @@ def _align(cx: _Cx, node: Node, ins: list[Time], streamed) -> Time:
     """Streamed inputs of a broadcasting/concatenating op: same axis and rate; delays made equal."""
     ref = streamed[0][1]
     for _, t in streamed[1:]:
-        if t.axis != ref.axis or t.rate != ref.rate:
+        if t.axis != ref.axis or t.rate != ref.rate or t.outer != ref.outer:
             raise refuse(node, f"inputs stream at different frame axes/rates ({ref} vs {t})")
         if t.pad != ref.pad:
             raise refuse(node, f"its inputs carry different zero padding on the frame axis ({ref.pad} vs {t.pad} "
@@ -212,6 +223,7 @@ def _window(cx: _Cx, node: Node, ins: list[Time], streamed) -> Time:
     if len(streamed) > 1 or streamed[0][0] != 0:
         raise refuse(node, "only its data input may be streamed")
     x = ins[0]
+    _contiguous(node, x)
     rank = cx.rank(node.inputs[0])
     nsp = rank - 2
     if not 1 <= x.axis <= nsp:
@@ -295,6 +307,7 @@ def _pad(cx: _Cx, node: Node, ins: list[Time], streamed) -> Time:
         if x.pad and not zero:
             raise refuse(node, f"{mode} padding of other axes would see the folded zero frames")
         return x
+    _contiguous(node, x)
     if R:
         raise refuse(node, f"pads {R} frames after the end: that needs the future")
     if not zero:
@@ -354,6 +367,7 @@ def _slice(cx: _Cx, node: Node, ins: list[Time], streamed) -> Time:
             if idx is None:
                 return x  # indices along another axis: per frame whatever they are
             return x if ax > x.axis else x.with_(axis=x.axis - 1 + idx.ndim)
+        _contiguous(node, x)
         if idx is None or idx.size != 1:
             raise refuse(node, "gathers along the frame axis with indices that are not one constant frame")
         i = int(idx.ravel()[0])
@@ -370,6 +384,7 @@ def _slice(cx: _Cx, node: Node, ins: list[Time], streamed) -> Time:
     starts, ends, axes, steps = slice_params(cx.graph, node, rank)
     if x.axis not in axes:
         return x
+    _contiguous(node, x)
     j = axes.index(x.axis)
     if steps[j] != 1:
         raise refuse(node, f"step {steps[j]} along the frame axis")
@@ -393,34 +408,46 @@ def _slice(cx: _Cx, node: Node, ins: list[Time], streamed) -> Time:
 
 
 def _reshape(cx: _Cx, node: Node, ins: list[Time], streamed) -> Time:
-    """The frame axis survives a reshape that keeps every element of a frame together: kept as it is, merged
-    with the axes after it (e.g. [1, T, F, C] -> [T*F, C]: F rows per frame, the rate divided by F), or split
-    into frames and the axes after it ([1, T*F, C] -> [1, T, F, C]: the rate multiplied by F)."""
+    """A reshape keeps the flat order, so it streams when each frame's elements stay one contiguous run per
+    group of the new axis holding time. In flat terms the input is ``[P, n, Q]`` (``P`` elements before the
+    ``n`` rows of time, ``Q`` per row); the new time axis ``j`` has ``o' = P / prod(dst[:j])`` groups of
+    ``n'`` rows of ``R' = prod(dst[j+1:])`` elements with ``n' R' = n Q``. The rate scales by ``n / n'``:
+    kept ([1, T, C] -> [T, C]), merged ([1, T, F, C] -> [T*F, C]: F rows per frame), split
+    ([1, T*F, C] -> [1, T, F, C]) or, with ``o' > 1``, interleaved ([1, C, T, F] -> [C*T, F], for a per-row
+    Gemm and the reshape back)."""
     x = ins[0]
     src = cx.shapes[node.inputs[0]]
     dst = cx.shapes[node.outputs[0]]
-    a, T = x.axis, src[x.axis]
-    before = int(np.prod(src[:a], dtype=np.int64))
-    inner = [int(np.prod(src[a + 1:a + 1 + r], dtype=np.int64)) for r in range(len(src) - a)]
-    out = None
+    a = x.axis
+    P = int(np.prod(src[:a], dtype=np.int64)) * x.outer
+    n = src[a] // x.outer
+    Q = int(np.prod(src[a + 1:], dtype=np.int64))
+    best = None
     for jx in range(len(dst)):
-        if int(np.prod(dst[:jx], dtype=np.int64)) != before:
+        A = int(np.prod(dst[:jx], dtype=np.int64))
+        if not A or P % A:
             continue
-        if dst[jx] in (T * m for m in inner):  # kept (m == 1) or merged with the next axes
-            m = dst[jx] // T
-            out = x.with_(axis=jx, rate=x.rate / m, delay=x.delay * m, pad=x.pad * m)
-            break
-        rest = [int(np.prod(dst[jx + 1:jx + 1 + r], dtype=np.int64)) for r in range(1, len(dst) - jx)]
-        m = next((m for m in rest if dst[jx] * m == T), None) if dst[jx] > 1 else None
-        if m and m > 1:  # split into dst[jx] frames of m
-            if x.delay % m or x.pad % m:
-                raise refuse(node, f"splits the frame axis into groups of {m} frames after a delay or padding of "
-                                   "other than whole groups")
-            out = x.with_(axis=jx, rate=x.rate * m, delay=x.delay // m, pad=x.pad // m)
-            break
-    if out is None:
+        o = P // A
+        if dst[jx] % o:
+            continue
+        n2 = dst[jx] // o
+        R = int(np.prod(dst[jx + 1:], dtype=np.int64))
+        if n2 < 1 or n2 * R != n * Q:
+            continue
+        if best is None or (n2, -o) > (best[1], -best[2]):  # most rows, fewest groups
+            best = (jx, n2, o)
+    if best is None:
         raise refuse(node, f"reshapes {list(src)} -> {list(dst)} across the frame axis; add a tail Slice "
                            "(last K frames) or a Gather of the last frame before it")
+    jx, n2, o = best
+    f = Fraction(n2, n)  # rows of the new axis per row of the old one
+    if o > 1 and (x.delay or x.pad):
+        raise refuse(node, "interleaves the frame axis with another axis after a delay or folded padding")
+    delay, pad = x.delay * f, x.pad * f
+    if delay.denominator != 1 or pad.denominator != 1:
+        raise refuse(node, "splits the frame axis into groups of frames after a delay or padding of other than "
+                           "whole groups")
+    out = x.with_(axis=jx, rate=x.rate / f, delay=int(delay), pad=int(pad), outer=o)
     cx.frames(node, out)
     if node.op_type == "Reshape":  # Flatten / Squeeze / Unsqueeze take their shape from the input
         cx.d.reshapes[node.name] = out.axis
@@ -487,6 +514,7 @@ def _upsample(cx: _Cx, node: Node, ins: list[Time], streamed) -> Time:
     s = stride[i]
     if s == 1:
         return x
+    _contiguous(node, x)
     cx.d.upsamples[node.name] = (i, s)
     return Time(x.axis, x.rate / s, x.delay * s, x.pad * s)
 
@@ -503,6 +531,7 @@ def _recurrent(cx: _Cx, node: Node, ins: list[Time], streamed) -> list[Time]:
     if len(streamed) > 1 or streamed[0][0] != 0:
         raise refuse(node, "only its sequence input X may be streamed (the initial state is carried state)")
     x = ins[0]
+    _contiguous(node, x)
     t_ax = _rnn_time_axis(node)
     if x.axis != t_ax:
         raise refuse(node, f"the frame axis is axis {x.axis} of X, not its sequence axis {t_ax}")
@@ -617,6 +646,9 @@ def analyse(graph: Graph, shapes: dict[str, tuple[int, ...]], chunk: int, frame_
     producers = cx.producers
     for v in graph.outputs:
         t = time.get(v.name)
+        if t is not None and t.outer > 1:
+            raise refuse(producers.get(v.name), f"the graph output {v.name!r} interleaves the frame axis with "
+                                                "another axis (reshape it back first)")
         if t is not None and t.pad:
             p = producers.get(v.name)
             raise refuse(p, f"{t.pad} frames of frame-axis zero padding reach the graph output {v.name!r} "
