@@ -424,6 +424,22 @@ def test_lookahead_delay_is_in_the_model(tmp_path):
     assert "lag the offline model by 1 frames" in res.output
 
 
+@pytest.mark.parametrize("pads, delay", [((1, 2), 1), ((0, 0), 1), ((0, 1), 2)])
+def test_strided_lookahead_and_valid_windows(pads, delay):
+    """A strided window that starts early (L < span - stride) runs causally with L' = L + a whole number of
+    strides: its output lags by (L' - L) / stride frames."""
+    b = GraphBuilder(34)
+    x = b.input((1, 16, 4))
+    y = b.conv_full(x, 4, kernel=[5] if pads == (0, 1) else [4], strides=[2], pads=list(pads))
+    b.output(b.conv(y, 3, k=1))
+    kw = {"allow_lookahead": True} if pads[1] else {}
+    if pads[1]:
+        with pytest.raises(StreamingError, match="future frames"):
+            stream(Model(b.g), 2)
+    for s, r in _stream_all(b, [2, 4], **kw):
+        assert r.delay_frames == delay
+
+
 # ---- tail heads ----------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("head", ["gather_last", "gather_k3", "slice_last_flatten", "gather_matmul", "gather_mean"])

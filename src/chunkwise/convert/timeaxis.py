@@ -258,16 +258,16 @@ def _window(cx: _Cx, node: Node, ins: list[Time], streamed) -> Time:
         if R and not cx.allow_lookahead:
             raise refuse(node, f"right padding {R} on the frame axis needs {R} future frames (use "
                                "--allow-lookahead to accept a delayed output)")
-        if s != 1:
-            raise refuse(node, f"left padding {L} < span {sp} - stride {s}: the op looks {sp - s - L} frames ahead; "
-                               f"that is supported for stride 1 only (stride {s})")
-        extra = sp - 1 - L
+        # the stream runs it causally with L' >= sp - s past frames, L' - L a whole number of strides: its
+        # output j' is the offline output j' - (L' - L) / s
+        new_l = L + s * -(-(sp - s - L) // s)
+        extra = (new_l - L) // s
         cx.d.lookahead[node.name] = extra
         if not R:
             cx.d.notes.append(f"{node.name}: no padding on the frame axis ('valid'): the offline output starts "
                               f"{extra} frames late; the stream's first {extra} frames are warm-up")
-        delay = x.delay + extra
-        L = sp - 1
+        delay += extra
+        L = new_l
     elif R:
         cx.d.notes.append(f"{node.name}: right padding {R} only adds offline frames after the end of the input; "
                           "the stream produces every frame before them")
