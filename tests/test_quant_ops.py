@@ -151,6 +151,26 @@ def test_passive_ops_keep_input_exponent_on_graph_inputs():
         assert g.outputs[0].exponent == g.inputs[0].exponent, name
 
 
+def test_log_sqrt_run_in_float_between_integer_ops():
+    """ESP-PPQ leaves Log and Sqrt unquantized: F32 nodes with DequantizeLinear / QuantizeLinear at the
+    integer boundaries (here Sigmoid -> Log -> Neg and Relu -> Sqrt -> Mul)."""
+    for first, op, last in (("Sigmoid", "Log", "Neg"), ("Relu", "Sqrt", "Tanh")):
+        g = helper.make_graph([helper.make_node(first, ["x"], ["a"]), helper.make_node(op, ["a"], ["b"]),
+                               helper.make_node(last, ["b"], ["y0"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 16])],
+                              [helper.make_tensor_value_info("y0", TensorProto.FLOAT, None)])
+        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+        m.ir_version = 8
+        for bits in (8, 16):
+            calib = _data((1, 8, 16), "n", rng=np.random.default_rng(5))
+            q = chunkwise.quantize(m, calib, bits=bits, test_input=calib[:1], warn=False)
+            nodes = {n.op_type: n for n in q.graph.nodes}
+            assert {"DequantizeLinear", "QuantizeLinear", op} <= set(nodes), list(nodes)
+            assert nodes[op].attr("quant_type") in ("F32", b"F32")
+            assert q.graph.info("b").dtype == "float32"
+            assert q.quant_report["output_sqnr_db"] > (25 if bits == 8 else 50), q.quant_report["output_sqnr_db"]
+
+
 def test_batch_not_one_calibration_shapes():
     m = CASES["batch2_Add"][0]()
     one = RNG.normal(0, 1, (2, 3, 4, 5)).astype(F)

@@ -81,7 +81,9 @@ def chip_errors(model, onnx_path: Path, feeds: dict[str, np.ndarray]) -> tuple[f
         perms = _layout_perms(x.shape, tuple(vi.shape))
         if not perms:
             raise ValueError(f"input {vi.name}: ONNX shape {x.shape} does not map to the model's {vi.shape}")
-        qfeeds[vi.name] = q_quantize(np.transpose(x, perms[0]), vi.exponent, vi.dtype, mode)
+        xt = np.ascontiguousarray(np.transpose(x, perms[0]))
+        # a float32 input (ESP-PPQ leaves ops it does not quantize in float) is fed as is
+        qfeeds[vi.name] = xt if vi.dtype == "float32" else q_quantize(xt, vi.exponent, vi.dtype, mode)
     out = model.run(qfeeds)
     refs, gots = [], []
     for vi in g.outputs:

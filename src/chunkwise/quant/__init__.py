@@ -16,7 +16,7 @@ from ..emu.rounding import TARGETS, quantize as q_quantize
 from ..errors import ShapeError, UnsupportedError
 from ..ir.graph import Tensor
 from .calibrate import METHODS, FloatRunner, collect, load_calib
-from .export import Exporter, Namer, apply_layout, assign_exponents, insert_requantize, rewrite, topo_sort
+from .export import INSERTED_OPS, Exporter, Namer, apply_layout, assign_exponents, insert_requantize, rewrite, topo_sort
 from .prepare import FGraph, check_supported, prepare
 from . import products, rnn  # noqa: F401,E402  (register their operators' rules)
 from .report import ErrorAccumulator, plot_report, sqnr_problem
@@ -126,7 +126,9 @@ def quantize(onnx_path_or_model, calib, *, target: str = "esp32p4", bits: int = 
         for name, _ in fg.inputs:
             vi = graph.info(name)
             x = np.transpose(ff[name], perm[name])
-            out[name] = q_quantize(x, vi.exponent, vi.dtype, mode)
+            # a graph input read by a float32 op (Log, Sqrt) stays float32
+            out[name] = np.ascontiguousarray(x, np.float32) if vi.dtype == "float32" else \
+                q_quantize(x, vi.exponent, vi.dtype, mode)
         return out
 
     qfeeds = to_model_feeds(feeds_f)
@@ -153,7 +155,7 @@ def quantize(onnx_path_or_model, calib, *, target: str = "esp32p4", bits: int = 
 
 def _float_source(fq: FGraph, v: str) -> str:
     prods = fq.producers()
-    while v.startswith("PPQ_Variable_") and v in prods and prods[v].op in ("Transpose", "RequantizeLinear"):
+    while v.startswith("PPQ_Variable_") and v in prods and prods[v].op in INSERTED_OPS:
         v = prods[v].inputs[0]
     return v
 

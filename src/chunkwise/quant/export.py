@@ -72,6 +72,11 @@ ORIGIN_LAYOUT_OPS = _trait_ops(layout=Layout.ORIGIN)
 AXIS_OPS = _trait_ops(layout=Layout.AXIS)
 INT16_NATIVE_LUT = {"Relu", "Clip", "PRelu", "Neg"}  # int16: keep the op, full 65536-entry table (goldens)
 FLOAT_OUTPUT_OPS = {"Softmax", "LogSoftmax"}  # ESP-DL writes float32 whatever the quant_type
+# ESP-PPQ leaves these unquantized (not among its quantized op types): they run with quant_type F32, a
+# DequantizeLinear / QuantizeLinear in front of / behind them where their neighbours are integer
+FLOAT_COMPUTE_OPS = {"Log", "Sqrt"}
+# nodes the exporter inserts between a float value and its reader (same float value, another form)
+INSERTED_OPS = ("Transpose", "RequantizeLinear", "QuantizeLinear", "DequantizeLinear")
 REDUCE_OPS = frozenset(n for n in EXPORTED if n.startswith("Reduce"))
 
 SUPPORTED = sorted(EXPORTED - {"RequantizeLinear"})
@@ -165,6 +170,7 @@ def downstream_ops(fg: FGraph, node: FNode) -> list[FNode]:
 
 def assign_exponents(fg: FGraph, bits_of: dict[str, int], calib_exp) -> QInfo:
     """``calib_exp(value, bits) -> int`` gives the calibrated exponent of a float value."""
+    bits_of = {**bits_of, **{n.name: 32 for n in fg.nodes if n.op in FLOAT_COMPUTE_OPS}}
     qi = QInfo(bits=dict(bits_of))
     prods = fg.producers()
     for name, _ in fg.inputs:
@@ -232,7 +238,11 @@ def expected_input(fg: FGraph, qi: QInfo, node: FNode, u: str, calib_exp) -> tup
         if want is not None:
             return want
     b = qi.bits[node.name]
-    if node.op in ALIGN_TO_OUTPUT_OPS:
+    if b == 32:
+        return 0, 32  # a float32 op (FLOAT_COMPUTE_OPS)
+    if node.op in ALIGN_TO_OUTPUT_OPS or (node.op in PASSIVE_OPS and u == node.inputs[0]):
+        # ESP-DL copies (or negates) the integers of a passive op: its data input must already be at the
+        # output exponent (the same value unless the input comes from another width or a float op)
         return qi.exp[node.outputs[0]], b
     if qi.vbits[u] == b:
         return qi.exp[u], b
@@ -560,7 +570,9 @@ def insert_requantize(fg: FGraph, qi: QInfo, perm: dict[str, list[int]], namer: 
             if (want_e, want_b) == (qi.exp[u], qi.vbits[u]):
                 continue
             out = namer.var()
-            kind = "QuantizeLinear" if qi.vbits[u] == 32 else "RequantizeLinear"  # float32 (Softmax) -> int
+            # float32 (Softmax, Log, ...) -> int: QuantizeLinear; int -> float32 (Log, Sqrt): DequantizeLinear
+            kind = ("QuantizeLinear" if qi.vbits[u] == 32 else "DequantizeLinear" if want_b == 32
+                    else "RequantizeLinear")
             r = FNode(kind, namer.op(), [u], [out], {"_exp_in": qi.exp[u], "_exp_out": want_e})
             fg.nodes.insert(fg.nodes.index(node), r)
             qi.bits[r.name] = want_b
@@ -574,7 +586,7 @@ def insert_requantize(fg: FGraph, qi: QInfo, perm: dict[str, list[int]], namer: 
 def _float_name(fg: FGraph, u: str) -> str:
     """The calibrated float value behind ``u`` (through inserted Transposes)."""
     prods = fg.producers()
-    while u.startswith("PPQ_Variable_") and u in prods and prods[u].op in ("Transpose", "RequantizeLinear"):
+    while u.startswith("PPQ_Variable_") and u in prods and prods[u].op in INSERTED_OPS:
         u = prods[u].inputs[0]
     return u
 
@@ -676,7 +688,7 @@ class Exporter:
         return g
 
     def node(self, n: FNode) -> Node:
-        qt = "S8" if self.qi.bits[n.name] == 8 else "S16"
+        qt = {8: "S8", 16: "S16", 32: "F32"}[self.qi.bits[n.name]]
         op = n.op
         attrs: dict = {"quant_type": qt}
         inputs = list(n.inputs)
@@ -737,6 +749,13 @@ class Exporter:
             self.param(vs, np.array(2.0 ** (a["_exp_out"] - a["_exp_in"]), np.float32), "float32", [0])
             self.param(vz, np.array(0), self.dtype(self.qi.bits[n.name]), [0])
             inputs = [inputs[0], vs, vz]
+        elif op == "DequantizeLinear":
+            vs, vz = self.namer.var(), self.namer.var()
+            self.param(vs, np.array(2.0 ** a["_exp_in"], np.float32), "float32", [0])
+            self.param(vz, np.array(0), self.dtype(self.qi.vbits[n.inputs[0]]), [0])
+            inputs = [inputs[0], vs, vz]
+        elif op in FLOAT_COMPUTE_OPS and self.qi.bits[n.name] == 32:
+            pass  # float32 in and out, no table
         elif op == "QuantizeLinear":
             vs, vz = self.namer.var(), self.namer.var()
             self.param(vs, np.array(2.0 ** a["_exp_out"], np.float32), "float32", [0])
