@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
@@ -104,11 +103,6 @@ def calib_for(model: onnx.ModelProto, n=12, seed=1) -> dict:
         shp = shp[1:] if shp[0] == 1 else shp  # [N, ...] without a batch of 1; a sequence-first input whole
         out[vi.name] = (rng.standard_normal([n] + shp) * scale).astype(np.float32)
     return out
-
-
-def ort_run(model, feeds):
-    s = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return dict(zip([o.name for o in s.get_outputs()], s.run(None, feeds)))
 
 
 def check_runs_and_carries_test_values(model, tmp_path):
