@@ -80,8 +80,8 @@ class StreamReport:
             lines.append(f"delay: {self.delay_frames} frames (recorded in the model's metadata as "
                          "streaming_delay_frames; emu run --compare and Session align outputs by it)")
         for p in self.state:
-            lines.append(f"state: {p['node']} {'hidden' if p['kind'] == 'h' else 'cell'}: output {p['output']!r} -> "
-                         f"input {p['input']!r} between chunks")
+            lines.append(f"recurrent state: {p['node']} {'hidden' if p['kind'] == 'h' else 'cell'} "
+                         f"({p.get('bytes', 0)} B): output {p['output']!r} -> input {p['input']!r} between chunks")
         for o, kind in self.outputs.items():
             lines.append(f"output {o}: {kind}")
         for n in self.notes:
@@ -488,11 +488,17 @@ def stream(model, chunk: int, *, frame_axis: int = 1, table: list[TableEntry] | 
     for step in splan.steps:
         if step.node.name in by_name:
             by_name[step.node.name]["bytes"] = int(step.prepared.state_bytes)
-    report.state_bytes = splan.state_bytes
+    rnn_bytes = 0
+    for p in state:  # recurrent state the application keeps between chunks
+        vi = graph.info(p["input"])
+        rnn_bytes += int(np.prod(vi.shape)) * np.dtype(vi.dtype).itemsize
+        p["bytes"] = int(np.prod(vi.shape)) * np.dtype(vi.dtype).itemsize
+    report.state_bytes = splan.state_bytes + rnn_bytes
     report.macs_per_chunk = splan.macs
     report.offline_macs = off_plan.macs
     report.offline_frames = int(next(iter(shapes[v.name] for v in model.graph.inputs
-                                          if v.name not in model.graph.initializers))[frame_axis])
+                                          if v.name not in model.graph.initializers
+                                          and v.name not in d.state_inputs))[frame_axis])
     report.latency_frames = chunk + delay
     for o in graph.outputs:
         t = d.time.get(o.name)
