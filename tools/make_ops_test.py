@@ -107,6 +107,31 @@ def ppq_export(case: Path, names: list[str], shapes: list[list[int]], target: st
         shutil.copy(out, dest)
 
 
+def _ppq_child(case: str, names, shapes, target: str, bits: int, dest: str, status: str) -> None:
+    try:
+        ppq_export(Path(case), names, shapes, target, bits, Path(dest))
+        Path(status).write_text("ok")
+    except BaseException as e:  # ESP-PPQ raises many types (and SystemExit on asserts)
+        Path(status).write_text(first_line(e))
+
+
+def ppq_isolated(case: Path, names, shapes, target: str, bits: int, dest: Path) -> str:
+    """ESP-PPQ in a child process: a native abort (one MatMul case) is recorded, not fatal."""
+    import multiprocessing as mp
+
+    status = case / ".ppq_status"
+    status.unlink(missing_ok=True)
+    p = mp.get_context("spawn").Process(target=_ppq_child,
+                                        args=(str(case), names, shapes, target, bits, str(dest), str(status)))
+    p.start()
+    p.join()
+    if status.exists():
+        out = status.read_text()
+        status.unlink()
+        return out
+    return f"ESP-PPQ process died (exit code {p.exitcode})"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--esp-dl", type=Path, required=True, help="esp-dl git checkout (bare mirrors work)")
@@ -115,6 +140,7 @@ def main() -> int:
     ap.add_argument("--bits", type=int, default=8)
     ap.add_argument("--ops", default="", help="comma-separated operator types (default: all)")
     ap.add_argument("--no-ppq", action="store_true", help="float models only")
+    ap.add_argument("--resume", action="store_true", help="skip cases index.json already has")
     a = ap.parse_args()
 
     import toml
@@ -141,6 +167,8 @@ def main() -> int:
             cfg["per_channel_enable"] = a.target in ("esp32p4", "esp32s31") and op_type in ("Conv", "ConvTranspose",
                                                                                           "Gemm")
             name = cfg["export_name_prefix"]
+            if a.resume and f"{op_type}/{name}" in index["cases"]:
+                continue
             case = a.out / op_type / name
             case.mkdir(parents=True, exist_ok=True)
             seed = zlib.crc32(name.encode())
@@ -161,13 +189,7 @@ def main() -> int:
             np.savez(case / "heldout.npz", **held)
             if not a.no_ppq:
                 dest = case / f"ppq_{a.target}_s{a.bits}.espdl"
-                try:
-                    ppq_export(case, names, shapes, a.target, a.bits, dest)
-                    entry["ppq"] = "ok"
-                except BaseException as e:  # ESP-PPQ raises many types (and SystemExit on asserts)
-                    if isinstance(e, KeyboardInterrupt):
-                        raise
-                    entry["ppq"] = first_line(e)
+                entry["ppq"] = ppq_isolated(case, names, shapes, a.target, a.bits, dest)
             index["cases"][f"{op_type}/{name}"] = entry
             print(f"{op_type}/{name}: float {entry['float']}, ppq {entry.get('ppq', '-')}", file=sys.stderr,
                   flush=True)
