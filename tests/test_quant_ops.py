@@ -118,7 +118,8 @@ def _shape(m):
     return tuple(d.dim_value for d in m.graph.input[0].type.tensor_type.shape.dim)
 
 
-@pytest.mark.parametrize("target, bits", [("esp32p4", 8), ("esp32s3", 8), ("esp32p4", 16), ("esp32s3", 16)])
+@pytest.mark.parametrize("target, bits", [("esp32p4", 8), ("esp32s3", 8), ("esp32p4", 16), ("esp32s3", 16),
+                                         ("c", 8)])
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_single_op_quantizes_and_runs(name, target, bits, tmp_path):
     make, dist, min_db = CASES[name]
