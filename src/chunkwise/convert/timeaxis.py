@@ -301,7 +301,10 @@ def _pad(cx: _Cx, node: Node, ins: list[Time], streamed) -> Time:
     pads = pad_values(cx.graph, node, rank)
     L, R = pads[x.axis], pads[x.axis + rank]
     mode = node.attr("mode", "constant") or "constant"
-    value = _const(cx.graph, node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else None
+    has_value = len(node.inputs) > 2 and bool(node.inputs[2])
+    value = _const(cx.graph, node.inputs[2]) if has_value else None
+    if has_value and value is None:
+        raise refuse(node, "its padding value is not a constant")
     zero = mode == "constant" and (value is None or not np.any(value))
     if not L and not R:
         if x.pad and not zero:
