@@ -371,7 +371,7 @@ def test_recurrent_state_is_carried_between_chunks(op, tmp_path):
     assert res.exit_code == 0, res.output
 
 
-def test_recurrent_initial_state_input_is_the_state_input():
+def test_recurrent_initial_state_input_is_the_state_input(tmp_path):
     b = GraphBuilder(24)
     x = b.input((1, 8, 16))
     y, (yh,) = _rnn(b, x, "GRU", 16, state_input=True)
@@ -384,6 +384,13 @@ def test_recurrent_initial_state_input_is_the_state_input():
     _check(offline, s)
     sess = s.session()
     assert sess.input_names == ["input"]
+    # emu run --compare takes the offline model's inputs, the initial state included
+    s.save(tmp_path / "s.espdl")
+    offline.save(tmp_path / "o.espdl")
+    np.savez(tmp_path / "x.npz", **random_input(offline, 4))
+    res = CliRunner().invoke(app, ["emu", "run", str(tmp_path / "s.espdl"), "--compare", str(tmp_path / "o.espdl"),
+                                   "--input", str(tmp_path / "x.npz")])
+    assert res.exit_code == 0, res.output
 
 
 def test_bidirectional_rnn_is_refused():

@@ -89,11 +89,13 @@ def run(
     m = chunkwise.load(model, key=key, model=pick, target=target)
     state = {p["input"] for p in json.loads(m.graph.metadata.get("streaming_state", "[]"))}
     names = [v.name for v in m.graph.inputs if v.name not in m.graph.initializers and v.name not in state]
+    off = chunkwise.load(compare, key=key, target=m.target) if compare is not None else None
+    if off is not None:  # the input is the offline model's (an initial recurrent state included)
+        names = [v.name for v in off.graph.inputs if v.name not in off.graph.initializers]
     feeds = eio.read_inputs(input, names) if input is not None else None
-    if compare is not None:
+    if off is not None:
         from ..emu.streamcheck import verify_streaming
 
-        off = chunkwise.load(compare, key=key, target=m.target)
         res = verify_streaming(m, off, feeds, frame_axis=frame_axis, chunks=chunks, delay=delay)
         doc = {"model": str(model), "offline": str(compare), "target": m.target, **res.as_dict()}
         if plot is not None:
