@@ -65,3 +65,15 @@ def test_fused_patterns_in_corpus_exports():
     for name, fused in (("mlp_gelu", "Gelu"), ("swish_mlp", "Swish")):
         if name in ops:
             assert fused in ops[name] and "Erf" not in ops[name], ops[name]
+
+
+@pytest.mark.parametrize("nodes", [["/ln1/Sqrt"], ["/Transpose_1"], ["/c2/conv/Conv"]])
+def test_mixed_precision_around_fused_and_passive_ops(nodes, tmp_path):
+    """int16 on a fused LayerNorm (named by one of its ONNX nodes), on a Transpose reading an int8 value and
+    on a Conv: RequantizeLinear at every width boundary, the model runs and keeps its int8 accuracy."""
+    m = BY_NAME["ln_tcn"]
+    calib, held = load_inputs(m.calib), load_inputs(m.heldout)
+    q = chunkwise.quantize(str(m.onnx), calib, int16_nodes=nodes, test_input=held, warn=False)
+    assert any(n.op_type == "RequantizeLinear" for n in q.graph.nodes)
+    assert any(n.attr("quant_type") in ("S16", b"S16") for n in q.graph.nodes)
+    assert chip_sqnr(q, m.onnx, held) >= MODELS["ln_tcn"]

@@ -561,8 +561,8 @@ def topo_sort(fg: FGraph) -> None:
 
 def insert_requantize(fg: FGraph, qi: QInfo, perm: dict[str, list[int]], namer: Namer, calib_exp) -> None:
     for node in list(fg.nodes):
-        if node.op in ("Transpose", "RequantizeLinear"):
-            continue
+        if node.op in INSERTED_OPS and node.name.startswith("PPQ_Operation_"):
+            continue  # layout Transposes inserted here carry their input's width and exponent
         for idx, u in enumerate(list(node.inputs)):
             if not u or u in fg.consts:
                 continue
