@@ -3,16 +3,21 @@
 Pipeline (each step a named pass, checked after it runs):
 
 1. ``analyse``: where time lives in every tensor; which edges need caches (see :mod:`.timeaxis`).
-2. ``insert_caches``: a StreamingCache on each edge that needs past frames (hoisted above
-   Transposes so that ESP-DL's flat memcpy concatenation is a concatenation along time).
-3. ``zero_time_padding``: the frame-axis padding of window ops and folded Pads becomes 0.
-4. ``rewrite_slices``: tail slices take the last K frames of what they get; pass-through and
-   right-chop slices keep every frame.
-5. ``rewrite_reshapes``: shape constants carry the chunk's frame count.
-6. ``set_chunk_shapes``: graph input shapes become the chunk; value infos get the planned shapes.
+2. ``insert_caches``: a StreamingCache on each edge that needs past frames (hoisted above Transposes and
+   zero-preserving per-frame ops so that ESP-DL's flat memcpy concatenation is a concatenation along
+   time); consumers of one history share one cache (a Slice gives the newest frames to one that needs fewer).
+3. ``zero_time_padding``: the frame-axis padding of window ops and folded Pads becomes 0 (a Pad left
+   with nothing to pad is removed).
+4. ``rewrite_slices`` / ``rewrite_gathers``: tail heads take the last K frames (or the newest frame index)
+   of what they get; pass-through and right-chop slices keep every frame.
+5. ``rewrite_upsamples``: InsertZeros along time emits stride x chunk frames.
+6. ``rewrite_reshapes``: shape constants carry the chunk's frame count.
+7. ``carry_state``: GRU/LSTM state becomes graph inputs/outputs (``metadata["streaming_state"]``).
+8. Graph input shapes become the chunk; value infos get the planned shapes; the metadata records the chunk,
+   frame axis and lookahead delay (``streaming_delay_frames``).
 
-Then (unless disabled) the result is verified bit-exactly against the offline graph on seeded
-random input, and carries test values: the first chunk and its output from a fresh state.
+Then (unless disabled) the result is verified bit-exactly against the offline graph on seeded random
+input, and carries test values: the first chunk and its output from a fresh state.
 """
 
 from __future__ import annotations
