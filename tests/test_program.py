@@ -9,7 +9,11 @@ import numpy as np
 import pytest
 
 import chunkwise
-from chunkwise.emu.program import LOWER, compile_plan
+from chunkwise.emu.program import compile_plan
+from chunkwise.emu.registry import LOWERINGS, supported_ops
+
+supported_ops()
+LOWER = LOWERINGS
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -40,6 +44,7 @@ def test_program_matches_plan_and_golden(path):
     prog, why = compile_plan(plan)
     if prog is None:
         pytest.skip(f"not lowered: {why}")
+    assert prog.not_compiled == [], prog.not_compiled
     want = plan.run(feeds)
     got = prog.run(feeds)
     for k in want:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from chunkwise.convert.streaming import random_input, stream
-from chunkwise.emu import program
+from chunkwise.emu.registry import LOWERINGS, supported_ops
 from chunkwise.emu.session import Session
 from chunkwise.emu.streamcheck import split_chunks
 from chunkwise.errors import ChunkwiseError, ShapeError
@@ -125,7 +125,8 @@ def _model_with_table_op(op: str):
 
 
 def test_sessions_of_a_model_that_does_not_compile():
-    unlowered = [op for op in TABLE_OPS if op not in program.LOWER]
+    supported_ops()
+    unlowered = [op for op in TABLE_OPS if op not in LOWERINGS]
     if not unlowered:
         pytest.skip(f"every op of {sorted(TABLE_OPS)} has a compiled lowering now "
                     "(test_sessions_when_lowering_is_missing still covers the fallback)")
@@ -134,13 +135,16 @@ def test_sessions_of_a_model_that_does_not_compile():
     _check(offline, streaming, chunk, compiled=True, expect_program=False)
 
 
-def test_sessions_when_lowering_is_missing(monkeypatch):
-    """Session(compiled=True) on a graph the compiler refuses falls back to its own per-node plan."""
+@pytest.mark.parametrize("op", ["Conv", "StreamingCache"])
+def test_sessions_when_lowering_is_missing(monkeypatch, op):
+    """A node without a lowering runs on the per-node path between compiled rows (a stateful one on kernels
+    its program prepared for itself): sessions still own their state."""
     offline, streaming, chunk = _compiling_model()
-    monkeypatch.delitem(program.LOWER, "Conv")
+    supported_ops()
+    monkeypatch.delitem(LOWERINGS, op)
     s = Session(streaming)
-    assert s.program is None and "Conv" in s.why_not_compiled
-    _check(offline, streaming, chunk, compiled=True, expect_program=False)
+    assert s.program is not None and {n.op_type for n, _ in s.not_compiled} == {op}
+    _check(offline, streaming, chunk, compiled=True, expect_program=True)
 
 
 def test_push_many_does_not_share_state():

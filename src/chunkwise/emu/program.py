@@ -1,457 +1,628 @@
-"""Compiled plans: a prepared graph lowered to one instruction table run by one njit call.
+"""Compiled programs: a prepared plan lowered to one instruction table run by one njit interpreter.
 
-The per-node path (:class:`chunkwise.emu.engine.Plan`) calls a Python closure per node: fine for
-offline models, far too slow for a streaming step of a few microseconds. A :class:`Program`
-lowers every step of a plan to a row of integers (opcode + parameters) over flat arenas:
+The per-node path (:class:`chunkwise.emu.engine.Plan`) calls a Python closure per node: fine for offline
+models, far too slow for a streaming step of a few microseconds. A :class:`Program` lowers each step of a
+plan to rows of integers over one block of memory (``mem``, one uint8 array, so that a call passes a
+single array):
 
-* ``act`` (int32): every activation value, every StreamingCache state, preallocated once;
-* ``c32`` (int32): weights and LUT tables; ``c64`` (int64): biases and per-channel shifts;
-  ``cf`` (float32): float scales.
+* ``act`` (int32): every value of the graph (float32 values share its words, viewed as ``actf``), every
+  StreamingCache state and the work buffers; preallocated once;
+* ``c16`` / ``c32`` / ``c64`` / ``cf``: packed weights, tables, biases and shifts, float scales;
+* the rows: int64, one per instruction, column 0 the opcode and the others named by the opcode's
+  ``row_layout``.
 
-One ``@njit(cache=True)`` interpreter runs the rows; each opcode calls the *same* njit kernel the
-per-node path uses (``_conv2d``, ``_avg_pool``, ...), on views of the arenas, so there is one
-implementation of the arithmetic. Reshape-like ops cost nothing (their output aliases their input).
-``push_many`` runs a whole sequence of chunks in one call. Lowering is all-or-nothing: when a graph
-holds an op without a lowering, :func:`compile_plan` returns ``None`` with the reason and the caller
-keeps the per-node path.
+**One place per op.** Each op's lowering is registered with ``@lowering`` beside its kernel (in
+``emu/ops/<family>.py``) and only *encodes* what the kernel's ``prepare`` decided and left in
+``Prepared.info``; the row's layout and the arm that decodes it live there too, and the arm calls the same
+njit helper as the per-node kernel. This module only owns the memory, the dispatch (:func:`_exec`, which
+lists every arm once) and the host steps.
+
+**No cliff.** A node without a lowering (or one its lowering refuses, e.g. a float32 path) becomes a
+``HOST`` row: the interpreter returns, the node runs alone on the per-node path reading and writing the
+same arena, and the interpreter resumes after it. :attr:`Program.not_compiled` names those nodes.
+
+Reshape-like ops cost nothing (their output aliases their input). ``push_many`` runs a whole sequence of
+chunks in one call when the program has no host step.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 from numba import njit
 
 from ..errors import UnsupportedError
-from .engine import Plan
-from .ops.conv import _conv2d, acc_dtype, conv_geometry, out_size
-from .ops.pool import _avg_pool, _avg_scale, _max_pool
-from .registry import Ctx
-from .rounding import qrange, round_f32_sat, shift_round
+from .engine import Plan, Step
+from .registry import LOWERINGS, NOT_LOWERED, supported_ops
+from .rounding import qrange, round_f
+from .ops._simd import section
+from .ops import (activation, conv, elementwise, matmul, movement, norm, pool, quantize_ops, reduce, resize, rnn,
+                  softmax, streaming)
 
-ROW = 32
-OP_CONV, OP_CACHE, OP_COPY, OP_LUT8, OP_RELU, OP_ADD, OP_SUB, OP_MUL, OP_AVG, OP_MAX, OP_PAD = range(1, 12)
+ROW = 32  # columns of an instruction row
+
+#: opcode -> (row layout, where its arm lives). Column 0 of a row; the interpreter's dispatch below tests
+#: these numbers literally (numba freezes them), so they are listed here once and never reused.
+OP_HOST = 1
+OPCODES = {
+    "CONV": 2, "DWCONV": 3, "CACHE": 4, "GATHER": 5, "SCATTER": 6, "COPY": 7, "FILL": 8, "LUT8": 9,
+    "LUT16": 10, "ACT": 11, "BINARY": 12, "RELU": 13, "REQUANT": 14, "NEG": 15, "LEAKY": 16, "PRELU": 17,
+    "CLIP": 18, "DIV": 19, "AVGPOOL": 20, "MAXPOOL": 21, "QUANT": 22, "DEQUANT": 23, "REDUCE": 24,
+    "SOFTMAX8": 25, "SOFTMAXF": 26, "LAYERNORM": 27, "RMSNORM": 28, "LPNORM": 29, "MATMUL": 30, "GRU": 31,
+    "LSTM": 32, "RESIZE_NEAREST": 33, "RESIZE_LINEAR": 34,
+}
+
+_HDR = 16  # int64 header words at the start of mem
+H_MODE, H_CODE, H_CODE_END, H_ACT, H_ACT_END, H_C16, H_C16_END, H_C32, H_C32_END, H_C64, H_C64_END, H_CF, \
+    H_CF_END = range(13)
 
 
 # ---- the interpreter ----------------------------------------------------------------------------------
 
 
+@njit(cache=True, inline="always")
+def _views(mem):
+    """The sections of ``mem``: rows (flat int64), act, act as float32, c16, c32, c64, cf, rounding mode."""
+    hdr = section(mem, 0, _HDR * 8, np.int64)
+    code = section(mem, hdr[H_CODE], hdr[H_CODE_END], np.int64)
+    act = section(mem, hdr[H_ACT], hdr[H_ACT_END], np.int32)
+    actf = section(mem, hdr[H_ACT], hdr[H_ACT_END], np.float32)
+    c16 = section(mem, hdr[H_C16], hdr[H_C16_END], np.int16)
+    c32 = section(mem, hdr[H_C32], hdr[H_C32_END], np.int32)
+    c64 = section(mem, hdr[H_C64], hdr[H_C64_END], np.int64)
+    cf = section(mem, hdr[H_CF], hdr[H_CF_END], np.float32)
+    return code, act, actf, c16, c32, c64, cf, hdr[H_MODE]
+
+
 @njit(cache=True)
-def _exec(code, act, c32, c64, cf, acc32, acc64, mode):
-    for r in range(code.shape[0]):
-        row = code[r]
+def _exec(mem, pc):
+    """Run rows from ``pc`` until the end (returned) or a HOST row (its index is returned)."""
+    code, act, actf, c16, c32, c64, cf, mode = _views(mem)
+    n = code.size // ROW
+    while pc < n:
+        row = code[pc * ROW:(pc + 1) * ROW]
         op = row[0]
-        if op == OP_CONV:
-            xo, n, h, w, c = row[1], row[2], row[3], row[4], row[5]
-            wo, kh, kw, cg, cout = row[6], row[7], row[8], row[9], row[10]
-            bo, so, oo, oh, ow = row[11], row[12], row[13], row[14], row[15]
-            x = act[xo:xo + n * h * w * c].reshape((n, h, w, c))
-            wt = c32[wo:wo + kh * kw * cg * cout].reshape((kh, kw, cg, cout))
-            out = act[oo:oo + n * oh * ow * cout].reshape((n, oh, ow, cout))
-            if row[27]:
-                _conv2d(x, wt, c64[bo:bo + cout], c64[so:so + cout], out, acc64[:cout], row[16], row[17], row[18],
-                        row[19], row[20], row[21], row[22], row[23] != 0, row[24], row[25], mode)
-            else:
-                _conv2d(x, wt, c64[bo:bo + cout], c64[so:so + cout], out, acc32[:cout], row[16], row[17], row[18],
-                        row[19], row[20], row[21], row[22], row[23] != 0, row[24], row[25], mode)
-        elif op == OP_CACHE:
-            xo, xn, oo, st, sn = row[1], row[2], row[3], row[4], row[5]
-            out = act[oo:oo + sn + xn]
-            state = act[st:st + sn]
-            x = act[xo:xo + xn]
-            for i in range(sn):
-                out[i] = state[i]
-            for i in range(xn):
-                out[sn + i] = x[i]
-            for i in range(sn):
-                state[i] = out[xn + i]
-        elif op == OP_COPY:
-            io, oo = row[1], row[2]
-            d0, d1, d2, d3 = row[3], row[4], row[5], row[6]
-            s0, s1, s2, s3 = row[7], row[8], row[9], row[10]
-            base = io + row[11]
-            k = oo
-            for i0 in range(d0):
-                for i1 in range(d1):
-                    for i2 in range(d2):
-                        p = base + i0 * s0 + i1 * s1 + i2 * s2
-                        for i3 in range(d3):
-                            act[k] = act[p + i3 * s3]
-                            k += 1
-        elif op == OP_LUT8:
-            xo, n, to, oo = row[1], row[2], row[3], row[4]
-            x, out, table = act[xo:xo + n], act[oo:oo + n], c32[to:to + 256]
-            for i in range(n):
-                out[i] = table[x[i] + 128]
-        elif op == OP_RELU:  # max(x, 0) requantized from the input to the output exponent
-            xo, n, oo, shift, lo, hi = row[1], row[2], row[3], row[4], row[5], row[6]
-            x, out = act[xo:xo + n], act[oo:oo + n]
-            for i in range(n):
-                out[i] = min(max(shift_round(np.int64(max(x[i], 0)), shift, mode), lo), hi)
-        elif op == OP_ADD or op == OP_SUB:
-            ao, bo, n, oo, lo, hi = row[1], row[2], row[3], row[4], row[5], row[6]
-            a, b, out = act[ao:ao + n], act[bo:bo + n], act[oo:oo + n]
-            sign = 1 if op == OP_ADD else -1
-            for i in range(n):
-                out[i] = min(max(a[i] + sign * b[i], lo), hi)
-        elif op == OP_MUL:
-            ao, bo, n, oo, lo, hi, via_float, shift, fi = row[1], row[2], row[3], row[4], row[5], row[6], \
-                row[7], row[8], row[9]
-            a, b, out = act[ao:ao + n], act[bo:bo + n], act[oo:oo + n]
-            scale = cf[fi]
-            for i in range(n):
-                p = np.int64(a[i]) * np.int64(b[i])
-                if via_float:
-                    out[i] = round_f32_sat(np.float32(np.float32(p) * scale), mode, lo, hi)
-                else:
-                    out[i] = min(max(shift_round(p, shift, mode), lo), hi)
-        elif op == OP_PAD:  # fill, then scatter the input into the interior
-            io, oo, on, value = row[1], row[2], row[3], row[4]
-            d0, d1, d2, d3 = row[5], row[6], row[7], row[8]
-            s0, s1, s2, s3 = row[9], row[10], row[11], row[12]
-            out = act[oo:oo + on]
-            for i in range(on):
-                out[i] = value
-            base = oo + row[13]
-            k = io
-            for i0 in range(d0):
-                for i1 in range(d1):
-                    for i2 in range(d2):
-                        p = base + i0 * s0 + i1 * s1 + i2 * s2
-                        for i3 in range(d3):
-                            act[p + i3 * s3] = act[k]
-                            k += 1
-        elif op == OP_AVG or op == OP_MAX:
-            xo, n, h, w, c, oo, oh, ow = row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8]
-            x = act[xo:xo + n * h * w * c].reshape((n, h, w, c))
-            out = act[oo:oo + n * oh * ow * c].reshape((n, oh, ow, c))
-            if op == OP_AVG:
-                _avg_pool(x, out, row[9], row[10], row[11], row[12], row[13], row[14], cf[row[15]], row[16],
-                          row[17], mode)
-            else:
-                _max_pool(x, out, row[9], row[10], row[11], row[12], row[13], row[14])
+        if op == 1:
+            return pc
+        elif op == 2:
+            conv.conv_arm(row, act, c16, c32, c64, mode)
+        elif op == 3:
+            conv.dwconv_arm(row, act, c16, c32, c64, mode)
+        elif op == 4:
+            streaming.cache_arm(row, act)
+        elif op == 5:
+            movement.gather_arm(row, act, c32)
+        elif op == 6:
+            movement.scatter_arm(row, act, c32)
+        elif op == 7:
+            movement.copy_arm(row, act)
+        elif op == 8:
+            movement.fill_arm(row, act)
+        elif op == 9:
+            activation.lut8_arm(row, act, c32)
+        elif op == 10:
+            activation.lut16_arm(row, act, c32, mode)
+        elif op == 11:
+            activation.act_arm(row, act, cf, mode)
+        elif op == 12:
+            elementwise.binary_arm(row, act, c64, cf, mode)
+        elif op == 13:
+            elementwise.relu_arm(row, act, mode)
+        elif op == 14:
+            elementwise.requant_arm(row, act, mode)
+        elif op == 15:
+            elementwise.neg_arm(row, act)
+        elif op == 16:
+            elementwise.leaky_arm(row, act, cf, mode)
+        elif op == 17:
+            elementwise.prelu_arm(row, act, c64, mode)
+        elif op == 18:
+            elementwise.clip_arm(row, act, mode)
+        elif op == 19:
+            elementwise.div_arm(row, act, c64, cf, mode)
+        elif op == 20:
+            pool.avg_arm(row, act, c64, cf, mode)
+        elif op == 21:
+            pool.max_arm(row, act)
+        elif op == 22:
+            quantize_ops.quant_arm(row, act, actf, cf, mode)
+        elif op == 23:
+            quantize_ops.dequant_arm(row, act, actf, cf)
+        elif op == 24:
+            reduce.reduce_arm(row, act, mode)
+        elif op == 25:
+            softmax.softmax8_arm(row, act, actf, cf)
+        elif op == 26:
+            softmax.softmaxf_arm(row, act, actf)
+        elif op == 27:
+            norm.layernorm_arm(row, act, cf, mode)
+        elif op == 28:
+            norm.rmsnorm_arm(row, act, actf, cf, mode)
+        elif op == 29:
+            norm.lpnorm_arm(row, act, cf, mode)
+        elif op == 30:
+            matmul.matmul_arm(row, act, c32, c64, mode)
+        elif op == 31:
+            rnn.gru_arm(row, act, c32, c64, cf, mode)
+        elif op == 32:
+            rnn.lstm_arm(row, act, c32, c64, cf, mode)
+        elif op == 33:
+            resize.nearest_arm(row, act, c32, mode)
+        elif op == 34:
+            resize.linear_arm(row, act, c64, cf, mode)
+        pc += 1
+    return pc
 
 
 @njit(cache=True)
-def _exec_many(code, act, c32, c64, cf, acc32, acc64, mode, xs, in_offs, in_sizes, ys, out_offs, out_sizes):
+def _put(mem, off, x, is_float):
+    """An input chunk (flat; float32 values when ``is_float``, else integers) into the arena."""
+    code, act, actf, c16, c32, c64, cf, mode = _views(mem)
+    i = off
+    if is_float:
+        for v in x.flat:
+            actf[i] = v
+            i += 1
+    else:
+        for v in x.flat:
+            act[i] = v
+            i += 1
+
+
+@njit(cache=True)
+def _put_quantized(mem, off, x, scale, lo, hi):
+    """A float chunk quantized into the arena as ``model.prepare_inputs`` does (float64 ``x * 2**-e``, the
+    target's rounding, saturation); returns False (and writes nothing that a run reads) on a NaN."""
+    code, act, actf, c16, c32, c64, cf, mode = _views(mem)
+    for v in x.flat:
+        if v != v:
+            return False
+    i = off
+    for v in x.flat:
+        r = round_f(np.float64(v) * scale, mode)
+        act[i] = np.int32(min(max(r, lo), hi))
+        i += 1
+    return True
+
+
+@njit(cache=True)
+def _get(mem, off, y, is_float):
+    """A value out of the arena into ``y`` (flat; float32 values when ``is_float``)."""
+    code, act, actf, c16, c32, c64, cf, mode = _views(mem)
+    flat = y.reshape(-1)  # y: a fresh C-contiguous array
+    if is_float:
+        for i in range(flat.size):
+            flat[i] = actf[off + i]
+    else:
+        for i in range(flat.size):
+            flat[i] = act[off + i]
+
+
+@njit(cache=True)
+def _push1(mem, x, in_off, y, out_off, out_float):
+    """One chunk through a program with one input, one output and no host step."""
+    _put(mem, in_off, x, False)
+    _exec(mem, 0)
+    _get(mem, out_off, y, out_float)
+
+
+@njit(cache=True)
+def _push1_float(mem, x, in_off, scale, lo, hi, y, out_off, out_float):
+    if not _put_quantized(mem, in_off, x, scale, lo, hi):
+        return False
+    _exec(mem, 0)
+    _get(mem, out_off, y, out_float)
+    return True
+
+
+@njit(cache=True)
+def _exec_many(mem, xs, in_offs, in_sizes, ys, out_offs, out_sizes):
+    act = _views(mem)[1]
     for t in range(xs.shape[0]):
         p = 0
         for k in range(in_offs.shape[0]):
-            act[in_offs[k]:in_offs[k] + in_sizes[k]] = xs[t, p:p + in_sizes[k]]
+            for i in range(in_sizes[k]):
+                act[in_offs[k] + i] = xs[t, p + i]
             p += in_sizes[k]
-        _exec(code, act, c32, c64, cf, acc32, acc64, mode)
+        _exec(mem, 0)
         p = 0
         for k in range(out_offs.shape[0]):
-            ys[t, p:p + out_sizes[k]] = act[out_offs[k]:out_offs[k] + out_sizes[k]]
+            for i in range(out_sizes[k]):
+                ys[t, p + i] = act[out_offs[k] + i]
             p += out_sizes[k]
 
 
 # ---- lowering -----------------------------------------------------------------------------------------
 
+#: dtypes a value may have to live in the arena (one int32 / float32 word per element)
+ARENA_DTYPES = ("int8", "int16", "int32", "uint8", "uint16", "bool", "float32")
 
-class _Builder:
+
+class NotLowered(Exception):
+    """A lowering refuses one node (the node runs on the per-node path instead)."""
+
+
+class Builder:
+    """What a lowering writes to: arena slots for values, constant sections, rows.
+
+    A lowering gets ``(b, step)``: ``step.node``, ``step.prepared`` (its ``info`` holds what ``prepare``
+    decided), and ``b.ins(step)`` / ``b.outs(step)`` (the values' :class:`~.registry.Spec`).
+    """
+
     def __init__(self, plan: Plan):
         self.plan = plan
-        self.rows: list[list[int]] = []
+        self.rows: list[np.ndarray] = []
         self.slots: dict[str, int] = {}
         self.size = 0
-        self.state: list[tuple[int, int]] = []
-        self.c32: list[np.ndarray] = []
-        self.c64: list[np.ndarray] = []
-        self.cf: list[float] = []
-        self.n32 = self.n64 = 0
-        self.max_acc = 1
+        self.init: list[tuple[int, np.ndarray]] = []  # arena words set when the program is built
+        self.state: list[tuple[int, int]] = []  # arena words zeroed by reset()
+        self.sections = {"c16": [], "c32": [], "c64": [], "cf": []}
+        self.counts = {"c16": 0, "c32": 0, "c64": 0, "cf": 0}
+
+    # values
+    def spec(self, name: str):
+        return self.plan.specs[name]
+
+    def ins(self, step: Step):
+        return [self.plan.specs[i] if i else None for i in step.inputs]
+
+    def outs(self, step: Step):
+        return [self.plan.specs[o] for o in step.outputs]
 
     def alloc(self, n: int) -> int:
         off = self.size
-        self.size += int(n)
+        self.size += max(int(n), 0)
         return off
 
     def slot(self, name: str) -> int:
+        """The arena offset of value ``name`` (a constant is written there once)."""
         if name not in self.slots:
-            self.slots[name] = self.alloc(int(np.prod(self.plan.specs[name].shape, dtype=np.int64)))
+            spec = self.plan.specs[name]
+            if spec.dtype not in ARENA_DTYPES:
+                raise self.refuse(f"value {name!r} is {spec.dtype}, which the arena does not hold")
+            n = _size(spec.shape)
+            off = self.alloc(n)
+            self.slots[name] = off
+            if spec.const is not None:
+                c = np.asarray(spec.const).reshape(-1)
+                self.init.append((off, c.astype(np.float32).view(np.int32) if spec.dtype == "float32"
+                                  else c.astype(np.int32)))
         return self.slots[name]
 
-    def const32(self, a: np.ndarray) -> int:
-        off = self.n32
-        self.c32.append(np.ascontiguousarray(a, dtype=np.int32).ravel())
-        self.n32 += self.c32[-1].size
+    def alias(self, out: str, src: str) -> None:
+        """``out`` is ``src``'s words (a reshape)."""
+        self.slots[out] = self.slot(src)
+
+    def scratch(self, n: int) -> int:
+        return self.alloc(n)
+
+    def state_words(self, n: int) -> int:
+        off = self.alloc(n)
+        self.state.append((off, int(n)))
         return off
 
-    def const64(self, a: np.ndarray) -> int:
-        off = self.n64
-        self.c64.append(np.ascontiguousarray(a, dtype=np.int64).ravel())
-        self.n64 += self.c64[-1].size
+    # constants
+    def _const(self, section: str, a, dtype) -> int:
+        a = np.ascontiguousarray(np.asarray(a).reshape(-1), dtype=dtype)
+        off = self.counts[section]
+        self.sections[section].append(a)
+        self.counts[section] += a.size
         return off
 
-    def constf(self, v) -> int:
-        self.cf.append(np.float32(v))
-        return len(self.cf) - 1
+    def c16(self, a) -> int:
+        return self._const("c16", a, np.int16)
 
-    def emit(self, *vals) -> None:
-        row = [int(v) for v in vals]
-        if len(row) > ROW:
-            raise AssertionError("instruction row too long")
-        self.rows.append(row + [0] * (ROW - len(row)))
+    def c32(self, a) -> int:
+        return self._const("c32", a, np.int32)
+
+    def c64(self, a) -> int:
+        return self._const("c64", a, np.int64)
+
+    def cf(self, a) -> int:
+        return self._const("cf", a, np.float32)
+
+    def c64_scratch(self, n: int) -> int:
+        return self.c64(np.zeros(max(int(n), 1), dtype=np.int64))
+
+    # rows
+    def emit(self, layout, **fields) -> None:
+        """One row of ``layout`` (a ``registry.row_layout``): every field by name, nothing else."""
+        name = type(layout).__name__
+        want = set(layout._fields)
+        if set(fields) != want:
+            raise AssertionError(f"{name} row: missing {sorted(want - set(fields))}, "
+                                 f"unknown {sorted(set(fields) - want)}")
+        row = np.zeros(ROW, dtype=np.int64)
+        row[0] = OPCODES[name]
+        for k, v in fields.items():
+            row[getattr(layout, k)] = int(v)
+        self.rows.append(row)
+
+    def refuse(self, reason: str) -> NotLowered:
+        return NotLowered(reason)
 
 
 def _size(shape) -> int:
-    return int(np.prod(shape, dtype=np.int64))
+    return int(math.prod(int(s) for s in shape)) if shape is not None else 0
 
 
-def _lower_conv(b: _Builder, node, ins, outs, ctx):
-    x, w = ins[0], ins[1]
-    if node.op_type == "Gemm":
-        wt = w.const.reshape(w.const.shape[-2], w.const.shape[-1])
-        k, cout = wt.shape
-        rows = _size(x.shape[:-1])
-        geo = ((1, rows), (1, 1), (1, 1), (1, 1), (0, 0, 0, 0))
-        wt = wt.reshape(1, 1, k, cout)
-        n, h, wd, cin, groups = 1, 1, rows, k, 1
-    else:
-        geo = conv_geometry(ctx, x.shape, w.shape)
-        (h, wd), (kh, kw), _, _, _ = geo
-        wt = w.const if w.const.ndim == 4 else w.const.reshape(1, *w.const.shape)
-        groups = int(node.attr("group", 1) or 1)
-        cin = x.shape[-1]
-        if groups > 1 and groups == cin and wt.shape[3] == 1 and wt.shape[2] == cin:
-            wt = wt.reshape(wt.shape[0], wt.shape[1], 1, cin)
-        n = x.shape[0]
-    (ih, iw), (kh, kw), (sh, sw), (dh, dw), (pt, pl, pb, pr) = geo
-    cout = wt.shape[3]
-    oh, ow = out_size(ih, kh, sh, dh, pt, pb), out_size(iw, kw, sw, dw, pl, pr)
-    e_w = list(w.exps) * cout if len(w.exps) == 1 else list(w.exps)
-    shifts = np.array([outs[0].exp - x.exp - e for e in e_w], dtype=np.int64)
-    bias = (ins[2].const.astype(np.int64).ravel() if len(ins) > 2 and ins[2].name
-            else np.zeros(cout, dtype=np.int64))
-    relu = (node.attr("activation", "Linear") or "Linear") == "Relu"
-    lo, hi = qrange(x.dtype)
-    wide = acc_dtype(wt, bias, x.dtype) == np.int64
-    b.max_acc = max(b.max_acc, cout)
-    b.emit(OP_CONV, b.slot(x.name), n, ih, iw, x.shape[-1], b.const32(wt), kh, kw, wt.shape[2], cout,
-           b.const64(bias), b.const64(shifts), b.slot(outs[0].name), oh, ow, sh, sw, dh, dw, pt, pl, groups,
-           relu, lo, hi, 0, wide)
-
-
-def _lower_cache(b: _Builder, node, ins, outs, ctx):
-    x = ins[0]
-    xn = _size(x.shape)
-    on = _size(b.plan.specs[outs[0].name].shape)
-    sn = on - xn
-    st = b.alloc(sn)
-    b.state.append((st, sn))
-    b.emit(OP_CACHE, b.slot(x.name), xn, b.slot(outs[0].name), st, sn)
-
-
-def _strides(shape):
-    s, acc = [], 1
-    for d in reversed(shape):
-        s.append(acc)
-        acc *= int(d)
-    return list(reversed(s))
-
-
-def _emit_gather(b: _Builder, src: str, dst: str, dims, strides, base: int):
-    if len(dims) > 4:
-        raise UnsupportedError("gather of rank > 4")
-    pad = 4 - len(dims)
-    dims = [1] * pad + list(dims)
-    strides = [0] * pad + list(strides)
-    b.emit(OP_COPY, b.slot(src), b.slot(dst), *dims, *strides, base)
-
-
-def _lower_transpose(b, node, ins, outs, ctx):
-    shape = ins[0].shape
-    perm = node.attr("perm") or list(range(len(shape)))[::-1]
-    st = _strides(shape)
-    _emit_gather(b, ins[0].name, outs[0].name, [shape[p] for p in perm], [st[p] for p in perm], 0)
-
-
-def _lower_slice(b, node, ins, outs, ctx):
-    shape = ins[0].shape
-    rank = len(shape)
-    starts = ins[1].const.ravel()
-    axes = ins[3].const.ravel() if len(ins) > 3 and ins[3].name else np.arange(len(starts))
-    steps = ins[4].const.ravel() if len(ins) > 4 and ins[4].name else np.ones(len(starts), dtype=np.int64)
-    out_shape = b.plan.specs[outs[0].name].shape
-    st = _strides(shape)
-    begin = [0] * rank
-    step = [1] * rank
-    for s0, a, k in zip(starts, axes, steps):
-        a = int(a) % rank
-        k = int(k)
-        if k != 1:
-            raise UnsupportedError("strided slice")
-        s0 = int(s0)
-        s0 = s0 + shape[a] if s0 < 0 else s0
-        begin[a] = min(max(s0, 0), shape[a])
-    base = sum(bg * s for bg, s in zip(begin, st))
-    _emit_gather(b, ins[0].name, outs[0].name, out_shape, [s * k for s, k in zip(st, step)], base)
-
-
-def _lower_pad(b, node, ins, outs, ctx):
-    mode = node.attr("mode", "constant") or "constant"
-    if mode != "constant" or len(ins) < 2 or not ins[1].is_const:
-        raise UnsupportedError("only constant Pad with constant pads is lowered")
-    shape = ins[0].shape
-    rank = len(shape)
-    if rank > 4:
-        raise UnsupportedError("Pad of rank > 4")
-    pads = [int(p) for p in ins[1].const.ravel()]
-    value = int(ins[2].const.ravel()[0]) if len(ins) > 2 and ins[2].name and ins[2].is_const else 0
-    out_shape = b.plan.specs[outs[0].name].shape
-    st = _strides(out_shape)
-    base = sum(p * s for p, s in zip(pads[:rank], st))
-    pad = 4 - rank
-    b.emit(OP_PAD, b.slot(ins[0].name), b.slot(outs[0].name), _size(out_shape), value,
-           *([1] * pad + list(shape)), *([0] * pad + st), base)
-
-
-def _lower_lut(b, node, ins, outs, ctx):
-    from .ops._lut import lut_table
-
-    found = lut_table(ctx, ins[0].dtype, outs[0].exps)
-    if found is None or ins[0].dtype != "int8":
-        raise UnsupportedError("only int8 LUT activations are lowered")
-    table, _ = found
-    b.emit(OP_LUT8, b.slot(ins[0].name), _size(ins[0].shape), b.const32(table), b.slot(outs[0].name))
-
-
-def _lower_relu(b, node, ins, outs, ctx):
-    if node.attr("lut") and ins[0].dtype == "int8":  # ESP-DL uses Relu tables for int8 only
-        return _lower_lut(b, node, ins, outs, ctx)
-    lo, hi = qrange(ins[0].dtype)
-    b.emit(OP_RELU, b.slot(ins[0].name), _size(ins[0].shape), b.slot(outs[0].name), outs[0].exp - ins[0].exp,
-           lo, hi)
-
-
-def _same_shape(ins):
-    if ins[0].shape != ins[1].shape or ins[0].is_const or ins[1].is_const:
-        raise UnsupportedError("only same-shape element-wise ops on activations are lowered")
-
-
-def _lower_addsub(b, node, ins, outs, ctx):
-    _same_shape(ins)
-    lo, hi = qrange(ins[0].dtype)
-    b.emit(OP_ADD if node.op_type == "Add" else OP_SUB, b.slot(ins[0].name), b.slot(ins[1].name),
-           _size(ins[0].shape), b.slot(outs[0].name), lo, hi)
-
-
-def _lower_mul(b, node, ins, outs, ctx):
-    from .ops.elementwise import Broadcast
-
-    _same_shape(ins)
-    dtype = ins[0].dtype
-    shift = outs[0].exp - ins[0].exp - ins[1].exp
-    via_float = not Broadcast(ctx, ins[0].shape, ins[1].shape).simd(ctx, dtype)
-    lo, hi = qrange(dtype)
-    b.emit(OP_MUL, b.slot(ins[0].name), b.slot(ins[1].name), _size(ins[0].shape), b.slot(outs[0].name), lo, hi,
-           via_float, shift, b.constf(np.float32(2.0 ** -shift)))
-
-
-def _lower_pool(b, node, ins, outs, ctx):
-    from .ops.pool import pool_geometry
-
-    (n, h, w, c), (kh, kw), (sh, sw), (pt, pl, pb, pr), (oh, ow) = pool_geometry(ctx, ins[0].shape)
-    lo, hi = qrange(ins[0].dtype)
-    if node.op_type == "AveragePool":
-        fi = b.constf(_avg_scale(kh * kw, ins[0].exp, outs[0].exp))
-        b.emit(OP_AVG, b.slot(ins[0].name), n, h, w, c, b.slot(outs[0].name), oh, ow, kh, kw, sh, sw, pt, pl, fi,
-               lo, hi)
-    else:
-        b.emit(OP_MAX, b.slot(ins[0].name), n, h, w, c, b.slot(outs[0].name), oh, ow, kh, kw, sh, sw, pt, pl)
-
-
-def _alias(b, node, ins, outs, ctx):
-    b.slots[outs[0].name] = b.slot(ins[0].name)
-
-
-LOWER = {
-    "Conv": _lower_conv, "Gemm": _lower_conv, "StreamingCache": _lower_cache, "Transpose": _lower_transpose,
-    "Slice": _lower_slice, "Reshape": _alias, "Flatten": _alias, "Squeeze": _alias, "Unsqueeze": _alias,
-    "Identity": _alias, "Relu": _lower_relu, "Sigmoid": _lower_lut, "Tanh": _lower_lut, "Swish": _lower_lut,
-    "HardSigmoid": _lower_lut, "HardSwish": _lower_lut, "Elu": _lower_lut, "Gelu": _lower_lut,
-    "Add": _lower_addsub, "Sub": _lower_addsub, "Mul": _lower_mul, "AveragePool": _lower_pool,
-    "MaxPool": _lower_pool, "Pad": _lower_pad,
-}
+def _align(n: int) -> int:
+    return (n + 63) // 64 * 64
 
 
 class Program:
-    """A plan lowered to one instruction table (see the module docstring)."""
+    """A plan lowered to instruction rows (see the module docstring)."""
 
     def __init__(self, plan: Plan):
+        supported_ops()  # registers every kernel and lowering
         self.plan = plan
-        b = _Builder(plan)
         graph = plan.graph
+        b = Builder(plan)
         self.inputs = [v.name for v in graph.inputs if v.name not in graph.initializers]
-        for name in self.inputs:
-            b.slot(name)
-        for step in plan.steps:
-            node = step.node
-            lower = LOWER.get(node.op_type)
-            if lower is None:
-                raise UnsupportedError(f"no compiled lowering for {node.op_type}", node=node.name, op=node.op_type,
-                                       supported=sorted(LOWER))
-            ctx = Ctx(plan.target, plan.mode, node, graph)
-            ins = [plan.specs[i] if i else None for i in node.inputs]
-            outs = [plan.specs[o] for o in node.outputs]
-            if any(s is not None and s.dtype not in ("int8", "int16", "int64", "int32") for s in ins + outs):
-                raise UnsupportedError("float values are not lowered", node=node.name, op=node.op_type)
-            lower(b, node, [s if s is not None else _NONE for s in ins], outs, ctx)
         self.outputs = [v.name for v in graph.outputs]
+        for name in self.inputs:
+            if plan.specs[name].dtype not in ARENA_DTYPES:
+                raise UnsupportedError(f"input {name!r} is {plan.specs[name].dtype}; the compiled program holds "
+                                       f"{', '.join(ARENA_DTYPES)}")
+            b.slot(name)
+        self.not_compiled: list[tuple] = []  # (node, reason)
+        host_steps: list[int] = []  # index into plan.steps of each HOST row
+        self._host_only: set[str] = set()  # values a host step made that the arena cannot hold
+        for k, step in enumerate(plan.steps):
+            node = step.node
+            lower = LOWERINGS.get(node.op_type)
+            reason = None
+            if lower is None:
+                reason = NOT_LOWERED.get(node.op_type, "no compiled lowering")
+            elif any(i and i in self._host_only for i in step.inputs):
+                reason = "an input is a value the arena does not hold"
+            else:
+                mark = (len(b.rows), dict(b.slots), b.size, len(b.init), len(b.state))
+                try:
+                    lower(b, step)
+                except (NotLowered, UnsupportedError) as e:
+                    reason = str(e)
+                    n_rows, slots, size, n_init, n_state = mark
+                    del b.rows[n_rows:], b.init[n_init:], b.state[n_state:]
+                    b.slots, b.size = slots, size
+            if reason is not None:
+                self.not_compiled.append((node, reason))
+                host_steps.append(k)
+                row = np.zeros(ROW, dtype=np.int64)
+                row[0] = OP_HOST
+                b.rows.append(row)
+                for o in step.outputs:
+                    if plan.specs[o].dtype in ARENA_DTYPES:
+                        b.slot(o)
+                    else:
+                        self._host_only.add(o)
+        for name in self.outputs:
+            if name not in self._host_only:
+                b.slot(name)
         self.code = np.array(b.rows, dtype=np.int64).reshape(-1, ROW)
-        self.act = np.zeros(max(b.size, 1), dtype=np.int32)
-        self.c32 = np.concatenate(b.c32) if b.c32 else np.zeros(1, dtype=np.int32)
-        self.c64 = np.concatenate(b.c64) if b.c64 else np.zeros(1, dtype=np.int64)
-        self.cf = np.array(b.cf if b.cf else [0.0], dtype=np.float32)
-        self.acc32 = np.zeros(b.max_acc, dtype=np.int32)
-        self.acc64 = np.zeros(b.max_acc, dtype=np.int64)
-        self.state = b.state
-        self.mode = np.int64(plan.mode)
-        self.in_offs = np.array([b.slots[n] for n in self.inputs], dtype=np.int64)
-        self.in_sizes = np.array([_size(plan.specs[n].shape) for n in self.inputs], dtype=np.int64)
-        self.out_offs = np.array([b.slots[n] for n in self.outputs], dtype=np.int64)
-        self.out_sizes = np.array([_size(plan.specs[n].shape) for n in self.outputs], dtype=np.int64)
+        self.slots = dict(b.slots)
+        self.state = list(b.state)
+        self._build_mem(b)
+        # host steps run kernels prepared for this program alone when any keeps state
+        if any(plan.steps[k].prepared.reset is not None for k in host_steps):
+            shapes = {n: plan.specs[n].shape for n in self.inputs}
+            own = Plan(graph, plan.target, shapes)
+            self._host_plan = own
+        else:
+            self._host_plan = plan
+        self.host = {pc: self._host_plan.steps[k] for pc, k in
+                     zip([i for i, r in enumerate(self.code) if r[0] == OP_HOST], host_steps)}
+        self._host_values: dict[str, np.ndarray] = {}
         self.out_shapes = [plan.specs[n].shape for n in self.outputs]
         self.out_dtypes = [np.dtype(plan.specs[n].dtype) for n in self.outputs]
-        # the same as plain Python ints, for run(): one chunk's bookkeeping costs microseconds
-        self._in_slices = [(name, int(o), int(o + n)) for name, o, n in zip(self.inputs, self.in_offs, self.in_sizes)]
-        self._out_slices = [(name, int(o), int(o + n), shape, dt) for name, o, n, shape, dt in
-                            zip(self.outputs, self.out_offs, self.out_sizes, self.out_shapes, self.out_dtypes)]
+        self.out_sizes = np.array([_size(s) for s in self.out_shapes], dtype=np.int64)
+        self.in_offs = np.array([self.slots[n] for n in self.inputs], dtype=np.int64)
+        self.in_sizes = np.array([_size(plan.specs[n].shape) for n in self.inputs], dtype=np.int64)
+        self.in_dtypes = [plan.specs[n].dtype for n in self.inputs]
+        self.out_offs = np.array([self.slots.get(n, -1) for n in self.outputs], dtype=np.int64)
+        self._fast = self._fast_path()
+
+    # ---- memory -------------------------------------------------------------------------------------
+    def _build_mem(self, b: Builder) -> None:
+        parts = [("code", self.code.reshape(-1).view(np.uint8)),
+                 ("act", np.zeros(max(b.size, 1), dtype=np.int32).view(np.uint8))]
+        for sec, dt in (("c16", np.int16), ("c32", np.int32), ("c64", np.int64), ("cf", np.float32)):
+            arrs = b.sections[sec]
+            a = np.concatenate(arrs) if arrs else np.zeros(1, dtype=dt)
+            parts.append((sec, a.view(np.uint8)))
+        offs, pos = {}, _align(_HDR * 8)
+        for name, a in parts:
+            offs[name] = (pos, pos + a.size)
+            pos = _align(pos + a.size)
+        mem = np.zeros(pos, dtype=np.uint8)
+        for name, a in parts:
+            s, e = offs[name]
+            mem[s:e] = a
+        hdr = mem[:_HDR * 8].view(np.int64)
+        hdr[H_MODE] = self.plan.mode
+        for name, (lo_k, hi_k) in (("code", (H_CODE, H_CODE_END)), ("act", (H_ACT, H_ACT_END)),
+                                   ("c16", (H_C16, H_C16_END)), ("c32", (H_C32, H_C32_END)),
+                                   ("c64", (H_C64, H_C64_END)), ("cf", (H_CF, H_CF_END))):
+            hdr[lo_k], hdr[hi_k] = offs[name]
+        self.mem = mem
+        s, e = offs["act"]
+        self.act = mem[s:e].view(np.int32)
+        self.actf = mem[s:e].view(np.float32)
+        for off, words in b.init:
+            self.act[off:off + words.size] = words
+        self._init = list(b.init)
 
     def reset(self) -> None:
         for off, n in self.state:
             self.act[off:off + n] = 0
+        if self._host_plan is not self.plan:  # host steps that keep state: kernels of this program alone
+            self._host_plan.reset()
+
+    @property
+    def state_bytes(self) -> int:
+        return sum(n for _, n in self.state) * 4
+
+    # ---- running ------------------------------------------------------------------------------------
+    def _fast_path(self):
+        """(input name, its slot, dtype, shape, output name, slot, dtype, shape, float output) when one chunk
+        runs as one compiled call: one input, one arena output, no host step."""
+        if self.host or len(self.inputs) != 1 or len(self.outputs) != 1 or self.out_offs[0] < 0:
+            return None
+        i, o = self.inputs[0], self.outputs[0]
+        si, so = self.plan.specs[i], self.plan.specs[o]
+        quant = None  # float chunks: 2**-exponent and the saturation range (model.prepare_inputs' rule)
+        if si.dtype in ("int8", "int16") and len(si.exps) == 1:
+            lo, hi = qrange(si.dtype)
+            quant = (2.0 ** (-int(si.exps[0])), float(lo), float(hi))
+        return (i, int(self.slots[i]), np.dtype(si.dtype), tuple(si.shape), o, int(self.slots[o]),
+                np.dtype(so.dtype), tuple(so.shape), so.dtype == "float32", quant)
+
+    def push(self, chunk):
+        """The fast path of ``Session.push``: ``chunk`` an array or ``{name: array}`` of exactly the input's
+        integer dtype and shape (no other check is needed), or of float32/float64 in that shape (quantized
+        here, in compiled code, with the target's rounding). Returns ``{output: array}``, or None when the
+        chunk needs the general path (other dtypes, shapes, several inputs, host steps, a NaN)."""
+        fast = self._fast
+        if fast is None:
+            return None
+        if type(chunk) is dict:
+            if len(chunk) != 1:
+                return None
+            x = chunk.get(fast[0])
+            if x is None:
+                return None
+        else:
+            x = chunk
+        if type(x) is not np.ndarray or x.shape != fast[3]:
+            return None
+        y = np.empty(fast[7], dtype=fast[6])
+        if x.dtype == fast[2]:
+            _push1(self.mem, x, fast[1], y, fast[5], fast[8])
+            return {fast[4]: y}
+        if x.dtype.kind == "f" and x.dtype.itemsize in (4, 8) and fast[9] is not None:
+            scale, lo, hi = fast[9]
+            if _push1_float(self.mem, x, fast[1], scale, lo, hi, y, fast[5], fast[8]):
+                return {fast[4]: y}
+        return None
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        act = self.act
-        for name, start, stop in self._in_slices:
-            act[start:stop] = feeds[name].reshape(-1)
-        _exec(self.code, act, self.c32, self.c64, self.cf, self.acc32, self.acc64, self.mode)
-        return {name: act[start:stop].astype(dt).reshape(shape) for name, start, stop, shape, dt in self._out_slices}
+        """One chunk of validated feeds (``{input: array}`` in the inputs' dtypes) -> fresh output arrays."""
+        mem = self.mem
+        for name, off, dt in zip(self.inputs, self.in_offs, self.in_dtypes):
+            _put(mem, int(off), feeds[name], dt == "float32")
+        self._run_rows()
+        return self._collect()
+
+    def _run_rows(self) -> None:
+        pc, n = 0, self.code.shape[0]
+        while True:
+            pc = _exec(self.mem, pc)
+            if pc >= n:
+                return
+            self._run_host(self.host[pc])
+            pc += 1
+
+    def _read(self, name: str):
+        if not name:
+            return None
+        spec = self.plan.specs[name]
+        if spec.const is not None:
+            return spec.const
+        if name in self._host_only:
+            return self._host_values[name]
+        off, n = self.slots[name], _size(spec.shape)
+        if spec.dtype == "float32":
+            return self.actf[off:off + n].copy().reshape(spec.shape)
+        return self.act[off:off + n].astype(spec.dtype).reshape(spec.shape)
+
+    def _run_host(self, step: Step) -> None:
+        args = [self._read(i) for i in step.inputs]
+        with self._host_plan._lock:  # the plan's kernels share work and output buffers
+            outs = step.prepared.run(*args)
+            for name, arr in zip(step.outputs, outs):
+                if name in self._host_only:
+                    self._host_values[name] = np.array(arr)
+                    continue
+                off = self.slots[name]
+                flat = np.asarray(arr).reshape(-1)
+                if self.plan.specs[name].dtype == "float32":
+                    self.actf[off:off + flat.size] = flat
+                else:
+                    self.act[off:off + flat.size] = flat
+
+    def _collect(self) -> dict[str, np.ndarray]:
+        out = {}
+        for name, off, shape, dt in zip(self.outputs, self.out_offs, self.out_shapes, self.out_dtypes):
+            if name in self._host_only:
+                out[name] = np.array(self._host_values[name])
+                continue
+            y = np.empty(shape, dtype=dt)
+            _get(self.mem, int(off), y, dt == np.float32)
+            out[name] = y
+        return out
 
     def run_many(self, xs: np.ndarray) -> np.ndarray:
-        """``xs`` [T, sum of input sizes] int32 -> [T, sum of output sizes] int32, in one compiled call."""
+        """``xs`` [T, sum of input sizes] int32 -> [T, sum of output sizes] int32 (float outputs as their
+        float32 words, :meth:`split_outputs` turns them back), in one compiled call when there is no host
+        step."""
+        xs = np.ascontiguousarray(xs, dtype=np.int32)
         ys = np.empty((xs.shape[0], int(self.out_sizes.sum())), dtype=np.int32)
-        _exec_many(self.code, self.act, self.c32, self.c64, self.cf, self.acc32, self.acc64, self.mode, xs,
-                   self.in_offs, self.in_sizes, ys, self.out_offs, self.out_sizes)
+        if not self.host and not self._host_only:
+            _exec_many(self.mem, xs, self.in_offs, self.in_sizes, ys, self.out_offs, self.out_sizes)
+            return ys
+        for t in range(xs.shape[0]):
+            p = 0
+            for off, size in zip(self.in_offs, self.in_sizes):
+                _put(self.mem, int(off), xs[t, p:p + size], False)
+                p += size
+            self._run_rows()
+            p = 0
+            for name, off, size in zip(self.outputs, self.out_offs, self.out_sizes):
+                if name in self._host_only:
+                    ys[t, p:p + size] = np.asarray(self._host_values[name]).reshape(-1)
+                else:
+                    ys[t, p:p + size] = self.act[off:off + size]
+                p += size
         return ys
 
 
-class _NoneSpec:
-    name = ""
-    shape = None
-    dtype = "undefined"
-    const = None
-    exps = ()
-    is_const = False
-
-
-_NONE = _NoneSpec()
+    def split_outputs(self, ys: np.ndarray) -> dict[str, np.ndarray]:
+        """:meth:`run_many`'s rows -> ``{output: [T, *shape]}`` in the outputs' dtypes."""
+        out, p = {}, 0
+        for name, size, shape, dt in zip(self.outputs, self.out_sizes, self.out_shapes, self.out_dtypes):
+            words = np.ascontiguousarray(ys[:, p:p + size])
+            vals = words.view(np.float32) if dt == np.float32 else words.astype(dt)
+            out[name] = vals.reshape((ys.shape[0],) + tuple(shape))
+            p += size
+        return out
 
 
 def compile_plan(plan: Plan) -> tuple[Program | None, str]:
-    """(program, "") or (None, why not)."""
+    """(program, "") or (None, why not). A program may run some nodes on the per-node path between its
+    compiled rows (``program.not_compiled``); None only when no node compiles or the inputs cannot be
+    held."""
     try:
-        return Program(plan), ""
+        prog = Program(plan)
     except UnsupportedError as e:
         return None, str(e)
+    if plan.steps and len(prog.not_compiled) == len(plan.steps):
+        node, why = prog.not_compiled[0]
+        return None, f"no node compiles (first: node {node.name!r} ({node.op_type}): {why})"
+    return prog, ""
+
+
+def lowering_check() -> list[str]:
+    """Every op with a kernel has a lowering or a declared reason (``registry.no_lowering``); every row
+    layout a lowering may emit has an opcode here. Returns the problems (empty when consistent)."""
+    from .registry import KERNELS
+
+    supported_ops()
+    problems = [f"{op}: a kernel without a lowering or a declared refusal" for op in sorted(KERNELS)
+                if op not in LOWERINGS and op not in NOT_LOWERED]
+    if len(set(OPCODES.values())) != len(OPCODES) or OP_HOST in OPCODES.values():
+        problems.append("opcode numbers repeat")
+    return problems
+
+
+__all__ = ["Builder", "NotLowered", "Program", "compile_plan", "lowering_check", "OPCODES"]

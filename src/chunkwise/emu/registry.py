@@ -151,6 +151,53 @@ def kernel(*op_types: str):
     return deco
 
 
+# ---- compiled lowerings (see emu/program.py) ---------------------------------------------------------
+#: op type -> ``lower(builder, step)``: encodes what the kernel's prepare() decided (``step.prepared.info``)
+#: as instruction rows of a compiled program, or raises ``builder.refuse(reason)`` for one node
+LOWERINGS: dict[str, Callable] = {}
+#: op type -> why it has no compiled lowering (its nodes run on the per-node path, between compiled rows)
+NOT_LOWERED: dict[str, str] = {}
+
+
+def lowering(*op_types: str):
+    """Register ``lower(builder, step)`` for one or more op types (beside the op's kernel)."""
+
+    def deco(fn):
+        for op in op_types:
+            LOWERINGS[op] = fn
+        return fn
+
+    return deco
+
+
+def no_lowering(*op_types: str, reason: str) -> None:
+    """Declare that these op types run on the per-node path in compiled programs, and why."""
+    for op in op_types:
+        NOT_LOWERED[op] = reason
+
+
+def lowering_status(op_type: str) -> tuple[bool, str]:
+    """(True, "") when nodes of ``op_type`` can compile, else (False, why not)."""
+    _load_all()
+    if op_type in LOWERINGS:
+        return True, ""
+    if op_type in NOT_LOWERED:
+        return False, NOT_LOWERED[op_type]
+    if op_type in KERNELS:
+        return False, "no compiled lowering declared"
+    return False, "not supported by the emulator"
+
+
+def row_layout(name: str, fields: str):
+    """Named columns of one opcode's instruction rows (column 0 holds the opcode): ``L = row_layout("CONV",
+    "x out cout")`` gives ``L.x == 1, L.out == 2, L.cout == 3``; a namedtuple, so compiled code reads the
+    columns as constants (``row[L.x]``)."""
+    from collections import namedtuple
+
+    names = fields.split()
+    return namedtuple(name, names)(*range(1, len(names) + 1))
+
+
 def supported_ops() -> list[str]:
     _load_all()
     return sorted(KERNELS)

@@ -95,6 +95,11 @@ class Session:
 
     def push(self, chunk, *, intermediates: bool = False) -> dict[str, np.ndarray]:
         """One chunk. ``intermediates=True`` (per-node path) also returns every intermediate value."""
+        if self.program is not None and not intermediates:
+            outs = self.program.push(chunk)  # one compiled call for an exact-dtype or float chunk, else None
+            if outs is not None:
+                self.pushed += 1
+                return outs
         feeds = self._feeds(chunk)
         self.pushed += 1
         if self.program is not None and not intermediates:
@@ -147,12 +152,7 @@ class Session:
         xs = np.concatenate([feeds[name].reshape(n, -1).astype(np.int32) for name in self.program.inputs], axis=1)
         ys = self.program.run_many(xs)
         self.pushed += n
-        out, p = {}, 0
-        for name, size, shape, dt in zip(self.program.outputs, self.program.out_sizes, self.program.out_shapes,
-                                         self.program.out_dtypes):
-            out[name] = ys[:, p:p + size].astype(dt).reshape((n,) + tuple(shape))
-            p += size
-        return out
+        return self.program.split_outputs(ys)
 
     def reset(self) -> None:
         """Zero this session's caches (no other session's, and not those of ``Model.run``)."""
@@ -162,6 +162,14 @@ class Session:
             self.plan.reset()
         self.pushed = 0
         self._zero_state()
+
+    @property
+    def not_compiled(self) -> list:
+        """``[(node, reason)]`` of the nodes that run on the per-node path (every node when the session has no
+        compiled program)."""
+        if self.program is not None:
+            return list(self.program.not_compiled)
+        return [(n, self.why_not_compiled) for n in self.model.graph.nodes]
 
     @property
     def state_bytes(self) -> int:

@@ -55,14 +55,16 @@ def lut_table(ctx, dtype: str, out_exps=(), attr: str = "lut") -> tuple[np.ndarr
 
 
 @njit(cache=True)
-def _lut_s8(x, table, out):
+def lut_s8(x, table, out):
+    """``out[i] = table[x[i] + 128]`` (x int8 values, flat)."""
     for i in range(x.size):
-        out[i] = table[np.int64(x[i]) + 128]
+        out[i] = table[(np.int64(x[i]) + 128) & 255]  # the mask only tells the compiler the index is in range
     return out
 
 
 @njit(cache=True)
-def _lut_s16(x, table, out, shift, mode):
+def lut_s16(x, table, out, shift, mode):
+    """``out[i] = table[round((x[i] + 32768) / 2**shift)]`` (x int16 values, flat; target rounding)."""
     for i in range(x.size):
         v = np.int64(x[i]) + 32768
         if shift == 0:
@@ -86,9 +88,9 @@ def apply_lut(x: np.ndarray, table: np.ndarray, step: int, mode: int, out: np.nd
     flat = np.ascontiguousarray(x).ravel()
     out = out.reshape(flat.shape)
     if table.dtype == np.int8:
-        _lut_s8(flat, table, out)
+        lut_s8(flat, table, out)
     else:
-        _lut_s16(flat, table, out, int(step).bit_length() - 1, mode)
+        lut_s16(flat, table, out, int(step).bit_length() - 1, mode)
     return out.reshape(x.shape)
 
 
@@ -101,4 +103,6 @@ def lut_module(ctx, shape: tuple[int, ...], table: np.ndarray, step: int, **prep
     def run(xa, *_):
         return (apply_lut(xa, table, step, mode, out),)
 
-    return Prepared([shape], run, **prepared)
+    info = dict(prepared.pop("info", None) or {})
+    info["table"] = (table, step)  # what a compiled lowering encodes (activation.emit_lut)
+    return Prepared([shape], run, info=info, **prepared)

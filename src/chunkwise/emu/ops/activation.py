@@ -22,10 +22,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ..registry import Prepared, kernel
+from ..registry import Prepared, kernel, lowering, row_layout
 from ..rounding import qrange, round_f32_sat
 from ._fmath import expf, float_kernel, fma32, logf, sigmoid, sqrtf, tanh
-from ._lut import lut_module, lut_table
+from ._lut import lut_module, lut_s8, lut_s16, lut_table
 
 SIGMOID, TANH, SWISH, HARDSIGMOID, HARDSWISH, ELU, EXP, LOG, SQRT = range(9)
 FLOAT_OPS = {"Sigmoid": SIGMOID, "Tanh": TANH, "Swish": SWISH, "HardSigmoid": HARDSIGMOID,
@@ -177,4 +177,65 @@ def prepare_activation(node, ctx, ins, outs):
         out = np.empty(flat.shape, dtype=npdt)
         return (_act_q(flat, out, op, in_scale, out_scale, alpha, beta, mode, lo, hi).reshape(shape),)
 
-    return Prepared([shape], run, dtypes=[dt], info={"path": "float32"})
+    return Prepared([shape], run, dtypes=[dt], info={"path": "float32",
+                                                     "float_act": (op, in_scale, out_scale, alpha, beta, lo, hi)})
+
+
+# ---- compiled lowering (emu/program.py) -------------------------------------------------------------
+LUT8 = row_layout("LUT8", "x out n table")
+LUT16 = row_layout("LUT16", "x out n table shift")
+ACT = row_layout("ACT", "x out n op scales lo hi")  # scales: cf[in_scale, out_scale, alpha, beta]
+
+
+@njit(cache=True)
+def lut8_arm(row, act, c32):
+    L = LUT8
+    n = row[L.n]
+    lut_s8(act[row[L.x]:row[L.x] + n], c32[row[L.table]:row[L.table] + 256], act[row[L.out]:row[L.out] + n])
+
+
+@njit(cache=True)
+def lut16_arm(row, act, c32, mode):
+    L = LUT16
+    n = row[L.n]
+    lut_s16(act[row[L.x]:row[L.x] + n], c32[row[L.table]:row[L.table] + 65537], act[row[L.out]:row[L.out] + n],
+            row[L.shift], mode)
+
+
+@njit(cache=True)
+def act_arm(row, act, cf, mode):
+    L = ACT
+    n, s = row[L.n], row[L.scales]
+    _act_q(act[row[L.x]:row[L.x] + n], act[row[L.out]:row[L.out] + n], row[L.op], cf[s], cf[s + 1], cf[s + 2],
+           cf[s + 3], mode, row[L.lo], row[L.hi])
+
+
+def emit_lut(b, step) -> bool:
+    """The LUT module's row when ``prepare`` made one (``info["table"]``); False otherwise."""
+    found = step.prepared.info.get("table")
+    if found is None:
+        return False
+    table, lut_step = found
+    x, out = b.ins(step)[0], b.outs(step)[0]
+    n = int(np.prod(x.shape, dtype=np.int64))
+    if table.dtype == np.int8:
+        b.emit(LUT8, x=b.slot(x.name), out=b.slot(out.name), n=n, table=b.c32(table))
+    else:
+        padded = np.zeros(65537, dtype=np.int32)  # the arm's view is the largest table (step 1)
+        padded[:table.size] = table
+        b.emit(LUT16, x=b.slot(x.name), out=b.slot(out.name), n=n, table=b.c32(padded),
+               shift=int(lut_step).bit_length() - 1)
+    return True
+
+
+@lowering("LUT", "Gelu", *FLOAT_OPS)
+def lower_activation(b, step):
+    if emit_lut(b, step):
+        return
+    found = step.prepared.info.get("float_act")
+    if found is None:
+        raise b.refuse("float32 activation (no integer path)")
+    op, in_scale, out_scale, alpha, beta, lo, hi = found
+    x, out = b.ins(step)[0], b.outs(step)[0]
+    b.emit(ACT, x=b.slot(x.name), out=b.slot(out.name), n=int(np.prod(x.shape, dtype=np.int64)), op=op,
+           scales=b.cf([in_scale, out_scale, alpha, beta]), lo=lo, hi=hi)

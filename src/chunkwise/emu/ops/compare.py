@@ -14,15 +14,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..registry import Prepared, kernel
-from .elementwise import Broadcast, binary_inputs, compute_dtype, one_exp
+from ..registry import Prepared, kernel, lowering, no_lowering
+from .elementwise import (BINARY, OP_EQ, OP_GE, OP_GT, OP_LE, OP_LT, Broadcast, binary_flat, binary_inputs,
+                          compute_dtype, one_exp)
 
 _COMPARE = {
-    "Equal": np.equal,
-    "Greater": np.greater,
-    "GreaterOrEqual": np.greater_equal,
-    "Less": np.less,
-    "LessOrEqual": np.less_equal,
+    "Equal": OP_EQ,
+    "Greater": OP_GT,
+    "GreaterOrEqual": OP_GE,
+    "Less": OP_LT,
+    "LessOrEqual": OP_LE,
 }
 
 _LOGIC = {
@@ -51,13 +52,18 @@ def prepare_compare(node, ctx, ins, outs):
     info = {} if ea == eb else {"note": f"input exponents {ea} and {eb} differ; ESP-DL compares raw integers"}
     odt = _bool_out(ctx, outs)
     bc = Broadcast(ctx, a.shape, b.shape)
-    fn = _COMPARE[node.op_type]
+    op = _COMPARE[node.op_type]
     shape = bc.shape
+    dims = bc.dims
+    size = int(np.prod(shape, dtype=np.int64))
 
-    def run(x, y):
-        return (np.ascontiguousarray(np.broadcast_to(fn(x, y), shape)).astype(odt),)
+    def run(x, y):  # 0 / 1 as raw integers (ESP-DL compares the stored values)
+        out = np.empty(size, dtype=np.int8)
+        binary_flat(np.ascontiguousarray(x).reshape(-1), np.ascontiguousarray(y).reshape(-1), out, dims, op, 0,
+                    np.float32(1.0), 0, 0, 1)
+        return (out.astype(odt).reshape(shape),)
 
-    return Prepared([shape], run, dtypes=[odt], info=info)
+    return Prepared([shape], run, dtypes=[odt], info={**info, "binary": (op, dims, 0, np.float32(1.0), 0, 1)})
 
 
 @kernel(*_LOGIC)
@@ -88,3 +94,16 @@ def prepare_not(node, ctx, ins, outs):
         return ((xa == 0).astype(odt),)
 
     return Prepared([shape], run, dtypes=[odt])
+
+
+# ---- compiled lowering (emu/program.py) -------------------------------------------------------------
+@lowering(*_COMPARE)
+def lower_compare(b, step):
+    op, dims, shift, scale, lo, hi = step.prepared.info["binary"]
+    x, y = step.inputs[:2]
+    b.emit(BINARY, a=b.slot(x), b=b.slot(y), out=b.slot(step.outputs[0]), dims=b.c64(dims), op=op, shift=shift,
+           scale=b.cf([scale]), lo=lo, hi=hi)
+
+
+no_lowering("And", "Or", "Xor", "Not", reason="ESP-DL registers no module for it (the chip cannot load it); "
+            "runs on the per-node path")

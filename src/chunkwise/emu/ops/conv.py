@@ -14,7 +14,9 @@ int16 goldens come from torch float32 and differ by one on near-ties: docs/int16
 
 Two exact ways to compute ``sum(x * w)``, chosen per node in ``prepare``:
 
-- integer loops (``_conv2d``), for depthwise / grouped convs and small layers;
+- integer loops (:class:`IntConv`: ``conv_blocks`` keeps blocks of 16 accumulators in vector registers,
+  ``dwconv_flat`` for depthwise), for depthwise / grouped convs and small layers, and always in compiled
+  programs (the lowering at the end of this module encodes the same IntConv);
 - a float GEMM through BLAS (``_gemm_conv``), for the rest: x (im2col for k > 1, strides, pads) times
   the weights as a ``[kH*kW*Cin, Cout]`` matrix. Every product and every partial sum is an integer, so
   float32 computes them exactly while ``max|x| * max_c sum|w[:, c]| <= 2**24`` (float64: ``2**52``),
@@ -29,85 +31,185 @@ from numba import njit
 from numpy.lib.stride_tricks import sliding_window_view
 
 from ...ir.ops import window
-from ..registry import Prepared, kernel
-from ..rounding import clamp, qrange, requant, round_f
+from ..registry import Prepared, kernel, lowering, row_layout
+from ..rounding import HALF_EVEN, HALF_UP, clamp, qrange, requant, round_f
+from ._simd import LANES, mac_lanes, mac_lanes2
 
 ACTIVATIONS = ("Linear", "Relu")
 
 
-@njit(cache=True)
-def _conv2d(x, w, bias, shifts, out, acc, sh, sw, dh, dw, pt, pl, groups, relu, lo, hi, mode):
-    """x [N,H,W,C]; w [kH,kW,Cg,Cout]; bias [Cout]; shifts [Cout]; out [N,OH,OW,Cout]; acc [Cout] scratch.
+@njit(cache=True, inline="always")
+def _requant_run(acc, a0, shifts, s0, out, o0, n, mode, relu, lo, hi):
+    """``out[o0 + j] = requant(acc[a0 + j], shifts[s0 + j])`` for ``j < n``, one loop per (rounding, relu)
+    pair so that each vectorizes."""
+    a = acc[a0:a0 + n]
+    s = shifts[s0:s0 + n]
+    o = out[o0:o0 + n]
+    if mode == HALF_EVEN:
+        if relu:
+            for j in range(n):
+                o[j] = requant(np.int64(a[j]), s[j], HALF_EVEN, True, lo, hi)
+        else:
+            for j in range(n):
+                o[j] = requant(np.int64(a[j]), s[j], HALF_EVEN, False, lo, hi)
+    elif relu:
+        for j in range(n):
+            o[j] = requant(np.int64(a[j]), s[j], HALF_UP, True, lo, hi)
+    else:
+        for j in range(n):
+            o[j] = requant(np.int64(a[j]), s[j], HALF_UP, False, lo, hi)
 
-    ``acc`` is int64, or int32 when the caller proved |sum| < 2**31 (exact either way). The inner loops
-    run over contiguous output channels so that they vectorize.
+
+@njit(cache=True, nogil=True)
+def conv_blocks(x, w, bias, shifts, out, acc, n_, ih_, iw_, cin, oh_, ow_, kh_, kw_, sh, sw, dh, dw, pt, pl, groups,
+                cg, cout_g, blocks, relu, lo, hi, mode):
+    """Conv / Gemm on flat buffers: x [N,H,W,Cin]; out [N,OH,OW,Cout]; w packed by :func:`pack_blocks`
+    ([groups, blocks, kH, kW, Cg, LANES]: each block of ``LANES`` output channels of a group, zero past
+    ``cout_g``); bias in the accumulators' layout ([groups, blocks * LANES], :func:`pad_blocks`); shifts
+    [Cout]; acc [groups * blocks * LANES] (int32, or int64 when ``acc_dtype`` says a sum can leave int32).
+
+    Each block's accumulators stay in one vector register through the taps' dot products
+    (:func:`._simd.mac_lanes`); the sums are exact (see ``acc_dtype``), then ``requant`` as everywhere.
     """
-    n_, h_, w_, c_ = x.shape
-    kh_, kw_, cg, cout = w.shape
-    _, oh_, ow_, _ = out.shape
-    cout_g = cout // groups
-    depthwise = cg == 1 and cout_g == 1
+    cout = groups * cout_g
+    span = blocks * LANES
+    tap_stride = kh_ * kw_ * cg * LANES  # from one block's weights to the next's
     for n in range(n_):
         for oh in range(oh_):
             for ow in range(ow_):
-                for co in range(cout):
-                    acc[co] = bias[co]
+                for j in range(groups * span):  # whole vectors: the dot products below load them back
+                    acc[j] = bias[j]
                 for kh in range(kh_):
                     ih = oh * sh - pt + kh * dh
-                    if ih < 0 or ih >= h_:
+                    if ih < 0 or ih >= ih_:
                         continue
                     for kw in range(kw_):
                         iw = ow * sw - pl + kw * dw
-                        if iw < 0 or iw >= w_:
+                        if iw < 0 or iw >= iw_:
                             continue
-                        if depthwise:
-                            for c in range(cout):
-                                acc[c] += x[n, ih, iw, c] * w[kh, kw, 0, c]
-                        else:
-                            for g in range(groups):
-                                base = g * cout_g
-                                for ci in range(cg):
-                                    xv = x[n, ih, iw, g * cg + ci]
-                                    for j in range(cout_g):
-                                        acc[base + j] += xv * w[kh, kw, ci, base + j]
-                for co in range(cout):
-                    out[n, oh, ow, co] = requant(np.int64(acc[co]), shifts[co], mode, relu, lo, hi)
+                        xo = ((n * ih_ + ih) * iw_ + iw) * cin
+                        for g in range(groups):
+                            b = 0
+                            while b + 1 < blocks:  # two blocks per pass over the inputs
+                                wo = ((((g * blocks + b) * kh_ + kh) * kw_ + kw) * cg) * LANES
+                                mac_lanes2(acc, g * span + b * LANES, x, xo + g * cg, w, wo, tap_stride, cg)
+                                b += 2
+                            if b < blocks:
+                                wo = ((((g * blocks + b) * kh_ + kh) * kw_ + kw) * cg) * LANES
+                                mac_lanes(acc, g * span + b * LANES, x, xo + g * cg, w, wo, 0, cg)
+                oo = ((n * oh_ + oh) * ow_ + ow) * cout
+                for g in range(groups):
+                    _requant_run(acc, g * span, shifts, g * cout_g, out, oo + g * cout_g, cout_g, mode, relu, lo, hi)
     return out
 
 
 @njit(cache=True, nogil=True)
-def _dwconv2d(x, w, bias, shifts, out, acc, sh, sw, dh, dw, pt, pl, relu, lo, hi, mode):
-    """Depthwise: x [N,H,W,C]; w [kH,kW,C]; out [N,OH,OW,C]; acc [OW, C] scratch (int32 or int64).
-
-    One output row at a time, so that the innermost loop runs over contiguous channels of a whole
-    row of accumulators (the same sums as ``_conv2d``, in a different order: exact either way).
-    """
-    n_, h_, w_, c_ = x.shape
-    kh_, kw_, _ = w.shape
-    _, oh_, ow_, _ = out.shape
+def dwconv_flat(x, w, bias, shifts, out, acc, n_, ih_, iw_, c_, oh_, ow_, kh_, kw_, sh, sw, dh, dw, pt, pl, relu,
+                lo, hi, mode):
+    """Depthwise conv on flat buffers: x [N,H,W,C]; w [kH,kW,C]; out [N,OH,OW,C]; acc [C] (int32 or
+    int64, as ``acc_dtype`` says); inner loops over contiguous channels."""
+    a = acc[:c_]
     for n in range(n_):
         for oh in range(oh_):
             for ow in range(ow_):
                 for c in range(c_):
-                    acc[ow, c] = bias[c]
-            for kh in range(kh_):
-                ih = oh * sh - pt + kh * dh
-                if ih < 0 or ih >= h_:
-                    continue
-                xrow = x[n, ih]
-                for ow in range(ow_):
-                    a = acc[ow]
+                    a[c] = bias[c]
+                for kh in range(kh_):
+                    ih = oh * sh - pt + kh * dh
+                    if ih < 0 or ih >= ih_:
+                        continue
                     for kw in range(kw_):
                         iw = ow * sw - pl + kw * dw
-                        if iw < 0 or iw >= w_:
+                        if iw < 0 or iw >= iw_:
                             continue
-                        xp = xrow[iw]
-                        wp = w[kh, kw]
+                        xo = ((n * ih_ + ih) * iw_ + iw) * c_
+                        wo = (kh * kw_ + kw) * c_
+                        xs = x[xo:xo + c_]
+                        ws = w[wo:wo + c_]
                         for c in range(c_):
-                            a[c] += xp[c] * wp[c]
-            for ow in range(ow_):
-                for c in range(c_):
-                    out[n, oh, ow, c] = requant(np.int64(acc[ow, c]), shifts[c], mode, relu, lo, hi)
+                            a[c] += xs[c] * ws[c]
+                _requant_run(a, 0, shifts, 0, out, ((n * oh_ + oh) * ow_ + ow) * c_, c_, mode, relu, lo, hi)
+    return out
+
+
+class IntConv:
+    """The integer-loop form of one Conv / Gemm node, decided in ``prepare``: packed weights, bias, shifts,
+    accumulator type and geometry. The per-node kernel runs it (``run``) unless it takes the BLAS path; the
+    compiled lowering encodes the same fields (``Prepared.info["int_conv"]``)."""
+
+    def __init__(self, ctx, wt, bias, shifts, relu, x_dtype, x4, o_hw, k_hw, strides, dils, pads, group,
+                 per_node=True):
+        n, ih, iw, cin = (int(v) for v in x4)
+        kh, kw = (int(v) for v in k_hw)
+        cout = int(wt.shape[3])
+        self.adt = acc_dtype(wt, bias, x_dtype)
+        self.depthwise = int(wt.shape[2]) == 1 and group == cout and group > 1
+        self._wt = wt
+        #: the packed weights' dtype: int16 (every ESP-DL weight fits), else the accumulator's
+        self.w_dtype = np.dtype(np.int16 if int(np.abs(wt.astype(np.int64)).max(initial=0)) < 2**15 else self.adt)
+        self.cg, self.cout_g = (1, 1) if self.depthwise else (int(wt.shape[2]), cout // group)
+        self.blocks = 1 if self.depthwise else -(-self.cout_g // LANES)
+        self.acc_size = cout if self.depthwise else group * self.blocks * LANES
+        self.bias = np.ascontiguousarray(bias.astype(np.int64))
+        #: the bias as the accumulators start (acc dtype; padded to blocks of LANES unless depthwise)
+        self.bias_acc = (self.bias.astype(self.adt) if self.depthwise
+                         else pad_blocks(self.bias, group, self.adt))
+        self.shifts = np.ascontiguousarray(shifts.astype(np.int64))
+        self.relu = bool(relu)
+        self.lo, self.hi = qrange(x_dtype)
+        (oh, ow), (sh, sw), (dh, dw) = o_hw, strides, dils
+        pt, pl = int(pads[0]), int(pads[1])
+        self.group, self.cout, self.in_shape = int(group), cout, (n, ih, iw, cin)
+        self.dims = (n, ih, iw, cin, int(oh), int(ow), kh, kw, int(sh), int(sw), int(dh), int(dw), pt, pl)
+        self.mode = ctx.mode
+        self._w = None
+        if per_node:  # the per-node kernel runs these loops: its buffers, allocated with the plan
+            self.acc = ctx.zeros((self.acc_size,), self.adt, "accumulators")
+            self.out = ctx.output_buffer((n * int(oh) * int(ow) * cout,), np.dtype(x_dtype))
+
+    @property
+    def w(self) -> np.ndarray:
+        """The packed weights (flat): depthwise [kH,kW,C], else :func:`pack_blocks`' layout."""
+        if self._w is None:
+            wt = self._wt
+            if self.depthwise:
+                kh, kw = wt.shape[:2]
+                self._w = np.ascontiguousarray(wt.reshape(kh, kw, self.cout).astype(self.w_dtype)).ravel()
+            else:
+                self._w = pack_blocks(wt, self.group, self.w_dtype)[0]
+        return self._w
+
+    def run(self, xa):
+        """x (any shape holding [N,H,W,Cin] in order) -> the plan-owned flat output."""
+        x = np.ascontiguousarray(xa).reshape(-1)
+        if self.depthwise:
+            dwconv_flat(x, self.w, self.bias_acc, self.shifts, self.out, self.acc, *self.dims, self.relu, self.lo,
+                        self.hi, self.mode)
+        else:
+            conv_blocks(x, self.w, self.bias_acc, self.shifts, self.out, self.acc, *self.dims, self.group, self.cg,
+                        self.cout_g, self.blocks, self.relu, self.lo, self.hi, self.mode)
+        return self.out
+
+
+def pad_blocks(v: np.ndarray, group: int, dtype) -> np.ndarray:
+    """Per-output-channel values [Cout] -> the accumulators' layout [groups, blocks * LANES], zero-padded."""
+    cout_g = v.size // group
+    span = -(-cout_g // LANES) * LANES
+    out = np.zeros((group, span), dtype=dtype)
+    out[:, :cout_g] = v.reshape(group, cout_g)
+    return out.ravel()
+
+
+def pack_blocks(wt: np.ndarray, group: int, dtype) -> tuple[np.ndarray, int]:
+    """[kH,kW,Cg,Cout] weights -> ([groups, blocks, kH, kW, Cg, LANES] flat, blocks per group): each
+    group's output channels in blocks of ``LANES``, zero-padded."""
+    kh, kw, cg, cout = wt.shape
+    cout_g = cout // group
+    blocks = -(-cout_g // LANES)
+    w = np.zeros((group, blocks * LANES, kh, kw, cg), dtype=dtype)
+    w[:, :cout_g] = wt.reshape(kh, kw, cg, group, cout_g).transpose(3, 4, 0, 1, 2)
+    w = w.reshape(group, blocks, LANES, kh, kw, cg).transpose(0, 1, 3, 4, 5, 2)
+    return np.ascontiguousarray(w).ravel(), blocks
 
 
 @njit(cache=True, nogil=True)
@@ -250,36 +352,19 @@ def prepare_conv(node, ctx, ins, outs):
     mode = ctx.mode
     macs = n * oh * ow * cout * kh * kw * (cin // group)
     fdt = gemm_dtype(wt.reshape(-1, cout), bias, shifts, x.dtype) if group == 1 and macs >= GEMM_MIN_MACS else None
+    loops = IntConv(ctx, wt, bias, shifts, relu, x.dtype, (n, ih, iw, cin), (oh, ow), (kh, kw), (sh, sw),
+                    (dh, dw), (pt, pl, pb, pr), group, per_node=fdt is None)
     if fdt is not None:
         gemm = _gemm_conv(ctx, wt, bias, shifts, fdt, (n, ih, iw, cin), (oh, ow), (kh, kw), (sh, sw), (dh, dw),
                           (pt, pl, pb, pr), relu, x.dtype)
         return Prepared([out_shape], lambda xa, *_: (gemm(xa).reshape(out_shape),), macs=macs,
-                        info={"strategy": f"gemm {fdt.name}"})
-    adt = acc_dtype(wt, bias, x.dtype)
-    wt = np.ascontiguousarray(wt.astype(adt))
-    bias = bias.astype(adt)
-    if wt.shape[2] == 1 and group == cout:  # depthwise
-        # int16 weights (all ESP-DL weights fit) let the products vectorize as 16-bit multiplies
-        small = adt == np.int32 and int(np.abs(wt.astype(np.int64)).max(initial=0)) < 2**15
-        wd = np.ascontiguousarray(wt.reshape(kh, kw, cout).astype(np.int16 if small else adt))
-        acc_row = ctx.zeros((ow, cout), adt, "accumulator row")
-        out = ctx.output_buffer(out_shape4, dtype)
-
-        def run(xa, *_):
-            _dwconv2d(xa.reshape(n, ih, iw, cin), wd, bias, shifts, out, acc_row, sh, sw, dh, dw, pt, pl, relu,
-                      lo, hi, mode)
-            return (out.reshape(out_shape),)
-
-        return Prepared([out_shape], run, macs=macs, info={"strategy": f"depthwise loops {adt.name}"})
-    acc = np.zeros(cout, dtype=adt)
-    out = ctx.output_buffer(out_shape4, dtype)
+                        info={"strategy": f"gemm {fdt.name}", "int_conv": loops})
 
     def run(xa, *_):
-        x4 = xa.reshape(n, ih, iw, cin)
-        _conv2d(x4, wt, bias, shifts, out, acc, sh, sw, dh, dw, pt, pl, group, relu, lo, hi, mode)
-        return (out.reshape(out_shape),)
+        return (loops.run(xa).reshape(out_shape),)
 
-    return Prepared([out_shape], run, macs=macs, info={"strategy": f"loops {adt.name}"})
+    kind = "depthwise loops" if loops.depthwise else "loops"
+    return Prepared([out_shape], run, macs=macs, info={"strategy": f"{kind} {loops.adt.name}", "int_conv": loops})
 
 
 def _gemm_conv(ctx, wt, bias, shifts, fdt, x_shape, o_hw, k_hw, strides, dils, pads, relu, x_dtype):
@@ -346,22 +431,80 @@ def prepare_gemm(node, ctx, ins, outs):
     lo, hi = qrange(x.dtype)
     out_shape = tuple(x.shape[:-1]) + (nout,)
     fdt = gemm_dtype(wt, bias, shifts, x.dtype) if rows * k * nout >= GEMM_MIN_MACS else None
+    loops = IntConv(ctx, wt.reshape(1, 1, k, nout), bias, shifts, relu, x.dtype, (1, 1, rows, k), (1, rows),
+                    (1, 1), (1, 1), (1, 1), (0, 0, 0, 0), 1, per_node=fdt is None)
     if fdt is not None:
         gemm = _gemm_conv(ctx, wt.reshape(1, 1, k, nout), bias, shifts, fdt, (1, 1, rows, k), (1, rows), (1, 1),
                           (1, 1), (1, 1), (0, 0, 0, 0), relu, x.dtype)
         return Prepared([out_shape], lambda xa, *_: (gemm(xa).reshape(out_shape),), macs=rows * k * nout,
-                        info={"strategy": f"gemm {fdt.name}"})
-    adt = acc_dtype(wt, bias, x.dtype)
-    w4 = np.ascontiguousarray(wt.reshape(1, 1, k, nout).astype(adt))
-    bias = bias.astype(adt)
-    acc = np.zeros(nout, dtype=adt)
-    dtype = np.dtype(x.dtype)
-    mode = ctx.mode
-    out = ctx.output_buffer((1, 1, rows, nout), dtype)
+                        info={"strategy": f"gemm {fdt.name}", "int_conv": loops})
 
     def run(xa, *_):
-        x4 = xa.reshape(1, 1, rows, k)
-        _conv2d(x4, w4, bias, shifts, out, acc, 1, 1, 1, 1, 0, 0, 1, relu, lo, hi, mode)
-        return (out.reshape(out_shape),)
+        return (loops.run(xa).reshape(out_shape),)
 
-    return Prepared([out_shape], run, macs=rows * k * nout, info={"strategy": f"loops {adt.name}"})
+    return Prepared([out_shape], run, macs=rows * k * nout, info={"strategy": f"loops {loops.adt.name}",
+                                                                 "int_conv": loops})
+
+
+
+# ---- compiled lowering (emu/program.py) -------------------------------------------------------------
+CONV = row_layout("CONV", "x out w bias shifts acc wide n ih iw cin oh ow kh kw sh sw dh dw pt pl groups cg cout_g "
+                          "blocks relu lo hi")  # bias: c32 words (int32 accumulators) or c64 (wide)
+DWCONV = row_layout("DWCONV", "x out w bias shifts acc wide n ih iw c oh ow kh kw sh sw dh dw pt pl relu lo hi")
+
+
+@njit(cache=True)
+def conv_arm(row, act, c16, c32, c64, mode):
+    L = CONV
+    n, ih, iw, cin, oh, ow = row[L.n], row[L.ih], row[L.iw], row[L.cin], row[L.oh], row[L.ow]
+    groups, cg, cout_g, blocks, kh, kw = row[L.groups], row[L.cg], row[L.cout_g], row[L.blocks], row[L.kh], row[L.kw]
+    cout = groups * cout_g
+    x = act[row[L.x]:row[L.x] + n * ih * iw * cin]
+    out = act[row[L.out]:row[L.out] + n * oh * ow * cout]
+    w = c16[row[L.w]:row[L.w] + groups * blocks * kh * kw * cg * LANES]
+    shifts = c64[row[L.shifts]:row[L.shifts] + cout]
+    size = groups * blocks * LANES
+    geo = (n, ih, iw, cin, oh, ow, kh, kw, row[L.sh], row[L.sw], row[L.dh], row[L.dw], row[L.pt], row[L.pl], groups,
+           cg, cout_g, blocks, row[L.relu] != 0, row[L.lo], row[L.hi], mode)
+    if row[L.wide]:
+        conv_blocks(x, w, c64[row[L.bias]:row[L.bias] + size], shifts, out, c64[row[L.acc]:row[L.acc] + size], *geo)
+    else:
+        conv_blocks(x, w, c32[row[L.bias]:row[L.bias] + size], shifts, out, act[row[L.acc]:row[L.acc] + size], *geo)
+
+
+@njit(cache=True)
+def dwconv_arm(row, act, c16, c32, c64, mode):
+    L = DWCONV
+    n, ih, iw, c, oh, ow, kh, kw = row[L.n], row[L.ih], row[L.iw], row[L.c], row[L.oh], row[L.ow], row[L.kh], row[L.kw]
+    x = act[row[L.x]:row[L.x] + n * ih * iw * c]
+    out = act[row[L.out]:row[L.out] + n * oh * ow * c]
+    w = c16[row[L.w]:row[L.w] + kh * kw * c]
+    shifts = c64[row[L.shifts]:row[L.shifts] + c]
+    geo = (n, ih, iw, c, oh, ow, kh, kw, row[L.sh], row[L.sw], row[L.dh], row[L.dw], row[L.pt], row[L.pl],
+           row[L.relu] != 0, row[L.lo], row[L.hi], mode)
+    if row[L.wide]:
+        dwconv_flat(x, w, c64[row[L.bias]:row[L.bias] + c], shifts, out, c64[row[L.acc]:row[L.acc] + c], *geo)
+    else:
+        dwconv_flat(x, w, c32[row[L.bias]:row[L.bias] + c], shifts, out, act[row[L.acc]:row[L.acc] + c], *geo)
+
+
+@lowering("Conv", "Gemm")
+def lower_conv(b, step):
+    """The integer loops ``prepare`` set up (``info["int_conv"]``), whichever path the per-node kernel takes."""
+    ic = step.prepared.info.get("int_conv")
+    if ic is None:
+        raise b.refuse("no integer-loop form was prepared")
+    if ic.w_dtype != np.int16:
+        raise b.refuse("weights beyond the int16 range")
+    x, out = b.ins(step)[0], b.outs(step)[0]
+    wide = ic.adt == np.int64
+    acc = b.c64_scratch(ic.acc_size) if wide else b.scratch(ic.acc_size)
+    n, ih, iw, cin, oh, ow, kh, kw, sh, sw, dh, dw, pt, pl = ic.dims
+    bias = b.c64(ic.bias_acc) if wide else b.c32(ic.bias_acc)
+    common = dict(x=b.slot(x.name), out=b.slot(out.name), w=b.c16(ic.w), bias=bias,
+                  shifts=b.c64(ic.shifts), acc=acc, wide=wide, n=n, ih=ih, iw=iw, oh=oh, ow=ow, kh=kh, kw=kw, sh=sh,
+                  sw=sw, dh=dh, dw=dw, pt=pt, pl=pl, relu=ic.relu, lo=ic.lo, hi=ic.hi)
+    if ic.depthwise:
+        b.emit(DWCONV, c=cin, **common)
+    else:
+        b.emit(CONV, cin=cin, groups=ic.group, cg=ic.cg, cout_g=ic.cout_g, blocks=ic.blocks, **common)

@@ -24,8 +24,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ..registry import Prepared, kernel
-from ..rounding import qrange, requant, round_saturate, shift_round
+from ..registry import Prepared, kernel, lowering, no_lowering, row_layout
+from ..rounding import qrange, requant, round_f32_sat, round_saturate, shift_round
+from ._fmath import float_kernel
 from ._lut import lut_module, lut_table
 
 INT_TYPES = ("int8", "int16")
@@ -33,52 +34,158 @@ QUANT_TYPES = {"S8": "int8", "S16": "int16", "F32": "float32"}
 #: targets whose ESP-DL build has PIE SIMD kernels (CONFIG_PIE_V1_BOOST / CONFIG_PIE_V2_BOOST)
 SIMD_TARGETS = ("esp32p4", "esp32s31", "esp32s3")
 
-OP_ADD, OP_SUB, OP_MAX, OP_MIN, OP_MUL = 0, 1, 2, 3, 4
+OP_ADD, OP_SUB, OP_MAX, OP_MIN, OP_MUL, OP_MULF, OP_EQ, OP_GT, OP_GE, OP_LT, OP_LE = range(11)
+
+
+@njit(cache=True, inline="always")
+def _apply(op, x, y, shift, scale, mode, lo, hi):
+    """``saturate(x OP y)`` of two integers. OP_MUL: ``shift_round(x * y, shift)`` (exact product, target
+    rounding, the SIMD kernels); OP_MULF: ``round(float32(x * y) * scale)`` (ESP-DL's C kernels);
+    comparisons give 0 / 1."""
+    if op == OP_ADD:
+        v = x + y
+    elif op == OP_SUB:
+        v = x - y
+    elif op == OP_MAX:
+        v = x if x > y else y
+    elif op == OP_MIN:
+        v = x if x < y else y
+    elif op == OP_MUL:
+        v = shift_round(x * y, shift, mode)
+    elif op == OP_MULF:
+        return round_f32_sat(np.float32(np.float32(x * y) * scale), mode, lo, hi)
+    elif op == OP_EQ:
+        return np.int64(x == y)
+    elif op == OP_GT:
+        return np.int64(x > y)
+    elif op == OP_GE:
+        return np.int64(x >= y)
+    elif op == OP_LT:
+        return np.int64(x < y)
+    else:
+        return np.int64(x <= y)
+    if v < lo:
+        return np.int64(lo)
+    if v > hi:
+        return np.int64(hi)
+    return v
 
 
 @njit(cache=True)
-def _binary4(a, b, out, op, shift, mode, lo, hi):
-    """``out = saturate(a OP b)`` on 4-D views; an axis of length 1 in an input broadcasts.
-
-    OP_MUL: ``shift_round(a * b, shift)`` (exact product, target rounding).
-    """
-    o0, o1, o2, o3 = out.shape
-    a0, a1, a2, a3 = a.shape
-    b0, b1, b2, b3 = b.shape
+def binary_flat(a, b, out, dims, op, shift, scale, mode, lo, hi):
+    """``out = a OP b`` on flat buffers with ESP-DL's merged broadcast: ``dims`` = the merged 4-D shapes of
+    a, b and out (12 ints, :meth:`Broadcast.dims`); an axis of length 1 in an input broadcasts."""
+    a0, a1, a2, a3, b0, b1, b2, b3, o0, o1, o2, o3 = (dims[0], dims[1], dims[2], dims[3], dims[4], dims[5], dims[6],
+                                                      dims[7], dims[8], dims[9], dims[10], dims[11])
+    n = o0 * o1 * o2 * o3
+    if a.size == n and b.size == n:  # no broadcast: one flat loop per op (vectorizes)
+        if op == OP_ADD:
+            for i in range(n):
+                out[i] = _apply(OP_ADD, np.int64(a[i]), np.int64(b[i]), shift, scale, mode, lo, hi)
+        elif op == OP_MUL:
+            for i in range(n):
+                out[i] = _apply(OP_MUL, np.int64(a[i]), np.int64(b[i]), shift, scale, mode, lo, hi)
+        else:
+            for i in range(n):
+                out[i] = _apply(op, np.int64(a[i]), np.int64(b[i]), shift, scale, mode, lo, hi)
+        return out
+    k = 0
     for i in range(o0):
-        ia = i if a0 > 1 else 0
-        ib = i if b0 > 1 else 0
+        ia = (i if a0 > 1 else 0) * a1
+        ib = (i if b0 > 1 else 0) * b1
         for j in range(o1):
-            ja = j if a1 > 1 else 0
-            jb = j if b1 > 1 else 0
-            for k in range(o2):
-                ka = k if a2 > 1 else 0
-                kb = k if b2 > 1 else 0
+            ja = (ia + (j if a1 > 1 else 0)) * a2
+            jb = (ib + (j if b1 > 1 else 0)) * b2
+            for q in range(o2):
+                qa = (ja + (q if a2 > 1 else 0)) * a3
+                qb = (jb + (q if b2 > 1 else 0)) * b3
                 for m in range(o3):
-                    x = np.int64(a[ia, ja, ka, m if a3 > 1 else 0])
-                    y = np.int64(b[ib, jb, kb, m if b3 > 1 else 0])
-                    if op == OP_ADD:
-                        v = x + y
-                    elif op == OP_SUB:
-                        v = x - y
-                    elif op == OP_MAX:
-                        v = x if x > y else y
-                    elif op == OP_MIN:
-                        v = x if x < y else y
-                    else:
-                        v = shift_round(x * y, shift, mode)
-                    if v < lo:
-                        v = lo
-                    elif v > hi:
-                        v = hi
-                    out[i, j, k, m] = v
+                    x = np.int64(a[qa + (m if a3 > 1 else 0)])
+                    y = np.int64(b[qb + (m if b3 > 1 else 0)])
+                    out[k] = _apply(op, x, y, shift, scale, mode, lo, hi)
+                    k += 1
     return out
 
 
 @njit(cache=True)
-def _requant_flat(x, out, shift, mode, lo, hi):
+def requant_flat(x, out, shift, mode, lo, hi):
+    """``out = saturate(shift_round(x, shift))`` (flat; ESP-DL's requantize)."""
     for i in range(x.size):
         out[i] = requant(np.int64(x[i]), shift, mode, False, lo, hi)
+    return out
+
+
+@njit(cache=True)
+def relu_requant(x, out, shift, mode, lo, hi):
+    """Relu from the input to the output exponent: ``saturate(shift_round(max(x, 0), shift))``."""
+    for i in range(x.size):
+        out[i] = requant(np.int64(x[i]), shift, mode, True, lo, hi)
+    return out
+
+
+@njit(cache=True)
+def neg_sat(x, out, lo, hi):
+    """``saturate(-x)`` (INT_MIN -> INT_MAX)."""
+    for i in range(x.size):
+        v = -np.int64(x[i])
+        out[i] = lo if v < lo else (hi if v > hi else v)
+    return out
+
+
+@njit(cache=True)
+def leaky_relu_q(x, out, scale, alpha, mode, lo, hi):
+    """ESP-DL's float LeakyRelu: ``t = float32(x) * 2**(e_in - e_out)``, ``t * alpha`` below 0, rounded."""
+    for i in range(x.size):
+        t = np.float32(np.float32(x[i]) * scale)
+        if x[i] < 0:
+            t = np.float32(t * alpha)
+        out[i] = round_f32_sat(t, mode, lo, hi)
+    return out
+
+
+@njit(cache=True)
+def clip_requant(x, out, mn, mx, shift, mode, lo, hi):
+    """``round(clip(x, mn, mx) * 2**-shift)`` on raw integers (DL_CLIP tests the minimum first)."""
+    for i in range(x.size):
+        v = np.int64(x[i])
+        v = mn if v < mn else (mx if v > mx else v)
+        out[i] = requant(v, shift, mode, False, lo, hi)
+    return out
+
+
+@float_kernel
+def div_q(a, b, out, dims, variant, lut, rescale, mode, lo, hi):
+    """ESP-DL's integer Div (float32 per element, see prepare_div), on flat buffers with the merged broadcast
+    ``dims`` of :func:`binary_flat`. ``variant`` 0: n_n, 1: n_1, 2: 1_n."""
+    a0, a1, a2, a3, b0, b1, b2, b3, o0, o1, o2, o3 = (dims[0], dims[1], dims[2], dims[3], dims[4], dims[5], dims[6],
+                                                      dims[7], dims[8], dims[9], dims[10], dims[11])
+    k = 0
+    for i in range(o0):
+        ia = (i if a0 > 1 else 0) * a1
+        ib = (i if b0 > 1 else 0) * b1
+        for j in range(o1):
+            ja = (ia + (j if a1 > 1 else 0)) * a2
+            jb = (ib + (j if b1 > 1 else 0)) * b2
+            for q in range(o2):
+                qa = (ja + (q if a2 > 1 else 0)) * a3
+                qb = (jb + (q if b2 > 1 else 0)) * b3
+                for m in range(o3):
+                    x = np.int64(a[qa + (m if a3 > 1 else 0)])
+                    y = np.int64(b[qb + (m if b3 > 1 else 0)])
+                    sat = hi if x > 0 else lo
+                    if y == 0:
+                        r = sat if (x != 0 or (lut and variant == 2)) else 0
+                    elif x == 0:
+                        r = 0
+                    else:
+                        xf, yf = np.float32(x), np.float32(y)
+                        if variant == 1:
+                            v = np.float32(xf * np.float32(rescale / yf))
+                        else:
+                            v = np.float32(np.float32(xf * rescale) / yf)
+                        r = round_f32_sat(v, mode, lo, hi)
+                    out[k] = r
+                    k += 1
     return out
 
 
@@ -88,12 +195,12 @@ def requant_fast(x: np.ndarray, shift: int, dtype: str, mode: int, out: np.ndarr
     lo, hi = qrange(dtype)
     flat = np.ascontiguousarray(x).reshape(-1)
     out = np.empty(flat.shape, dtype=dtype) if out is None else out.reshape(flat.shape)
-    _requant_flat(flat, out, shift, mode, lo, hi)
+    requant_flat(flat, out, shift, mode, lo, hi)
     return out.reshape(np.shape(x))
 
 
 @njit(cache=True)
-def _prelu_rows(x, alpha, out, simd, act_shift, pos_shift, mode, lo, hi):
+def prelu_rows(x, alpha, out, simd, act_shift, pos_shift, mode, lo, hi):
     """x, out [rows, C]; alpha [C] (int64)."""
     rows, c = x.shape
     for r in range(rows):
@@ -207,17 +314,11 @@ class Broadcast:
         self.size1 = int(np.prod(s1, dtype=np.int64))
 
     @property
-    def out4(self) -> tuple[int, ...]:
-        """The output's merged shape padded to 4-D (what :meth:`views4` gives the compiled loops)."""
-        mo = self.merged[2]
-        return (1,) * (4 - len(mo)) + tuple(mo)
-
-    def views4(self, x, y):
-        """The inputs reshaped to their merged shapes, padded to 4-D (for the compiled loops)."""
-        m0, m1, mo = self.merged
-        pad = (1,) * (4 - len(mo))
-        return (np.ascontiguousarray(x).reshape(pad + tuple(m0)), np.ascontiguousarray(y).reshape(pad + tuple(m1)),
-                pad + tuple(mo))
+    def dims(self) -> np.ndarray:
+        """The merged shapes of both inputs and the output, each padded to 4-D (what :func:`binary_flat`
+        takes)."""
+        pad = [(1,) * (4 - len(m)) + tuple(m) for m in self.merged]
+        return np.array(pad[0] + pad[1] + pad[2], dtype=np.int64)
 
     def simd(self, ctx, dtype: str) -> bool:
         """True when ESP-DL runs the PIE assembly kernel (``output_d0 >= 16 / sizeof(T)``)."""
@@ -277,12 +378,16 @@ def prepare_raw_binary(node, ctx, ins, outs):
     else:
         lo, hi = qrange(dtype)
         op = {"Add": OP_ADD, "Sub": OP_SUB, "Max": OP_MAX, "Min": OP_MIN}[node.op_type]
-        out = ctx.output_buffer(bc.out4, dtype)
+        out = ctx.output_buffer((int(np.prod(shape, dtype=np.int64)),), dtype)
+        dims = bc.dims
 
         def run(x, y):
-            x4, y4, _ = bc.views4(x, y)
-            _binary4(x4, y4, out, op, 0, 0, lo, hi)
+            binary_flat(np.ascontiguousarray(x).reshape(-1), np.ascontiguousarray(y).reshape(-1), out, dims, op,
+                        0, np.float32(1.0), 0, lo, hi)
             return (out.reshape(shape),)
+
+        return Prepared([shape], run, info={**_exps_note(ctx, ins, outs, dtype),
+                                            "binary": (op, dims, 0, np.float32(1.0), lo, hi)})
 
     return Prepared([shape], run, info=_exps_note(ctx, ins, outs, dtype))
 
@@ -306,20 +411,19 @@ def prepare_mul(node, ctx, ins, outs):
     scale = _pow2_f32(-shift)
     mode = ctx.mode
     lo, hi = qrange(dtype)
-    out = None if via_float else ctx.output_buffer(bc.out4, dtype)
+    out = ctx.output_buffer((int(np.prod(shape, dtype=np.int64)),), dtype)
+    dims = bc.dims
+    # simd: esp.vmulas.*.qacc (exact) + esp.srcmb.*.qacc (target rounding, saturation);
+    # c_impl_mul_*: float out = temp * scale; truncate(tool::round(out))
+    op = OP_MULF if via_float else OP_MUL
 
     def run(x, y):
-        if via_float:  # c_impl_mul_*: float out = temp * scale; truncate(tool::round(out))
-            p = np.multiply(x.astype(np.int64), y.astype(np.int64))
-            r = round_saturate(p.astype(np.float32) * scale, dtype, mode)
-            return (np.ascontiguousarray(np.broadcast_to(r, shape)),)
-        # esp.vmulas.*.qacc (exact) + esp.srcmb.*.qacc (target rounding, saturation)
-        x4, y4, _ = bc.views4(x, y)
-        _binary4(x4, y4, out, OP_MUL, shift, mode, lo, hi)
+        binary_flat(np.ascontiguousarray(x).reshape(-1), np.ascontiguousarray(y).reshape(-1), out, dims, op, shift,
+                    scale, mode, lo, hi)
         return (out.reshape(shape),)
 
     return Prepared([shape], run, macs=int(np.prod(shape, dtype=np.int64)),
-                    info={"path": "c-float32" if via_float else "simd"})
+                    info={"path": "c-float32" if via_float else "simd", "binary": (op, dims, shift, scale, lo, hi)})
 
 
 # ---- Div ----------------------------------------------------------------------------------------------
@@ -354,29 +458,20 @@ def prepare_div(node, ctx, ins, outs):
         lut = False
     lo, hi = qrange(dtype)
     mode = ctx.mode
+    # n_1: input0 * (rescale / input1) (rescale = output_rescale / input1[0]); 1_n and n_n: (input0 * rescale)
+    # / input1, left to right. create_div_lut (int8, input0 scalar, 1_n): the entry for input1 == 0 is 127
+    # if input0 > 0 else -128, and the table is used for every element, so input0 == 0 gives 0 except there.
+    var_code = {"n_n": 0, "n_1": 1, "1_n": 2}[variant]
+    dims = bc.dims
+    out = ctx.output_buffer((int(np.prod(shape, dtype=np.int64)),), dtype)
 
     def run(x, y):
-        xb, yb = np.broadcast_arrays(x, y)
-        xf = xb.astype(np.float32)
-        yf = yb.astype(np.float32)
-        with np.errstate(all="ignore"):
-            if variant == "n_1":
-                q = xf * (rescale / yf)  # rescale = output_rescale / input1[0]; input0 * rescale
-            elif variant == "1_n":
-                q = (xf * rescale) / yf  # rescale = input0[0] * output_rescale; rescale / input1
-            else:
-                q = (xf * rescale) / yf  # input0 * rescale / input1, left to right
-        r = round_saturate(np.where(yb == 0, 0.0, q), dtype, mode).astype(np.int64)
-        sat = np.where(xb > 0, hi, lo)
-        if lut and variant == "1_n":
-            # create_div_lut (input0 scalar): entry for input1 == 0 is 127 if input0 > 0 else -128,
-            # and the table is used for every element, so input0 == 0 gives 0 except there.
-            r = np.where(yb == 0, sat, np.where(xb == 0, 0, r))
-        else:
-            r = np.where(xb == 0, 0, np.where(yb == 0, sat, r))
-        return (np.ascontiguousarray(r.astype(dtype)),)
+        div_q(np.ascontiguousarray(x).reshape(-1), np.ascontiguousarray(y).reshape(-1), out, dims, var_code, lut,
+              rescale, mode, lo, hi)
+        return (out.reshape(shape),)
 
-    return Prepared([shape], run, info={"variant": variant, "lut": lut})
+    return Prepared([shape], run, info={"variant": variant, "lut": lut,
+                                        "div": (var_code, lut, rescale, dims, lo, hi)})
 
 
 # ---- Mod / Pow (float32 math on dequantized values) ----------------------------------------------------
@@ -457,9 +552,10 @@ def prepare_neg(node, ctx, ins, outs):
     lo, hi = qrange(dtype)
 
     def run(xa):  # INT_MIN -> INT_MAX; the lut attribute is ignored (dl_module_neg.hpp)
-        return (np.clip(-xa.astype(np.int32), lo, hi).astype(dtype),)
+        flat = np.ascontiguousarray(xa).reshape(-1)
+        return (neg_sat(flat, np.empty(flat.shape, dtype=dtype), lo, hi).reshape(shape),)
 
-    return Prepared([shape], run, info=_exps_note(ctx, ins[:1], outs, dtype))
+    return Prepared([shape], run, info={**_exps_note(ctx, ins[:1], outs, dtype), "range": (lo, hi)})
 
 
 @kernel("Relu")
@@ -472,11 +568,13 @@ def prepare_relu(node, ctx, ins, outs):
         return Prepared([shape], lambda xa: (np.where(xa >= 0, xa, np.float32(0)).astype(np.float32),))
     shift = out_exp(ctx, outs, dtype) - one_exp(ctx, x, "input")
     mode = ctx.mode
+    lo, hi = qrange(dtype)
 
     def run(xa):  # exact in float32: round(x * 2**-shift) for x >= 0, else 0
-        return (requant_fast(np.maximum(xa, 0), shift, dtype, mode),)
+        flat = np.ascontiguousarray(xa).reshape(-1)
+        return (relu_requant(flat, np.empty(flat.shape, dtype=dtype), shift, mode, lo, hi).reshape(shape),)
 
-    return Prepared([shape], run)
+    return Prepared([shape], run, info={"requant": (shift, lo, hi)})
 
 
 @kernel("LeakyRelu")
@@ -491,12 +589,13 @@ def prepare_leaky_relu(node, ctx, ins, outs):
         return Prepared([shape], lambda xa: (np.where(xa >= 0, xa, xa * alpha).astype(np.float32),))
     scale = _pow2_f32(one_exp(ctx, x, "input") - out_exp(ctx, outs, dtype))
     mode = ctx.mode
+    lo, hi = qrange(dtype)
 
-    def run(xa):
-        t = xa.astype(np.float32) * scale  # temp * output_scale: exact
-        return (round_saturate(np.where(xa >= 0, t, t * alpha), dtype, mode),)
+    def run(xa):  # t = temp * output_scale (exact), times alpha below 0, rounded
+        flat = np.ascontiguousarray(xa).reshape(-1)
+        return (leaky_relu_q(flat, np.empty(flat.shape, dtype=dtype), scale, alpha, mode, lo, hi).reshape(shape),)
 
-    return Prepared([shape], run)
+    return Prepared([shape], run, info={"leaky": (scale, alpha, lo, hi)})
 
 
 @kernel("PRelu")
@@ -533,10 +632,11 @@ def prepare_prelu(node, ctx, ins, outs):
 
     def run(xa, *_):
         x2 = np.ascontiguousarray(xa).reshape(-1, c_)
-        _prelu_rows(x2, al, out, simd, act_shift, e_out - e_in, mode, lo, hi)
+        prelu_rows(x2, al, out, simd, act_shift, e_out - e_in, mode, lo, hi)
         return (out.reshape(shape),)
 
-    return Prepared([shape], run, info={"path": "simd" if simd else "c"})
+    return Prepared([shape], run, info={"path": "simd" if simd else "c",
+                                        "prelu": (al, simd, act_shift, e_out - e_in, lo, hi)})
 
 
 @kernel("Clip")
@@ -573,8 +673,188 @@ def prepare_clip(node, ctx, ins, outs):
         # round(clip(x) * 2**(e_in - e_out)).
         mn = int(np.asarray(args[0]).ravel()[0]) if 1 in bounds else lo
         mx = int(np.asarray(args[1]).ravel()[0]) if 2 in bounds else hi
-        xi = xa.astype(np.int64)
-        clipped = np.where(xi < mn, mn, np.where(xi > mx, mx, xi))  # DL_CLIP: the min test first
-        return (requant_fast(clipped, shift, dtype, mode),)
+        flat = np.ascontiguousarray(xa).reshape(-1)
+        return (clip_requant(flat, np.empty(flat.shape, dtype=dtype), mn, mx, shift, mode, lo, hi).reshape(shape),)
 
-    return Prepared([shape], run)
+    return Prepared([shape], run, info={"clip": (bounds, shift, lo, hi)})
+
+
+# ---- compiled lowering (emu/program.py) -------------------------------------------------------------
+BINARY = row_layout("BINARY", "a b out dims op shift scale lo hi")  # dims: c64 words, see binary_flat
+RELU = row_layout("RELU", "x out n shift lo hi")
+REQUANT = row_layout("REQUANT", "x out n shift lo hi")
+NEG = row_layout("NEG", "x out n lo hi")
+LEAKY = row_layout("LEAKY", "x out n scales lo hi")  # scales: cf[scale, alpha]
+PRELU = row_layout("PRELU", "x out rows c alpha simd act_shift pos_shift lo hi")
+CLIP = row_layout("CLIP", "x out n mn mx shift lo hi")
+DIV = row_layout("DIV", "a b out dims variant lut rescale lo hi")
+
+
+@njit(cache=True)
+def binary_arm(row, act, c64, cf, mode):
+    L = BINARY
+    d = c64[row[L.dims]:row[L.dims] + 12]
+    na, nb, no = d[0] * d[1] * d[2] * d[3], d[4] * d[5] * d[6] * d[7], d[8] * d[9] * d[10] * d[11]
+    binary_flat(act[row[L.a]:row[L.a] + na], act[row[L.b]:row[L.b] + nb], act[row[L.out]:row[L.out] + no], d,
+                row[L.op], row[L.shift], cf[row[L.scale]], mode, row[L.lo], row[L.hi])
+
+
+@njit(cache=True)
+def relu_arm(row, act, mode):
+    L = RELU
+    n = row[L.n]
+    relu_requant(act[row[L.x]:row[L.x] + n], act[row[L.out]:row[L.out] + n], row[L.shift], mode, row[L.lo],
+                 row[L.hi])
+
+
+@njit(cache=True)
+def requant_arm(row, act, mode):
+    L = REQUANT
+    n = row[L.n]
+    requant_flat(act[row[L.x]:row[L.x] + n], act[row[L.out]:row[L.out] + n], row[L.shift], mode, row[L.lo],
+                 row[L.hi])
+
+
+@njit(cache=True)
+def neg_arm(row, act):
+    L = NEG
+    n = row[L.n]
+    neg_sat(act[row[L.x]:row[L.x] + n], act[row[L.out]:row[L.out] + n], row[L.lo], row[L.hi])
+
+
+@njit(cache=True)
+def leaky_arm(row, act, cf, mode):
+    L = LEAKY
+    n, s = row[L.n], row[L.scales]
+    leaky_relu_q(act[row[L.x]:row[L.x] + n], act[row[L.out]:row[L.out] + n], cf[s], cf[s + 1], mode, row[L.lo],
+                 row[L.hi])
+
+
+@njit(cache=True)
+def prelu_arm(row, act, c64, mode):
+    L = PRELU
+    rows, c = row[L.rows], row[L.c]
+    prelu_rows(act[row[L.x]:row[L.x] + rows * c].reshape((rows, c)), c64[row[L.alpha]:row[L.alpha] + c],
+               act[row[L.out]:row[L.out] + rows * c].reshape((rows, c)), row[L.simd] != 0, row[L.act_shift],
+               row[L.pos_shift], mode, row[L.lo], row[L.hi])
+
+
+@njit(cache=True)
+def clip_arm(row, act, mode):
+    L = CLIP
+    n = row[L.n]
+    clip_requant(act[row[L.x]:row[L.x] + n], act[row[L.out]:row[L.out] + n], row[L.mn], row[L.mx], row[L.shift],
+                 mode, row[L.lo], row[L.hi])
+
+
+@njit(cache=True)
+def div_arm(row, act, c64, cf, mode):
+    L = DIV
+    d = c64[row[L.dims]:row[L.dims] + 12]
+    na, nb, no = d[0] * d[1] * d[2] * d[3], d[4] * d[5] * d[6] * d[7], d[8] * d[9] * d[10] * d[11]
+    div_q(act[row[L.a]:row[L.a] + na], act[row[L.b]:row[L.b] + nb], act[row[L.out]:row[L.out] + no], d,
+          row[L.variant], row[L.lut] != 0, cf[row[L.rescale]], mode, row[L.lo], row[L.hi])
+
+
+def _emit_lut(b, step) -> bool:
+    from .activation import emit_lut
+
+    return emit_lut(b, step)
+
+
+def _xo(b, step):
+    x, out = b.ins(step)[0], b.outs(step)[0]
+    return b.slot(x.name), b.slot(out.name), int(np.prod(x.shape, dtype=np.int64))
+
+
+@lowering("Add", "Sub", "Max", "Min", "Mul")
+def lower_binary(b, step):
+    found = step.prepared.info.get("binary")
+    if found is None:
+        raise b.refuse("float32 arithmetic")
+    op, dims, shift, scale, lo, hi = found
+    x, y = b.ins(step)[:2]
+    b.emit(BINARY, a=b.slot(x.name), b=b.slot(y.name), out=b.slot(step.outputs[0]), dims=b.c64(dims), op=op,
+           shift=shift, scale=b.cf([scale]), lo=lo, hi=hi)
+
+
+@lowering("Relu")
+def lower_relu(b, step):
+    if _emit_lut(b, step):
+        return
+    found = step.prepared.info.get("requant")
+    if found is None:
+        raise b.refuse("float32 arithmetic")
+    shift, lo, hi = found
+    x, out, n = _xo(b, step)
+    b.emit(RELU, x=x, out=out, n=n, shift=shift, lo=lo, hi=hi)
+
+
+@lowering("Neg")
+def lower_neg(b, step):
+    found = step.prepared.info.get("range")
+    if found is None:
+        raise b.refuse("float32 arithmetic")
+    x, out, n = _xo(b, step)
+    b.emit(NEG, x=x, out=out, n=n, lo=found[0], hi=found[1])
+
+
+@lowering("LeakyRelu")
+def lower_leaky_relu(b, step):
+    if _emit_lut(b, step):
+        return
+    found = step.prepared.info.get("leaky")
+    if found is None:
+        raise b.refuse("float32 arithmetic")
+    scale, alpha, lo, hi = found
+    x, out, n = _xo(b, step)
+    b.emit(LEAKY, x=x, out=out, n=n, scales=b.cf([scale, alpha]), lo=lo, hi=hi)
+
+
+@lowering("PRelu")
+def lower_prelu(b, step):
+    if _emit_lut(b, step):
+        return
+    found = step.prepared.info.get("prelu")
+    if found is None:
+        raise b.refuse("float32 arithmetic")
+    alpha, simd, act_shift, pos_shift, lo, hi = found
+    x, out, n = _xo(b, step)
+    c = alpha.size
+    b.emit(PRELU, x=x, out=out, rows=n // c, c=c, alpha=b.c64(alpha), simd=simd, act_shift=act_shift,
+           pos_shift=pos_shift, lo=lo, hi=hi)
+
+
+@lowering("Clip")
+def lower_clip(b, step):
+    if _emit_lut(b, step):
+        return
+    found = step.prepared.info.get("clip")
+    if found is None:
+        raise b.refuse("float32 arithmetic")
+    bounds, shift, lo, hi = found
+    ins = b.ins(step)
+    lim = {}
+    for k, default in ((1, lo), (2, hi)):  # read once, as the kernel reads them on every run
+        if k in bounds:
+            if ins[k].const is None:
+                raise b.refuse("min / max computed by the graph")
+            lim[k] = int(np.asarray(ins[k].const).ravel()[0])
+        else:
+            lim[k] = default
+    x, out, n = _xo(b, step)
+    b.emit(CLIP, x=x, out=out, n=n, mn=lim[1], mx=lim[2], shift=shift, lo=lo, hi=hi)
+
+
+@lowering("Div")
+def lower_div(b, step):
+    found = step.prepared.info.get("div")
+    if found is None:
+        raise b.refuse("float32 arithmetic")
+    variant, lut, rescale, dims, lo, hi = found
+    x, y = b.ins(step)[:2]
+    b.emit(DIV, a=b.slot(x.name), b=b.slot(y.name), out=b.slot(step.outputs[0]), dims=b.c64(dims),
+           variant=variant, lut=lut, rescale=b.cf([rescale]), lo=lo, hi=hi)
+
+
+no_lowering("Mod", "Pow", reason="float32 fmodf / powf from the C library; runs on the per-node path")

@@ -26,7 +26,7 @@ import numpy as np
 from numba import njit
 
 from ...ir.layout import layout_order
-from ..registry import Prepared, kernel
+from ..registry import Prepared, kernel, lowering, row_layout
 from ..rounding import qrange, requant
 from .conv import GEMM_MIN_MACS, dot_bound, exact_float_dtype, gemm_epilogue, requant_gemm
 
@@ -148,6 +148,8 @@ def prepare_matmul(node, ctx, ins, outs):
 
     o = ctx.output_buffer((t, m, n), dtype)
     macs = t * m * n * a3[2]
+    loops = {"a3": a3, "b3": b3, "ia": ia_arr, "ib": ib_arr, "shifts": shifts, "relu": relu, "range": (lo, hi),
+             "b_const": b_const, "order": order}  # what the integer loops take (the compiled lowering)
     # exact float GEMM (see conv.gemm_dtype): the bound comes from B's values when B is constant,
     # else from the dtype's range
     if b_const is not None:
@@ -165,11 +167,53 @@ def prepare_matmul(node, ctx, ins, outs):
             requant_gemm(sums.reshape(t * m, n), no_bias, scale, o.reshape(t * m, n), lo_f, hi_f, mode)
             return (o.reshape(out_shape),)
 
-        return Prepared([out_shape], run, macs=macs, info={"strategy": f"gemm {fdt.name}"})
+        return Prepared([out_shape], run, macs=macs, info={"strategy": f"gemm {fdt.name}", "loops": loops})
 
     def run(aa, ba):
         _matmul(np.ascontiguousarray(aa).reshape(a3), logical_b(ba), ia_arr, ib_arr, o, shifts,
                 relu, lo, hi, mode)
         return (o.reshape(out_shape),)
 
-    return Prepared([out_shape], run, macs=macs, info={"strategy": "loops int64"})
+    return Prepared([out_shape], run, macs=macs, info={"strategy": "loops int64", "loops": loops})
+
+
+# ---- compiled lowering (emu/program.py) -------------------------------------------------------------
+MATMUL = row_layout("MATMUL", "a b out na m k nb n t ia ib shifts relu lo hi b_const")
+
+
+@njit(cache=True)
+def matmul_arm(row, act, c32, c64, mode):
+    L = MATMUL
+    na, m, k, nb, n, t = row[L.na], row[L.m], row[L.k], row[L.nb], row[L.n], row[L.t]
+    a = act[row[L.a]:row[L.a] + na * m * k].reshape((na, m, k))
+    out = act[row[L.out]:row[L.out] + t * m * n].reshape((t, m, n))
+    ia, ib = c64[row[L.ia]:row[L.ia] + t], c64[row[L.ib]:row[L.ib] + t]
+    shifts = c64[row[L.shifts]:row[L.shifts] + n]
+    if row[L.b_const]:
+        b = c32[row[L.b]:row[L.b] + nb * k * n].reshape((nb, k, n))
+    else:
+        b = act[row[L.b]:row[L.b] + nb * k * n].reshape((nb, k, n))
+    _matmul(a, b, ia, ib, out, shifts, row[L.relu] != 0, row[L.lo], row[L.hi], mode)
+
+
+@lowering("MatMul")
+def lower_matmul(b, step):
+    from .movement import GATHER
+
+    p = step.prepared.info["loops"]
+    (na, m, k), (nb, _, n) = p["a3"], p["b3"]
+    x, y = b.ins(step)[:2]
+    if p["b_const"] is not None:
+        bo, const = b.c32(p["b_const"]), True
+    else:
+        bo, const = b.slot(y.name), False
+        if p["order"] is not None:  # the packed memory the chip reads, back to logical [K, N] per batch
+            inv = np.argsort(p["order"])
+            per = k * n
+            bo = b.scratch(nb * per)
+            b.emit(GATHER, x=b.slot(y.name), out=bo, n=nb * per,
+                   map=b.c32((np.arange(nb)[:, None] * per + inv[None, :]).ravel()))
+    lo, hi = p["range"]
+    b.emit(MATMUL, a=b.slot(x.name), b=bo, out=b.slot(step.outputs[0]), na=na, m=m, k=k, nb=nb, n=n,
+           t=len(p["ia"]), ia=b.c64(p["ia"]), ib=b.c64(p["ib"]), shifts=b.c64(p["shifts"]), relu=p["relu"], lo=lo,
+           hi=hi, b_const=const)

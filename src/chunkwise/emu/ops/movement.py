@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ..registry import Prepared, kernel
+from ..registry import Prepared, kernel, lowering, no_lowering, row_layout
 from ..rounding import qrange
 from .shape import out_dtype
 
@@ -75,7 +75,7 @@ def prepare_concat(node, ctx, ins, outs):
     def run(*arrays):
         return (np.concatenate(arrays, axis=axis, out=out, casting="unsafe"),)
 
-    return Prepared([shape], run, dtypes=dt)
+    return Prepared([shape], run, dtypes=dt, info={"axis": axis})
 
 
 # ---- Split -------------------------------------------------------------------------------------
@@ -118,7 +118,7 @@ def prepare_split(node, ctx, ins, outs):
             buf[...] = xa[p]
         return tuple(bufs)
 
-    return Prepared(shapes, run, dtypes=dts)
+    return Prepared(shapes, run, dtypes=dts, info={"pieces": pieces})
 
 
 # ---- Slice -------------------------------------------------------------------------------------
@@ -177,13 +177,14 @@ def prepare_slice(node, ctx, ins, outs):
     flip = tuple(flipped)
     dt = out_dtype(ctx, x, outs[0])
 
-    def run(xa, *_):
+    def move(xa):
         y = xa[index]
-        if flip:
-            y = np.flip(y, axis=flip)
-        return (np.ascontiguousarray(y),)
+        return np.flip(y, axis=flip) if flip else y
 
-    return Prepared([shape], run, dtypes=dt)
+    def run(xa, *_):
+        return (np.ascontiguousarray(move(xa)),)
+
+    return Prepared([shape], run, dtypes=dt, info={"move": move})
 
 
 # ---- Gather ------------------------------------------------------------------------------------
@@ -205,10 +206,13 @@ def prepare_gather(node, ctx, ins, outs):
     shape = tuple(x.shape[:axis]) + tuple(ind.shape) + tuple(x.shape[axis + 1:])
     dt = out_dtype(ctx, x, outs[0])
 
-    def run(xa, *_):
-        return (np.ascontiguousarray(np.take(xa, idx, axis=axis)),)
+    def move(xa):
+        return np.take(xa, idx, axis=axis)
 
-    return Prepared([shape], run, dtypes=dt)
+    def run(xa, *_):
+        return (np.ascontiguousarray(move(xa)),)
+
+    return Prepared([shape], run, dtypes=dt, info={"move": move})
 
 
 # ---- Pad ---------------------------------------------------------------------------------------
@@ -257,7 +261,7 @@ def prepare_pad(node, ctx, ins, outs):
             return (np.pad(xa, widths, mode="constant", constant_values=value),)
         return (np.pad(xa, widths, mode=np_mode),)
 
-    return Prepared([shape], run, dtypes=dt)
+    return Prepared([shape], run, dtypes=dt, info={"widths": widths, "mode": np_mode, "value": int(value)})
 
 
 # ---- DepthToSpace / SpaceToDepth ---------------------------------------------------------------
@@ -279,14 +283,15 @@ def prepare_depth_to_space(node, ctx, ins, outs):
     dt = out_dtype(ctx, x, outs[0])
     shape = (n, h * bs, w * bs, co)
 
-    def run(xa, *_):
+    def move(xa):
         if mode == "CRD":  # channel = oc * bs^2 + i * bs + j
-            t = xa.reshape(n, h, w, co, bs, bs).transpose(0, 1, 4, 2, 5, 3)
-        else:  # channel = (i * bs + j) * co + oc
-            t = xa.reshape(n, h, w, bs, bs, co).transpose(0, 1, 3, 2, 4, 5)
-        return (np.ascontiguousarray(t).reshape(shape),)
+            return xa.reshape(n, h, w, co, bs, bs).transpose(0, 1, 4, 2, 5, 3)
+        return xa.reshape(n, h, w, bs, bs, co).transpose(0, 1, 3, 2, 4, 5)  # channel = (i * bs + j) * co + oc
 
-    return Prepared([shape], run, dtypes=dt)
+    def run(xa, *_):
+        return (np.ascontiguousarray(move(xa)).reshape(shape),)
+
+    return Prepared([shape], run, dtypes=dt, info={"move": move})
 
 
 @kernel("SpaceToDepth")
@@ -300,12 +305,13 @@ def prepare_space_to_depth(node, ctx, ins, outs):
     dt = out_dtype(ctx, x, outs[0])
     shape = (n, h // bs, w // bs, c * bs * bs)
 
-    def run(xa, *_):
-        # out channel = c * bs^2 + (h % bs) * bs + (w % bs)
-        t = xa.reshape(n, h // bs, bs, w // bs, bs, c).transpose(0, 1, 3, 5, 2, 4)
-        return (np.ascontiguousarray(t).reshape(shape),)
+    def move(xa):  # out channel = c * bs^2 + (h % bs) * bs + (w % bs)
+        return xa.reshape(n, h // bs, bs, w // bs, bs, c).transpose(0, 1, 3, 5, 2, 4)
 
-    return Prepared([shape], run, dtypes=dt)
+    def run(xa, *_):
+        return (np.ascontiguousarray(move(xa)).reshape(shape),)
+
+    return Prepared([shape], run, dtypes=dt, info={"move": move})
 
 
 # ---- ReverseSequence ---------------------------------------------------------------------------
@@ -451,4 +457,126 @@ def prepare_insert_zeros(node, ctx, ins, outs):
         y[index] = xa
         return (y,)
 
-    return Prepared([shape], run, dtypes=dt)
+    return Prepared([shape], run, dtypes=dt, info={"index": index})
+
+
+# ---- compiled lowering (emu/program.py) -------------------------------------------------------------
+# Every op here copies integers unchanged: its lowering turns the geometry its prepare() decided into an
+# index map (which input element lands where), run by one of these arms.
+GATHER = row_layout("GATHER", "x out n map")  # out[i] = x[map[i]]
+SCATTER = row_layout("SCATTER", "x out n map")  # out[map[i]] = x[i]
+COPY = row_layout("COPY", "x out n")  # out[i] = x[i]
+FILL = row_layout("FILL", "out n value")  # out[i] = value
+
+
+@njit(cache=True)
+def gather_arm(row, act, c32):
+    L = GATHER
+    n, x = row[L.n], row[L.x]
+    out = act[row[L.out]:row[L.out] + n]
+    idx = c32[row[L.map]:row[L.map] + n]
+    for i in range(n):
+        out[i] = act[x + idx[i]]
+
+
+@njit(cache=True)
+def scatter_arm(row, act, c32):
+    L = SCATTER
+    n, o = row[L.n], row[L.out]
+    x = act[row[L.x]:row[L.x] + n]
+    idx = c32[row[L.map]:row[L.map] + n]
+    for i in range(n):
+        act[o + idx[i]] = x[i]
+
+
+@njit(cache=True)
+def copy_arm(row, act):
+    L = COPY
+    n = row[L.n]
+    x = act[row[L.x]:row[L.x] + n]
+    out = act[row[L.out]:row[L.out] + n]
+    for i in range(n):
+        out[i] = x[i]
+
+
+@njit(cache=True)
+def fill_arm(row, act):
+    L = FILL
+    out = act[row[L.out]:row[L.out] + row[L.n]]
+    v = row[L.value]
+    for i in range(out.size):
+        out[i] = v
+
+
+def emit_map(b, src: str, dst: str, index: np.ndarray) -> None:
+    """``dst`` (flat) = ``src`` (flat) at ``index``: a plain copy when the index runs contiguously."""
+    index = np.asarray(index, dtype=np.int64).reshape(-1)
+    if index.size and np.all(np.diff(index) == 1):
+        b.emit(COPY, x=b.slot(src) + int(index[0]), out=b.slot(dst), n=index.size)
+    else:
+        b.emit(GATHER, x=b.slot(src), out=b.slot(dst), n=index.size, map=b.c32(index))
+
+
+def emit_scatter(b, src: str, dst: str, offset_map: np.ndarray) -> None:
+    """``dst`` (flat) at ``offset_map`` = ``src`` (flat), a plain copy when contiguous."""
+    m = np.asarray(offset_map, dtype=np.int64).reshape(-1)
+    if m.size and np.all(np.diff(m) == 1):
+        b.emit(COPY, x=b.slot(src), out=b.slot(dst) + int(m[0]), n=m.size)
+    else:
+        b.emit(SCATTER, x=b.slot(src), out=b.slot(dst), n=m.size, map=b.c32(m))
+
+
+def positions(shape) -> np.ndarray:
+    """Each element's flat index, in ``shape`` (what a movement applied to it turns into an index map)."""
+    return np.arange(int(np.prod(shape, dtype=np.int64)), dtype=np.int64).reshape(shape)
+
+
+@lowering("Slice", "Gather", "DepthToSpace", "SpaceToDepth")
+def lower_move(b, step):
+    """The kernel's own ``info["move"]`` applied to element positions gives the index map."""
+    x, out = b.ins(step)[0], b.outs(step)[0]
+    emit_map(b, x.name, out.name, step.prepared.info["move"](positions(x.shape)))
+
+
+@lowering("Concat")
+def lower_concat(b, step):
+    axis = step.prepared.info["axis"]
+    out = b.outs(step)[0]
+    where = positions(out.shape)
+    start = 0
+    for x in b.ins(step):
+        k = int(x.shape[axis])
+        sl = (slice(None),) * axis + (slice(start, start + k),)
+        emit_scatter(b, x.name, out.name, where[sl])
+        start += k
+
+
+@lowering("Split")
+def lower_split(b, step):
+    x = b.ins(step)[0]
+    where = positions(x.shape)
+    for out, piece in zip(b.outs(step), step.prepared.info["pieces"]):
+        emit_map(b, x.name, out.name, where[piece])
+
+
+@lowering("Pad")
+def lower_pad(b, step):
+    info = step.prepared.info
+    x, out = b.ins(step)[0], b.outs(step)[0]
+    if info["mode"] == "constant":
+        inner = tuple(slice(lo, lo + int(d)) for (lo, _), d in zip(info["widths"], x.shape))
+        b.emit(FILL, out=b.slot(out.name), n=int(np.prod(out.shape, dtype=np.int64)), value=info["value"])
+        emit_scatter(b, x.name, out.name, positions(out.shape)[inner])
+    else:
+        emit_map(b, x.name, out.name, np.pad(positions(x.shape), info["widths"], mode=info["mode"]))
+
+
+@lowering("InsertZeros")
+def lower_insert_zeros(b, step):
+    x, out = b.ins(step)[0], b.outs(step)[0]
+    b.emit(FILL, out=b.slot(out.name), n=int(np.prod(out.shape, dtype=np.int64)), value=0)
+    emit_scatter(b, x.name, out.name, positions(out.shape)[step.prepared.info["index"]])
+
+
+no_lowering("ReverseSequence", "ScatterND",
+            reason="reads its sequence lengths / indices on every run; runs on the per-node path")

@@ -26,8 +26,9 @@ LpNormalization (p = 1 or 2, slice = one line along ``axis``)::
 from __future__ import annotations
 
 import numpy as np
+from numba import njit
 
-from ..registry import Prepared, kernel
+from ..registry import Prepared, kernel, lowering, row_layout
 from ..rounding import qrange, round_f32_sat
 from ._fmath import float_kernel, fma32, sqrt_newton, sqrtf
 from .activation import dl_scale, quant_dtype
@@ -170,7 +171,9 @@ def prepare_layernorm(node, ctx, ins, outs):
                      has_w, has_b, want_mean, want_inv, lo, hi, lo, hi)
         return (y.reshape(shape), mo.reshape(stat_shape), io.reshape(stat_shape))[:n_out]
 
-    return Prepared(shapes, run, dtypes=[dt] * n_out)
+    return Prepared(shapes, run, dtypes=[dt] * n_out,
+                    info={"layernorm": (outer, n, (s_in, s_w, s_b, s_out, s_mean, s_inv, eps), lo, hi, has_w, has_b,
+                                        want_mean, want_inv)})
 
 
 # ---------------------------------------------------------------- RMSNormalization
@@ -246,7 +249,7 @@ def prepare_rmsnorm(node, ctx, ins, outs):
                    y, s_in_sq, factor, eps, mode, lo, hi)
         return (y.reshape(shape),)
 
-    return Prepared([shape], run, dtypes=[dt])
+    return Prepared([shape], run, dtypes=[dt], info={"rmsnorm": (outer, n, (s_in_sq, factor, eps), lo, hi)})
 
 
 # ---------------------------------------------------------------- LpNormalization
@@ -328,4 +331,76 @@ def prepare_lpnorm(node, ctx, ins, outs):
         _lpnorm(np.ascontiguousarray(xa).reshape(view), y, p, quant, s_out, mode, lo, hi)
         return (y.reshape(shape),)
 
-    return Prepared([shape], run, dtypes=[dt])
+    return Prepared([shape], run, dtypes=[dt], info={"lpnorm": (view, p, s_out, lo, hi)} if quant else {})
+
+
+# ---- compiled lowering (emu/program.py) -------------------------------------------------------------
+LAYERNORM = row_layout("LAYERNORM", "x w b out mean inv outer n scales lo hi has_w has_b want_mean want_inv")
+RMSNORM = row_layout("RMSNORM", "x w out outer n scales lo hi")
+LPNORM = row_layout("LPNORM", "x out outer n inner p scale lo hi")
+
+
+@njit(cache=True)
+def layernorm_arm(row, act, cf, mode):
+    L = LAYERNORM
+    o, n, s = row[L.outer], row[L.n], row[L.scales]
+    _layernorm_q(act[row[L.x]:row[L.x] + o * n].reshape((o, n)), act[row[L.w]:row[L.w] + n],
+                 act[row[L.b]:row[L.b] + n], act[row[L.out]:row[L.out] + o * n].reshape((o, n)),
+                 act[row[L.mean]:row[L.mean] + o], act[row[L.inv]:row[L.inv] + o], cf[s], cf[s + 1], cf[s + 2],
+                 cf[s + 3], cf[s + 4], cf[s + 5], cf[s + 6], mode, row[L.lo], row[L.hi], row[L.has_w] != 0,
+                 row[L.has_b] != 0, row[L.want_mean] != 0, row[L.want_inv] != 0, row[L.lo], row[L.hi], row[L.lo],
+                 row[L.hi])
+
+
+@njit(cache=True)
+def rmsnorm_arm(row, act, actf, cf, mode):
+    L = RMSNORM
+    o, n, s = row[L.outer], row[L.n], row[L.scales]
+    _rmsnorm_q(act[row[L.x]:row[L.x] + o * n].reshape((o, n)), actf[row[L.w]:row[L.w] + n],
+               act[row[L.out]:row[L.out] + o * n].reshape((o, n)), cf[s], cf[s + 1], cf[s + 2], mode, row[L.lo],
+               row[L.hi])
+
+
+@njit(cache=True)
+def lpnorm_arm(row, act, cf, mode):
+    L = LPNORM
+    o, n, i = row[L.outer], row[L.n], row[L.inner]
+    _lpnorm(act[row[L.x]:row[L.x] + o * n * i].reshape((o, n, i)),
+            act[row[L.out]:row[L.out] + o * n * i].reshape((o, n, i)), row[L.p], True, cf[row[L.scale]], mode,
+            row[L.lo], row[L.hi])
+
+
+@lowering("LayerNormalization")
+def lower_layernorm(b, step):
+    found = step.prepared.info.get("layernorm")
+    if found is None:
+        raise b.refuse("float32 LayerNormalization")
+    outer, n, scales, lo, hi, has_w, has_b, want_mean, want_inv = found
+    ins, outs = b.ins(step), step.outputs
+    unused = b.scratch(max(n, outer))  # stands for an absent scale / bias / statistic output
+    b.emit(LAYERNORM, x=b.slot(ins[0].name), w=b.slot(ins[1].name) if has_w else unused,
+           b=b.slot(ins[2].name) if has_b else unused, out=b.slot(outs[0]),
+           mean=b.slot(outs[1]) if want_mean else unused, inv=b.slot(outs[2]) if want_inv else unused, outer=outer,
+           n=n, scales=b.cf(scales), lo=lo, hi=hi, has_w=has_w, has_b=has_b, want_mean=want_mean,
+           want_inv=want_inv)
+
+
+@lowering("RMSNormalization")
+def lower_rmsnorm(b, step):
+    found = step.prepared.info.get("rmsnorm")
+    if found is None:
+        raise b.refuse("float32 RMSNormalization")
+    outer, n, scales, lo, hi = found
+    ins = b.ins(step)
+    b.emit(RMSNORM, x=b.slot(ins[0].name), w=b.slot(ins[1].name), out=b.slot(step.outputs[0]), outer=outer, n=n,
+           scales=b.cf(scales), lo=lo, hi=hi)
+
+
+@lowering("LpNormalization")
+def lower_lpnorm(b, step):
+    found = step.prepared.info.get("lpnorm")
+    if found is None:
+        raise b.refuse("float32 LpNormalization")
+    (o, n, i), p, s_out, lo, hi = found
+    b.emit(LPNORM, x=b.slot(step.inputs[0]), out=b.slot(step.outputs[0]), outer=o, n=n, inner=i, p=p,
+           scale=b.cf([s_out]), lo=lo, hi=hi)

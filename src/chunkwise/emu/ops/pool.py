@@ -23,7 +23,7 @@ import numpy as np
 from numba import njit
 
 from ...ir.ops import window
-from ..registry import Prepared, kernel
+from ..registry import Prepared, kernel, lowering, row_layout
 from ..rounding import clamp, qrange, round_f32
 
 
@@ -36,41 +36,49 @@ def _span(o, stride, pad, k, size):
 
 
 @njit(cache=True)
-def _avg_pool(x, out, kh, kw, sh, sw, pt, pl, scale, lo, hi, mode):
-    n_, h_, w_, c_ = x.shape
-    _, oh_, ow_, _ = out.shape
-    acc = np.zeros(c_, dtype=np.int64)
+def avg_pool_flat(x, out, acc, n_, h_, w_, c_, oh_, ow_, kh, kw, sh, sw, pt, pl, scale, lo, hi, mode):
+    """x [N,H,W,C], out [N,OH,OW,C] flat; acc [C] int64 scratch."""
+    a = acc[:c_]
     for n in range(n_):
         for oh in range(oh_):
             h0, h1 = _span(oh, sh, pt, kh, h_)
             for ow in range(ow_):
                 w0, w1 = _span(ow, sw, pl, kw, w_)
-                acc[:] = 0
+                for c in range(c_):
+                    a[c] = 0
                 for ih in range(h0, h1):
                     for iw in range(w0, w1):
+                        xo = ((n * h_ + ih) * w_ + iw) * c_
+                        xs = x[xo:xo + c_]
                         for c in range(c_):
-                            acc[c] += x[n, ih, iw, c]
+                            a[c] += xs[c]
+                oo = ((n * oh_ + oh) * ow_ + ow) * c_
+                o = out[oo:oo + c_]
                 for c in range(c_):
-                    out[n, oh, ow, c] = clamp(round_f32(np.float32(np.float32(acc[c]) * scale), mode), lo, hi)
+                    o[c] = clamp(round_f32(np.float32(np.float32(a[c]) * scale), mode), lo, hi)
     return out
 
 
 @njit(cache=True)
-def _max_pool(x, out, kh, kw, sh, sw, pt, pl):
-    n_, h_, w_, c_ = x.shape
-    _, oh_, ow_, _ = out.shape
+def max_pool_flat(x, out, n_, h_, w_, c_, oh_, ow_, kh, kw, sh, sw, pt, pl):
+    """x [N,H,W,C], out [N,OH,OW,C] flat."""
     for n in range(n_):
         for oh in range(oh_):
             h0, h1 = _span(oh, sh, pt, kh, h_)
             for ow in range(ow_):
                 w0, w1 = _span(ow, sw, pl, kw, w_)
+                oo = ((n * oh_ + oh) * ow_ + ow) * c_
+                o = out[oo:oo + c_]
+                x0 = ((n * h_ + h0) * w_ + w0) * c_
                 for c in range(c_):
-                    out[n, oh, ow, c] = x[n, h0, w0, c]
+                    o[c] = x[x0 + c]
                 for ih in range(h0, h1):
                     for iw in range(w0, w1):
+                        xo = ((n * h_ + ih) * w_ + iw) * c_
+                        xs = x[xo:xo + c_]
                         for c in range(c_):
-                            if x[n, ih, iw, c] > out[n, oh, ow, c]:
-                                out[n, oh, ow, c] = x[n, ih, iw, c]
+                            if xs[c] > o[c]:
+                                o[c] = xs[c]
     return out
 
 
@@ -133,13 +141,15 @@ def _prepare_avg(ctx, x, out, geo):
     dtype = np.dtype(x.dtype)
     mode = ctx.mode
     out_shape = _out_shape(x.shape, oh, ow)
-    o = ctx.output_buffer((n, oh, ow, c), dtype)
+    o = ctx.output_buffer((n * oh * ow * c,), dtype)
+    acc = ctx.zeros((c,), np.int64, "accumulators")
+    dims = (n, h, w, c, oh, ow, kh, kw, sh, sw, pt, pl)
 
     def run(xa, *_):
-        _avg_pool(xa.reshape(n, h, w, c), o, kh, kw, sh, sw, pt, pl, scale, lo, hi, mode)
+        avg_pool_flat(np.ascontiguousarray(xa).reshape(-1), o, acc, *dims, scale, lo, hi, mode)
         return (o.reshape(out_shape),)
 
-    return Prepared([out_shape], run, macs=n * oh * ow * c * kh * kw)
+    return Prepared([out_shape], run, macs=n * oh * ow * c * kh * kw, info={"pool": (dims, scale, lo, hi)})
 
 
 @kernel("AveragePool")
@@ -177,10 +187,46 @@ def prepare_max_pool(node, ctx, ins, outs):
     _check_dtype(ctx, x, out)
     dtype = np.dtype(x.dtype)
     out_shape = _out_shape(x.shape, oh, ow)
-    o = ctx.output_buffer((n, oh, ow, c), dtype)
+    o = ctx.output_buffer((n * oh * ow * c,), dtype)
+    dims = (n, h, w, c, oh, ow, kh, kw, sh, sw, pt, pl)
 
     def run(xa, *_):
-        _max_pool(xa.reshape(n, h, w, c), o, kh, kw, sh, sw, pt, pl)
+        max_pool_flat(np.ascontiguousarray(xa).reshape(-1), o, *dims)
         return (o.reshape(out_shape),)
 
-    return Prepared([out_shape], run, macs=n * oh * ow * c * kh * kw)
+    return Prepared([out_shape], run, macs=n * oh * ow * c * kh * kw, info={"pool": dims})
+
+
+# ---- compiled lowering (emu/program.py) -------------------------------------------------------------
+AVGPOOL = row_layout("AVGPOOL", "x out acc n h w c oh ow kh kw sh sw pt pl scale lo hi")
+MAXPOOL = row_layout("MAXPOOL", "x out n h w c oh ow kh kw sh sw pt pl")
+
+
+@njit(cache=True)
+def avg_arm(row, act, c64, cf, mode):
+    L = AVGPOOL
+    n, h, w, c, oh, ow = row[L.n], row[L.h], row[L.w], row[L.c], row[L.oh], row[L.ow]
+    avg_pool_flat(act[row[L.x]:row[L.x] + n * h * w * c], act[row[L.out]:row[L.out] + n * oh * ow * c],
+                  c64[row[L.acc]:row[L.acc] + c], n, h, w, c, oh, ow, row[L.kh], row[L.kw], row[L.sh], row[L.sw],
+                  row[L.pt], row[L.pl], cf[row[L.scale]], row[L.lo], row[L.hi], mode)
+
+
+@njit(cache=True)
+def max_arm(row, act):
+    L = MAXPOOL
+    n, h, w, c, oh, ow = row[L.n], row[L.h], row[L.w], row[L.c], row[L.oh], row[L.ow]
+    max_pool_flat(act[row[L.x]:row[L.x] + n * h * w * c], act[row[L.out]:row[L.out] + n * oh * ow * c], n, h, w, c,
+                  oh, ow, row[L.kh], row[L.kw], row[L.sh], row[L.sw], row[L.pt], row[L.pl])
+
+
+@lowering("AveragePool", "GlobalAveragePool", "MaxPool")
+def lower_pool(b, step):
+    x, out = b.ins(step)[0], b.outs(step)[0]
+    names = ("n", "h", "w", "c", "oh", "ow", "kh", "kw", "sh", "sw", "pt", "pl")
+    info = step.prepared.info["pool"]
+    if step.node.op_type == "MaxPool":
+        b.emit(MAXPOOL, x=b.slot(x.name), out=b.slot(out.name), **dict(zip(names, info)))
+        return
+    dims, scale, lo, hi = info
+    b.emit(AVGPOOL, x=b.slot(x.name), out=b.slot(out.name), acc=b.c64_scratch(dims[3]), scale=b.cf([scale]), lo=lo,
+           hi=hi, **dict(zip(names, dims)))

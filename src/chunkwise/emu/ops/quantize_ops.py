@@ -15,10 +15,27 @@ node's scale / zero-point inputs:
 from __future__ import annotations
 
 import numpy as np
+from numba import njit
 
-from ..registry import Prepared, kernel
-from ..rounding import round_saturate
-from .elementwise import requant_fast
+from ..registry import Prepared, kernel, lowering, row_layout
+from ..rounding import qrange, round_f32_sat
+from .elementwise import REQUANT, requant_fast
+
+
+@njit(cache=True)
+def quantize_f32(x, out, scale, mode, lo, hi):
+    """float32 -> int: ``tool::round(x * 2**-e_out)`` in float32, saturated (flat)."""
+    for i in range(x.size):
+        out[i] = round_f32_sat(np.float32(np.float32(x[i]) * scale), mode, lo, hi)
+    return out
+
+
+@njit(cache=True)
+def dequantize_f32(x, out, scale):
+    """int -> float32: ``x * 2**e_in`` (exact, flat)."""
+    for i in range(x.size):
+        out[i] = np.float32(np.float32(x[i]) * scale)
+    return out
 
 INT_TYPES = ("int8", "int16")
 
@@ -42,20 +59,63 @@ def prepare_requantize(node, ctx, ins, outs):
         return Prepared([shape], lambda xa, *_: (np.array(xa, dtype=np.float32),))
     if idt == "float32":
         scale = np.float32(2.0 ** -exp_of(outs[0], "output"))
+        lo, hi = qrange(odt)
 
         def run(xa, *_):
-            with np.errstate(all="ignore"):
-                v = xa.astype(np.float32) * scale
-            return (round_saturate(v, odt, mode),)
+            flat = np.ascontiguousarray(xa, dtype=np.float32).reshape(-1)
+            return (quantize_f32(flat, np.empty(flat.shape, dtype=odt), scale, mode, lo, hi).reshape(shape),)
 
-        return Prepared([shape], run, info={"kind": "quantize"})
+        return Prepared([shape], run, info={"kind": "quantize", "scale": scale, "range": (lo, hi)})
     if odt == "float32":
         scale = np.float32(2.0 ** exp_of(x, "input"))
-        return Prepared([shape], lambda xa, *_: (xa.astype(np.float32) * scale,), info={"kind": "dequantize"})
+
+        def run(xa, *_):
+            flat = np.ascontiguousarray(xa).reshape(-1)
+            return (dequantize_f32(flat, np.empty(flat.shape, dtype=np.float32), scale).reshape(shape),)
+
+        return Prepared([shape], run, info={"kind": "dequantize", "scale": scale})
     shift = exp_of(outs[0], "output") - exp_of(x, "input")
     out = ctx.output_buffer(shape, odt)
 
     def run(xa, *_):
         return (requant_fast(xa, shift, odt, mode, out),)
 
-    return Prepared([shape], run, info={"kind": "requantize", "shift": shift})
+    return Prepared([shape], run, info={"kind": "requantize", "shift": shift, "range": qrange(odt)})
+
+
+# ---- compiled lowering (emu/program.py) -------------------------------------------------------------
+QUANT = row_layout("QUANT", "x out n scale lo hi")
+DEQUANT = row_layout("DEQUANT", "x out n scale")
+
+
+@njit(cache=True)
+def quant_arm(row, act, actf, cf, mode):
+    L = QUANT
+    n = row[L.n]
+    quantize_f32(actf[row[L.x]:row[L.x] + n], act[row[L.out]:row[L.out] + n], cf[row[L.scale]], mode, row[L.lo],
+                 row[L.hi])
+
+
+@njit(cache=True)
+def dequant_arm(row, act, actf, cf):
+    L = DEQUANT
+    n = row[L.n]
+    dequantize_f32(act[row[L.x]:row[L.x] + n], actf[row[L.out]:row[L.out] + n], cf[row[L.scale]])
+
+
+@lowering("RequantizeLinear", "QuantizeLinear", "DequantizeLinear")
+def lower_requantize(b, step):
+    info = step.prepared.info
+    kind = info.get("kind")
+    x, out = b.ins(step)[0], b.outs(step)[0]
+    common = dict(x=b.slot(x.name), out=b.slot(out.name), n=int(np.prod(x.shape, dtype=np.int64)))
+    if kind == "requantize":
+        lo, hi = info["range"]
+        b.emit(REQUANT, shift=info["shift"], lo=lo, hi=hi, **common)
+    elif kind == "quantize":
+        lo, hi = info["range"]
+        b.emit(QUANT, scale=b.cf([info["scale"]]), lo=lo, hi=hi, **common)
+    elif kind == "dequantize":
+        b.emit(DEQUANT, scale=b.cf([info["scale"]]), **common)
+    else:  # float32 -> float32: the words themselves
+        b.alias(out.name, x.name)

@@ -24,8 +24,9 @@ With keepdims=0 and every axis reduced the output has shape ``[1]`` (ESP-DL).
 from __future__ import annotations
 
 import numpy as np
+from numba import njit
 
-from ..registry import Prepared, kernel
+from ..registry import Prepared, kernel, lowering, row_layout
 from ..rounding import clamp, qrange, round_f32_sat, round_f64, shift_round
 from ._fmath import expf, float_kernel, logf, sqrt_newton
 
@@ -193,4 +194,32 @@ def prepare_reduce(node, ctx, ins, outs):
         _reduce(x2, o, op, e_in, e_out, shift, lo, hi, mode, wide)
         return (o.reshape(out_shape),)
 
-    return Prepared([out_shape], run, macs=outer * inner)
+    return Prepared([out_shape], run, macs=outer * inner,
+                    info={"reduce": (op, e_in, e_out, shift, lo, hi, wide, None if identity else perm, outer, inner)})
+
+
+# ---- compiled lowering (emu/program.py) -------------------------------------------------------------
+REDUCE = row_layout("REDUCE", "x out outer inner op e_in e_out shift lo hi wide")
+
+
+@njit(cache=True)
+def reduce_arm(row, act, mode):
+    L = REDUCE
+    outer, inner = row[L.outer], row[L.inner]
+    _reduce(act[row[L.x]:row[L.x] + outer * inner].reshape((outer, inner)), act[row[L.out]:row[L.out] + outer],
+            row[L.op], row[L.e_in], row[L.e_out], row[L.shift], row[L.lo], row[L.hi], mode, row[L.wide] != 0)
+
+
+@lowering(*OPS)
+def lower_reduce(b, step):
+    from .movement import GATHER, positions
+
+    op, e_in, e_out, shift, lo, hi, wide, perm, outer, inner = step.prepared.info["reduce"]
+    x, out = b.ins(step)[0], b.outs(step)[0]
+    src = b.slot(x.name)
+    if perm is not None:  # the reduced axes last, as the kernel's transpose
+        src = b.scratch(outer * inner)
+        b.emit(GATHER, x=b.slot(x.name), out=src, n=outer * inner,
+               map=b.c32(np.transpose(positions(x.shape), perm)))
+    b.emit(REDUCE, x=src, out=b.slot(out.name), outer=outer, inner=inner, op=op, e_in=e_in, e_out=e_out, shift=shift,
+           lo=lo, hi=hi, wide=wide)

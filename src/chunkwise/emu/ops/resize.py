@@ -29,8 +29,8 @@ import numpy as np
 from numba import njit
 
 from ...limits import check_alloc
-from ..registry import Prepared, kernel
-from ..rounding import qrange, requantize, round_f32_sat
+from ..registry import Prepared, kernel, lowering, row_layout
+from ..rounding import qrange, requant, round_f32_sat
 from ._fmath import fma32
 from .shape import out_dtype
 
@@ -112,6 +112,22 @@ def _resize_linear(x, out, ix, rx0, rx1, iy, ry0, ry1, in_scale, inv_scale, mode
     return out
 
 
+@njit(cache=True)
+def resize_nearest(x, out, src, c, shift, wrap, mode, lo, hi):
+    """out[p, ch] = x[src[p], ch] requantized by ``2**-shift`` (target rounding, saturated), or, for the C
+    target scaling up (``wrap``), shifted left and wrapped to int8 like its plain cast. Flat buffers."""
+    for p in range(src.size):
+        xo = src[p] * c
+        oo = p * c
+        for ch in range(c):
+            v = np.int64(x[xo + ch])
+            if wrap:
+                out[oo + ch] = (((v << -shift) + 128) & 255) - 128
+            else:
+                out[oo + ch] = requant(v, shift, mode, False, lo, hi)
+    return out
+
+
 def _scale_pow2(e: int) -> np.float32:
     """DL_SCALE(e) = 2**e as float32 (exact)."""
     return F32(2.0 ** e)
@@ -177,17 +193,13 @@ def prepare_resize(node, ctx, ins, outs):
         wrap = ctx.target == "c" and shift < 0
 
         flat_idx = (iy[:, None] * w_in + ix[None, :]).ravel()  # source pixel of every output pixel
-        picked = ctx.output_buffer((h_out * w_out, c), x.dtype)
+        picked = ctx.output_buffer((h_out * w_out * c,), x.dtype)
 
         def run(xa, *_):
-            y = np.take(xa.reshape(h_in * w_in, c), flat_idx, axis=0, out=picked)
-            if wrap:
-                y = (y.astype(np.int64) << -shift).astype(dtype)
-            elif shift != 0:
-                y = requantize(y, shift, x.dtype, mode)
-            return (np.ascontiguousarray(y, dtype=dtype).reshape(shape),)
+            resize_nearest(np.ascontiguousarray(xa).reshape(-1), picked, flat_idx, c, shift, wrap, mode, lo, hi)
+            return (picked.reshape(shape),)
 
-        return Prepared([shape], run, dtypes=dt)
+        return Prepared([shape], run, dtypes=dt, info={"nearest": (flat_idx, c, shift, wrap, lo, hi)})
 
     # linear
     if align:  # ESP-DL recomputes the scale; an axis of length 1 gives inf/nan, handled in _linear_coeffs
@@ -210,4 +222,44 @@ def prepare_resize(node, ctx, ins, outs):
         return (out.reshape(shape),)
 
     macs = h_out * w_out * c * 6
-    return Prepared([shape], run, dtypes=dt, macs=macs)
+    return Prepared([shape], run, dtypes=dt, macs=macs,
+                    info={"linear": ((h_in, w_in, c, h_out, w_out), (ix, iy), (rx0, rx1, ry0, ry1),
+                                     (in_scale, inv_scale), lo, hi, fused)})
+
+
+# ---- compiled lowering (emu/program.py) -------------------------------------------------------------
+RESIZE_NEAREST = row_layout("RESIZE_NEAREST", "x out n_in n src c shift wrap lo hi")
+RESIZE_LINEAR = row_layout("RESIZE_LINEAR", "x out h w c oh ow ix iy ratios scales lo hi fused")
+
+
+@njit(cache=True)
+def nearest_arm(row, act, c32, mode):
+    L = RESIZE_NEAREST
+    n, c = row[L.n], row[L.c]
+    resize_nearest(act[row[L.x]:row[L.x] + row[L.n_in]], act[row[L.out]:row[L.out] + n * c],
+                   c32[row[L.src]:row[L.src] + n], c, row[L.shift], row[L.wrap] != 0, mode, row[L.lo], row[L.hi])
+
+
+@njit(cache=True)
+def linear_arm(row, act, c64, cf, mode):
+    L = RESIZE_LINEAR
+    h, w, c, oh, ow, r, s = row[L.h], row[L.w], row[L.c], row[L.oh], row[L.ow], row[L.ratios], row[L.scales]
+    _resize_linear(act[row[L.x]:row[L.x] + h * w * c].reshape((h, w, c)),
+                   act[row[L.out]:row[L.out] + oh * ow * c].reshape((oh, ow, c)), c64[row[L.ix]:row[L.ix] + ow],
+                   cf[r:r + ow], cf[r + ow:r + 2 * ow], c64[row[L.iy]:row[L.iy] + oh], cf[r + 2 * ow:r + 2 * ow + oh],
+                   cf[r + 2 * ow + oh:r + 2 * ow + 2 * oh], cf[s], cf[s + 1], mode, row[L.lo], row[L.hi],
+                   row[L.fused] != 0)
+
+
+@lowering("Resize")
+def lower_resize(b, step):
+    x, out = step.inputs[0], step.outputs[0]
+    info = step.prepared.info
+    if "nearest" in info:
+        src, c, shift, wrap, lo, hi = info["nearest"]
+        b.emit(RESIZE_NEAREST, x=b.slot(x), out=b.slot(out), n_in=int(np.prod(b.spec(x).shape)), n=src.size,
+               src=b.c32(src), c=c, shift=shift, wrap=wrap, lo=lo, hi=hi)
+        return
+    (h, w, c, oh, ow), (ix, iy), ratios, scales, lo, hi, fused = info["linear"]
+    b.emit(RESIZE_LINEAR, x=b.slot(x), out=b.slot(out), h=h, w=w, c=c, oh=oh, ow=ow, ix=b.c64(ix), iy=b.c64(iy),
+           ratios=b.cf(np.concatenate(ratios)), scales=b.cf(scales), lo=lo, hi=hi, fused=fused)

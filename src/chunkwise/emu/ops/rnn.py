@@ -27,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ..registry import Prepared, kernel
+from ..registry import Prepared, kernel, lowering, row_layout
 from ..rounding import qrange, round_f32, round_f32_sat, shift_round
 from ._fmath import float_kernel, fma32, sigmoid, tanh
 
@@ -293,7 +293,8 @@ def prepare_gru(node, ctx, ins, outs):
         return (y.astype(dtype).reshape(y_shape), yh.astype(dtype).reshape(yh_shape))
 
     macs = ndir * seq * 3 * hidden * (in_size + hidden)
-    return Prepared([y_shape, yh_shape], run, macs=macs)
+    return Prepared([y_shape, yh_shape], run, macs=macs, info={"rnn": {**p, "rescale": (rescale,), "range": (lo, hi),
+                                                                        "wide": wide}})
 
 
 @kernel("LSTM")
@@ -331,5 +332,69 @@ def prepare_lstm(node, ctx, ins, outs):
                 yc.astype(np.int16).reshape(yh_shape))
 
     macs = ndir * seq * 4 * hidden * (in_size + hidden)
-    return Prepared([y_shape, yh_shape, yh_shape], run, macs=macs, dtypes=[x.dtype, x.dtype, "int16"])
+    return Prepared([y_shape, yh_shape, yh_shape], run, macs=macs, dtypes=[x.dtype, x.dtype, "int16"],
+                    info={"rnn": {**p, "rescale": (rescale_y, rescale_c), "range": (lo, hi), "wide": wide}})
+
+
+# ---- compiled lowering (emu/program.py) -------------------------------------------------------------
+RNN_FIELDS = ("x y yh yc seq in_size hidden ndir w r b nb h0 c0 w_shift r_shift isa_w isa_r wide rescale sig sig_n "
+              "sig_min sig_max tanh tanh_n tanh_min tanh_max lo hi")
+GRU = row_layout("GRU", RNN_FIELDS)
+LSTM = row_layout("LSTM", RNN_FIELDS)
+
+
+@njit(cache=True, inline="always")
+def _rnn_views(L, row, act, c32, c64, cf, gates):
+    seq, ins, hid, nd = row[L.seq], row[L.in_size], row[L.hidden], row[L.ndir]
+    x = act[row[L.x]:row[L.x] + seq * ins].reshape((seq, ins))
+    w = c32[row[L.w]:row[L.w] + nd * gates * hid * ins].reshape((nd, gates * hid, ins))
+    r = c32[row[L.r]:row[L.r] + nd * gates * hid * hid].reshape((nd, gates * hid, hid))
+    nb = row[L.nb]
+    b = c64[row[L.b]:row[L.b] + nb * 2 * gates * hid].reshape((nb, 2 * gates * hid))
+    h0 = act[row[L.h0]:row[L.h0] + nd * hid].reshape((nd, hid))
+    c0 = act[row[L.c0]:row[L.c0] + nd * hid].reshape((nd, hid))
+    y = act[row[L.y]:row[L.y] + seq * nd * hid].reshape((seq, nd, hid))
+    yh = act[row[L.yh]:row[L.yh] + nd * hid].reshape((nd, hid))
+    yc = act[row[L.yc]:row[L.yc] + nd * hid].reshape((nd, hid))
+    sig = cf[row[L.sig]:row[L.sig] + row[L.sig_n]]
+    tnh = cf[row[L.tanh]:row[L.tanh] + row[L.tanh_n]]
+    return x, w, r, b, h0, c0, y, yh, yc, sig, tnh
+
+
+@njit(cache=True)
+def gru_arm(row, act, c32, c64, cf, mode):
+    L = GRU
+    x, w, r, b, h0, c0, y, yh, yc, sig, tnh = _rnn_views(L, row, act, c32, c64, cf, 3)
+    _gru(x, w, r, b, h0, y, yh, row[L.hidden], row[L.w_shift], row[L.r_shift], row[L.isa_w] != 0, row[L.isa_r] != 0,
+         row[L.wide] != 0, cf[row[L.rescale]], sig, row[L.sig_min], row[L.sig_max], tnh, row[L.tanh_min],
+         row[L.tanh_max], row[L.lo], row[L.hi], mode)
+
+
+@njit(cache=True)
+def lstm_arm(row, act, c32, c64, cf, mode):
+    L = LSTM
+    x, w, r, b, h0, c0, y, yh, yc, sig, tnh = _rnn_views(L, row, act, c32, c64, cf, 4)
+    _lstm(x, w, r, b, h0, c0, y, yh, yc, row[L.hidden], row[L.w_shift], row[L.r_shift], row[L.isa_w] != 0,
+          row[L.isa_r] != 0, row[L.wide] != 0, cf[row[L.rescale]], cf[row[L.rescale] + 1], sig, row[L.sig_min],
+          row[L.sig_max], tnh, row[L.tanh_min], row[L.tanh_max], row[L.lo], row[L.hi], mode)
+
+
+@lowering("GRU", "LSTM")
+def lower_rnn(b, step):
+    p = step.prepared.info["rnn"]
+    lstm = step.node.op_type == "LSTM"
+    ndir, hidden = p["ndir"], p["hidden"]
+    ins = step.inputs
+    zeros = b.scratch(ndir * hidden)  # an absent initial state (never written)
+    h0 = b.slot(ins[5]) if len(ins) > 5 and ins[5] else zeros
+    c0 = b.slot(ins[6]) if lstm and len(ins) > 6 and ins[6] else zeros
+    (sig_t, sig_min, sig_max), (tanh_t, tanh_min, tanh_max) = p["sig"], p["tnh"]
+    lo, hi = p["range"]
+    outs = step.outputs
+    b.emit(LSTM if lstm else GRU, x=b.slot(ins[0]), y=b.slot(outs[0]), yh=b.slot(outs[1]),
+           yc=b.slot(outs[2]) if lstm else zeros, seq=p["seq"], in_size=p["in_size"], hidden=hidden, ndir=ndir,
+           w=b.c32(p["wt"]), r=b.c32(p["rt"]), b=b.c64(p["bt"]), nb=p["bt"].shape[0], h0=h0, c0=c0,
+           w_shift=p["w_shift"], r_shift=p["r_shift"], isa_w=p["isa_w"], isa_r=p["isa_r"], wide=p["wide"],
+           rescale=b.cf(p["rescale"]), sig=b.cf(sig_t), sig_n=sig_t.size, sig_min=sig_min, sig_max=sig_max,
+           tanh=b.cf(tanh_t), tanh_n=tanh_t.size, tanh_min=tanh_min, tanh_max=tanh_max, lo=lo, hi=hi)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..registry import Prepared, kernel
+from ..registry import Prepared, kernel, lowering
 
 
 def out_dtype(ctx, x, out) -> list[str] | None:
@@ -165,4 +165,19 @@ def prepare_transpose(node, ctx, ins, outs):
     def run(xa, *_):
         return (np.ascontiguousarray(xa.transpose(perm_t)),)
 
-    return Prepared([shape], run, dtypes=dt)
+    return Prepared([shape], run, dtypes=dt, info={"perm": perm_t})
+
+
+# ---- compiled lowering (emu/program.py) -------------------------------------------------------------
+@lowering("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity")
+def lower_passthrough(b, step):
+    """In place, as on the chip: the output is the input's words."""
+    b.alias(step.outputs[0], step.inputs[0])
+
+
+@lowering("Transpose")
+def lower_transpose(b, step):
+    from .movement import emit_map, positions
+
+    x, out = b.ins(step)[0], b.outs(step)[0]
+    emit_map(b, x.name, out.name, positions(x.shape).transpose(step.prepared.info["perm"]))

@@ -14,8 +14,9 @@ Sums run sequentially in float32 from index 0.
 from __future__ import annotations
 
 import numpy as np
+from numba import njit
 
-from ..registry import Prepared, kernel
+from ..registry import Prepared, kernel, lowering, row_layout
 from ._fmath import expf, float_kernel, logf
 from .activation import dl_scale, quant_dtype
 
@@ -102,6 +103,8 @@ def prepare_softmax(node, ctx, ins, outs):
             out = np.empty(view, dtype=np.float32)
             _softmax_lut(np.ascontiguousarray(xa).reshape(view), table, out, log, scale)
             return (out.reshape(shape),)
+
+        info = {"softmax": (view, log, scale, table)}
     else:
         if dt == "int16":
             ctx.require(len(x.exps) == 1, "input needs one (per-tensor) exponent")
@@ -114,4 +117,47 @@ def prepare_softmax(node, ctx, ins, outs):
             _softmax_float(f, out, log)
             return (out.reshape(shape),)
 
-    return Prepared([shape], run, dtypes=["float32"])
+        info = {"softmax": (view, log, scale, None)}
+
+    return Prepared([shape], run, dtypes=["float32"], info=info)
+
+
+# ---- compiled lowering (emu/program.py) -------------------------------------------------------------
+SOFTMAX8 = row_layout("SOFTMAX8", "x out outer n inner log scale table")
+SOFTMAXF = row_layout("SOFTMAXF", "x out outer n inner log")
+
+
+@njit(cache=True)
+def softmax8_arm(row, act, actf, cf):
+    L = SOFTMAX8
+    o, n, i = row[L.outer], row[L.n], row[L.inner]
+    _softmax_lut(act[row[L.x]:row[L.x] + o * n * i].reshape((o, n, i)), cf[row[L.table]:row[L.table] + 256],
+                 actf[row[L.out]:row[L.out] + o * n * i].reshape((o, n, i)), row[L.log] != 0, cf[row[L.scale]])
+
+
+@njit(cache=True)
+def softmaxf_arm(row, act, actf):
+    L = SOFTMAXF
+    o, n, i = row[L.outer], row[L.n], row[L.inner]
+    _softmax_float(actf[row[L.x]:row[L.x] + o * n * i].reshape((o, n, i)),
+                   actf[row[L.out]:row[L.out] + o * n * i].reshape((o, n, i)), row[L.log] != 0)
+
+
+@lowering("Softmax", "LogSoftmax")
+def lower_softmax(b, step):
+    from .quantize_ops import DEQUANT
+
+    found = step.prepared.info.get("softmax")
+    if found is None:
+        raise b.refuse("scalar input")
+    (o, n, i), log, scale, table = found
+    x, out = b.ins(step)[0], b.outs(step)[0]
+    if table is not None:
+        b.emit(SOFTMAX8, x=b.slot(x.name), out=b.slot(out.name), outer=o, n=n, inner=i, log=log,
+               scale=b.cf([scale]), table=b.cf(table))
+        return
+    src = b.slot(x.name)
+    if scale is not None:  # int16: the dequantized input first, as the kernel does
+        src = b.scratch(o * n * i)
+        b.emit(DEQUANT, x=b.slot(x.name), out=src, n=o * n * i, scale=b.cf([scale]))
+    b.emit(SOFTMAXF, x=src, out=b.slot(out.name), outer=o, n=n, inner=i, log=log)

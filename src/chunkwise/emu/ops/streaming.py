@@ -21,9 +21,23 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from numba import njit
 
-from ..registry import Prepared, kernel
+from ..registry import Prepared, kernel, lowering, row_layout
 from .shape import out_dtype
+
+
+@njit(cache=True)
+def cache_step(x, state, out):
+    """``out = state ++ x`` (flat), then ``state = out[len(x):len(x) + len(state)]`` (ESP-DL's two copies)."""
+    ns, nx = state.size, x.size
+    for i in range(ns):
+        out[i] = state[i]
+    for i in range(nx):
+        out[ns + i] = x[i]
+    for i in range(ns):
+        state[i] = out[nx + i]
+    return out
 
 
 @kernel("StreamingCache")
@@ -51,9 +65,7 @@ def prepare_streaming_cache(node, ctx, ins, outs):
 
     def run(xa, *_):
         out = np.empty(n_cache + n_in, dtype=dtype)
-        out[:n_cache] = cache
-        out[n_cache:] = xa.reshape(-1)
-        cache[:] = out[n_in:n_in + n_cache]
+        cache_step(np.ascontiguousarray(xa).reshape(-1), cache, out)
         return (out.reshape(out_shape),)
 
     def reset():
@@ -61,3 +73,23 @@ def prepare_streaming_cache(node, ctx, ins, outs):
 
     return Prepared([out_shape], run, reset=reset, dtypes=dt, state_bytes=int(cache.nbytes),
                     info={"window_size": window, "frame_axis": axis, "cache_shape": tuple(cache_shape)})
+
+
+# ---- compiled lowering (emu/program.py) -------------------------------------------------------------
+CACHE = row_layout("CACHE", "x n out state n_state")
+
+
+@njit(cache=True)
+def cache_arm(row, act):
+    L = CACHE
+    n, ns = row[L.n], row[L.n_state]
+    cache_step(act[row[L.x]:row[L.x] + n], act[row[L.state]:row[L.state] + ns], act[row[L.out]:row[L.out] + ns + n])
+
+
+@lowering("StreamingCache")
+def lower_streaming_cache(b, step):
+    """The cache becomes words of the program's arena (zeroed by ``reset``): each program owns its state."""
+    x, out = b.ins(step)[0], b.outs(step)[0]
+    n = int(np.prod(x.shape, dtype=np.int64))
+    ns = int(np.prod(step.prepared.info["cache_shape"], dtype=np.int64))
+    b.emit(CACHE, x=b.slot(x.name), n=n, out=b.slot(out.name), state=b.state_words(ns), n_state=ns)
