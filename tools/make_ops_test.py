@@ -121,7 +121,7 @@ def ppq_isolated(case: Path, names, shapes, target: str, bits: int, dest: Path) 
 
     status = case / ".ppq_status"
     status.unlink(missing_ok=True)
-    p = mp.get_context("spawn").Process(target=_ppq_child,
+    p = mp.get_context("fork").Process(target=_ppq_child,
                                         args=(str(case), names, shapes, target, bits, str(dest), str(status)))
     p.start()
     p.join()
