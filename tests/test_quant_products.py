@@ -411,7 +411,7 @@ def quant_ref(case, target, bits):
     return d / "model.onnx", load_inputs(d / "calib.npz", names), load_inputs(d / "heldout.npz", names), ref
 
 
-REF_JOBS = [("esp32p4", 8), ("esp32s3", 8), ("c", 8), ("esp32p4", 16), ("c", 16)]
+REF_JOBS = [("esp32p4", 8), ("esp32s3", 8), ("c", 8), ("esp32p4", 16), ("esp32s3", 16), ("c", 16)]
 
 
 @pytest.mark.parametrize("case", ["matmul_dynamic", "matmul_batched", "convt1d_dw", "convt1d_opad", "convt2d",

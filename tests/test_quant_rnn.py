@@ -229,7 +229,8 @@ def test_bit_exact_with_esp_ppq_corpus_export(name, target, bits):
 
 
 @pytest.mark.parametrize("case", ["gru_bidir", "gru_nobias", "lstm_bidir"])
-@pytest.mark.parametrize("target, bits", [("esp32p4", 8), ("esp32s3", 8), ("c", 8), ("esp32p4", 16), ("c", 16)])
+@pytest.mark.parametrize("target, bits", [("esp32p4", 8), ("esp32s3", 8), ("c", 8), ("esp32p4", 16), ("esp32s3", 16),
+                                          ("c", 16)])
 def test_bit_exact_with_esp_ppq_refs(case, target, bits):
     """tests/fixtures/quant_refs (tools/make_quant_refs.py): bidirectional, no bias, LSTM with both states, on
     every target and both widths. (Its gru_2layer export is not a reference: ESP-PPQ labels the second layer's
