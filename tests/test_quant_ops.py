@@ -172,6 +172,43 @@ def test_log_sqrt_run_in_float_between_integer_ops():
             assert q.quant_report["output_sqnr_db"] > (25 if bits == 8 else 50), q.quant_report["output_sqnr_db"]
 
 
+@pytest.mark.parametrize("op", ["Equal", "Greater", "GreaterOrEqual", "Less", "LessOrEqual"])
+@pytest.mark.parametrize("target, bits", [("esp32p4", 8), ("esp32s3", 16)])
+def test_comparisons_align_inputs_and_output_bool(op, target, bits):
+    """Comparisons of two inputs with different ranges (and of an input with a constant): both operands at
+    one exponent (ESP-DL compares raw integers), bool output equal to the float comparison of the
+    quantized operands."""
+    g = helper.make_graph([helper.make_node(op, ["x", "z"], ["y0"]), helper.make_node(op, ["x", "c"], ["y1"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 16]),
+                           helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 8, 16])],
+                          [helper.make_tensor_value_info("y0", TensorProto.BOOL, None),
+                           helper.make_tensor_value_info("y1", TensorProto.BOOL, None)],
+                          initializer=[numpy_helper.from_array(np.array(0.25, F), "c")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    rng = np.random.default_rng(zlib.crc32(op.encode()))
+    calib = {"x": rng.normal(0, 1, (8, 8, 16)).astype(F), "z": rng.normal(0, 4, (8, 8, 16)).astype(F)}
+    q = chunkwise.quantize(m, calib, target=target, bits=bits, warn=False)
+    gr = q.graph
+    assert gr.info("y0").dtype == "bool" and gr.info("y1").dtype == "bool"
+    cmp = [n for n in gr.nodes if n.op_type == op]
+    for n in cmp:
+        exps = {gr.info(i).exponent if gr.info(i) else gr.initializers[i].exponents[0] for i in n.inputs}
+        assert len(exps) == 1, (n.name, exps)
+    ins = {k: v.data for k, v in gr.test_inputs.items()}
+    vals = q.run(ins, intermediates=True)
+    vals.update({k: t.data for k, t in gr.initializers.items()})
+    npop = {"Equal": np.equal, "Greater": np.greater, "GreaterOrEqual": np.greater_equal, "Less": np.less,
+            "LessOrEqual": np.less_equal}[op]
+    for n in cmp:
+        a, b = (np.asarray(vals[i], np.int64) for i in n.inputs)
+        np.testing.assert_array_equal(vals[n.outputs[0]], npop(a, b))
+    # the integer comparison agrees with the float one except within a quantization step of the boundary
+    fx = ins["x"].astype(np.float64) * 2.0 ** gr.info("x").exponent
+    agree = np.mean(vals["y1"] == npop(fx, 0.25))
+    assert agree > 0.95, agree
+
+
 def test_batch_not_one_calibration_shapes():
     m = CASES["batch2_Add"][0]()
     one = RNG.normal(0, 1, (2, 3, 4, 5)).astype(F)

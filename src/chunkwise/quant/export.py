@@ -53,6 +53,7 @@ EXPORTED = frozenset({
     "ReduceLogSum", "ReduceLogSumExp", "ReduceProd",
     "LayerNormalization", "RMSNormalization", "LpNormalization", "Softmax", "LogSoftmax",
     "DepthToSpace", "Resize", "ReverseSequence",
+    "Equal", "Greater", "GreaterOrEqual", "Less", "LessOrEqual",
     "RequantizeLinear",
 })
 
@@ -75,6 +76,9 @@ FLOAT_OUTPUT_OPS = {"Softmax", "LogSoftmax"}  # ESP-DL writes float32 whatever t
 # ESP-PPQ leaves these unquantized (not among its quantized op types): they run with quant_type F32, a
 # DequantizeLinear / QuantizeLinear in front of / behind them where their neighbours are integer
 FLOAT_COMPUTE_OPS = {"Log", "Sqrt"}
+# comparisons: raw integers compared (ESP-DL ignores exponents), so both inputs share the coarser of their
+# exponents (ESP-PPQ aligns them jointly); the output is bool (one byte)
+COMPARE_OPS = frozenset({"Equal", "Greater", "GreaterOrEqual", "Less", "LessOrEqual"})
 # nodes the exporter inserts between a float value and its reader (same float value, another form)
 INSERTED_OPS = ("Transpose", "RequantizeLinear", "QuantizeLinear", "DequantizeLinear")
 REDUCE_OPS = frozenset(n for n in EXPORTED if n.startswith("Reduce"))
@@ -178,7 +182,7 @@ def assign_exponents(fg: FGraph, bits_of: dict[str, int], calib_exp) -> QInfo:
         qi.vbits[name] = bits_of[readers[0].name] if readers else 8
     for n in fg.nodes:
         for o in n.outputs:
-            qi.vbits[o] = 32 if n.op in FLOAT_OUTPUT_OPS else bits_of[n.name]
+            qi.vbits[o] = 32 if n.op in FLOAT_OUTPUT_OPS else 1 if n.op in COMPARE_OPS else bits_of[n.name]
     tie: dict[str, str] = {}
     for n in fg.nodes:
         x = n.inputs[0] if n.inputs else ""
@@ -226,8 +230,14 @@ def assign_exponents(fg: FGraph, bits_of: dict[str, int], calib_exp) -> QInfo:
     values = [nm for nm, _ in fg.inputs] + [o for n in fg.nodes for o in n.outputs if o]
     for v in values:
         r = resolve(v)
-        qi.exp[v] = fixed[r] if r in fixed else 0 if qi.vbits[r] == 32 else calib_exp(r, qi.vbits[r])
+        qi.exp[v] = fixed[r] if r in fixed else 0 if qi.vbits[r] in (1, 32) else calib_exp(r, qi.vbits[r])
     return qi
+
+
+def compare_exponent(fg: FGraph, qi: QInfo, node: FNode) -> int:
+    """The exponent both inputs of a comparison take: the coarser of its activation inputs'."""
+    es = [qi.exp[_float_name(fg, u)] for u in node.inputs if u and u not in fg.consts]
+    return max(es) if es else 0
 
 
 def expected_input(fg: FGraph, qi: QInfo, node: FNode, u: str, calib_exp) -> tuple[int, int]:
@@ -240,6 +250,8 @@ def expected_input(fg: FGraph, qi: QInfo, node: FNode, u: str, calib_exp) -> tup
     b = qi.bits[node.name]
     if b == 32:
         return 0, 32  # a float32 op (FLOAT_COMPUTE_OPS)
+    if node.op in COMPARE_OPS:
+        return compare_exponent(fg, qi, node), b
     if node.op in ALIGN_TO_OUTPUT_OPS or (node.op in PASSIVE_OPS and u == node.inputs[0]):
         # ESP-DL copies (or negates) the integers of a passive op: its data input must already be at the
         # output exponent (the same value unless the input comes from another width or a float op)
@@ -639,7 +651,7 @@ class Exporter:
         self.params: dict[str, Tensor] = {}
 
     def dtype(self, bits: int) -> str:
-        return {8: "int8", 16: "int16", 32: "float32"}[bits]
+        return {1: "bool", 8: "int8", 16: "int16", 32: "float32"}[bits]
 
     def shape(self, v: str) -> tuple[int, ...]:
         s = self.fg.shapes[v]
@@ -866,6 +878,8 @@ class Exporter:
                 c = np.asarray(self.fg.consts[u], np.float32)
                 if n.op in ALIGN_TO_OUTPUT_OPS:
                     e = self.qi.exp[n.outputs[0]]
+                elif n.op in COMPARE_OPS:
+                    e = compare_exponent(self.fg, self.qi, n)
                 else:
                     e = const_exponent(c, bits, self.mode)
                 out.append(self.act_const(u, e, bits))

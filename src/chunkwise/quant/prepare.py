@@ -28,6 +28,7 @@ FLOAT_OPS_SUPPORTED = (
     "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceL1", "ReduceL2", "ReduceSumSquare",
     "ReduceLogSum", "ReduceLogSumExp", "ReduceProd",
     "LayerNormalization", "RMSNormalization", "LpNormalization", "Softmax", "LogSoftmax", "ReverseSequence",
+    "Equal", "Greater", "GreaterOrEqual", "Less", "LessOrEqual",
 )
 # operators taken only inside a pattern that .patterns fuses (checked again after the rewrites)
 PATTERN_ONLY_OPS = ("Erf", "Reciprocal")
@@ -145,6 +146,9 @@ def from_onnx(model: onnx.ModelProto) -> FGraph:
             raise UnsupportedError("custom-domain operator", supported=list(FLOAT_OPS_SUPPORTED))
         nodes.append(FNode(n.op_type, name, list(n.input), list(n.output), {a.name: _attr_value(a) for a in n.attribute}))
     fg = FGraph(g.name or "main_graph", nodes, consts, inputs, [o.name for o in g.output], opset=opset)
+    for o in g.output:  # declared output types (bool outputs of comparisons), until inference says more
+        if o.type.tensor_type.elem_type:
+            fg.dtypes[o.name] = o.type.tensor_type.elem_type
     return fg
 
 

@@ -56,8 +56,8 @@ def sqnr_problem(report: dict, threshold: float = WARN_SQNR_DB) -> str | None:
     """A sentence naming the output SQNR and the worst layer when the output SQNR is below ``threshold``
     (or unknown), else None."""
     out = report.get("output_sqnr_db")
-    if out is not None and out >= threshold:
-        return None
+    if (out is not None and out >= threshold) or not report.get("outputs"):
+        return None  # good enough, or no float output to compare (bool outputs of comparisons)
     w = worst_layer(report)
     where = (f"; worst layer: {w['op']} node {w['node']!r} (value {w['name']!r}) at {w['sqnr_db']:.1f} dB"
              if w is not None else "")

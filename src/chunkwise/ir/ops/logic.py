@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from . import ExpPolicy, Layout, TimeRule, define
 
-_NOT_QUANT = "bool-valued: the quantizer exports only quantized data paths"
+_NOT_QUANT = ("ESP-DL has the module but does not register it (dl_module_creator.hpp): a chip cannot load "
+              "it; bool inputs are not quantized data")
 
-for _name in ("Equal", "Greater", "GreaterOrEqual", "Less", "LessOrEqual", "And", "Or", "Xor"):
+# comparisons: int8/int16 inputs at one shared exponent (the quantizer aligns them), bool output
+for _name in ("Equal", "Greater", "GreaterOrEqual", "Less", "LessOrEqual"):
+    define(_name, "logic", time=TimeRule.BINARY, layout=Layout.BROADCAST, exponent=ExpPolicy.NONE,
+           refuse={"compiled": "bool outputs stay on the per-node path"})
+for _name in ("And", "Or", "Xor"):
     define(_name, "logic", time=TimeRule.BINARY, layout=Layout.BROADCAST, exponent=ExpPolicy.NONE,
            refuse={"quantize": _NOT_QUANT, "compiled": "bool outputs stay on the per-node path"})
 define("Not", "logic", time=TimeRule.FRAME, layout=Layout.ELEMENTWISE, exponent=ExpPolicy.NONE,
