@@ -243,7 +243,8 @@ def test_bit_exact_with_esp_ppq_refs(case, target, bits):
 
 
 @pytest.mark.parametrize("name", ["crnn_gru", "crnn_lstm", "crnn_gru_bidir", "gru_seqfirst"])
-@pytest.mark.parametrize("target, bits", [("esp32p4", 8), ("esp32s3", 8), ("esp32p4", 16)])
+@pytest.mark.parametrize("target, bits", [("esp32p4", 8), ("esp32s3", 8), ("c", 8), ("esp32p4", 16), ("esp32s3", 16),
+                                          ("c", 16)])
 def test_bit_exact_with_esp_ppq_on_the_form_it_accepts(name, target, bits):
     """ESP-PPQ 1.3.12 crashes on these corpus models as PyTorch exports them (no initial-state input). We
     quantize them as they are; the reference is ESP-PPQ's export of the same graph with the zero initial states

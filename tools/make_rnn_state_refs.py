@@ -32,7 +32,7 @@ from make_corpus_ppq import first_line, load_data, ppq_export  # noqa: E402
 CORPUS = ROOT / "tests" / "fixtures" / "corpus"
 OUT = ROOT / "tests" / "fixtures" / "quant_refs"
 MODELS = ("crnn_gru", "crnn_lstm", "crnn_gru_bidir", "gru_seqfirst")
-JOBS = (("esp32p4", 8), ("esp32s3", 8), ("esp32p4", 16))
+JOBS = (("esp32p4", 8), ("esp32s3", 8), ("c", 8), ("esp32p4", 16), ("esp32s3", 16), ("c", 16))
 
 
 def _drop_dead(g: onnx.GraphProto) -> None:
