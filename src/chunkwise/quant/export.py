@@ -47,7 +47,7 @@ EXPORTED = frozenset({
     "Conv", "Gemm", "AveragePool", "MaxPool", "GlobalAveragePool",
     "Relu", "Sigmoid", "Tanh", "Swish", "LeakyRelu", "HardSigmoid", "HardSwish", "Elu", "Exp", "Log", "Sqrt",
     "Neg", "Clip", "PRelu", "Gelu",
-    "Add", "Sub", "Mul", "Div", "Max", "Min", "Pow",
+    "Add", "Sub", "Mul", "Div", "Max", "Min", "Pow", "Mod",
     "Concat", "Slice", "Split", "Flatten", "Reshape", "Transpose", "Pad", "Squeeze", "Unsqueeze", "Identity",
     "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceL1", "ReduceL2", "ReduceSumSquare",
     "ReduceLogSum", "ReduceLogSumExp", "ReduceProd",
@@ -733,6 +733,8 @@ class Exporter:
             op, attrs, inputs = self.lut_node(n, attrs)
         elif op in ADD_LIKE_OPS:
             inputs = self.binary_consts(n)
+            if op == "Mod":
+                attrs["fmod"] = int(a.get("fmod", 0))
         elif op == "Concat":
             attrs["axis"] = int(a.get("axis", 0))
             e_out, b = self.qi.exp[n.outputs[0]], self.qi.bits[n.name]

@@ -57,7 +57,7 @@ define("Min", "elementwise", time=TimeRule.BINARY, layout=Layout.BROADCAST, expo
        zero_to_zero=_binary_zero(lambda c: bool(np.all(c >= 0))), nonneg=_all)
 define("Mod", "elementwise", time=TimeRule.BINARY, layout=Layout.BROADCAST, attrs={"fmod": Attr("int", 0)},
        zero_to_zero=_binary_zero(lambda c: bool(np.all(c != 0))),
-       refuse={"quantize": "integer remainder of quantized values has no float model counterpart"})
+       doc="ESP-DL computes fmodf of the dequantized operands: float ONNX Mod (fmod=1, the only float form)")
 define("Pow", "elementwise", time=TimeRule.BINARY, layout=Layout.BROADCAST,
        zero_to_zero=_binary_zero(lambda c: bool(np.all(c > 0))),
        doc="appears in exported LayerNorm (x ** 2): the quantizer fuses that pattern")
