@@ -66,6 +66,9 @@ CASES = {
     "Pow_square": (lambda: model("Pow", (1, 8, 16), consts={"c": np.array(2.0, F)}, extra_inputs=["c"]), "n", 18),
     "Mod_const": (lambda: model("Mod", (1, 8, 16), {"fmod": 1}, consts={"c": np.array(0.75, F)},
                                 extra_inputs=["c"]), "n", 12),  # discontinuous: an input step flips a remainder
+    "ScatterND": (lambda: model("ScatterND", (1, 8, 16), consts={"i": np.array([[[0, 2]], [[0, 5]]], I64),
+                                                                "u": RNG.normal(0, 1, (2, 1, 16)).astype(F)},
+                                extra_inputs=["i", "u"]), "n", 22),
     "Split": (lambda: model("Split", (1, 8, 16), {"axis": 1}, consts={"s": np.array([3, 5], I64)},
                             extra_inputs=["s"], outputs=2), "n", 22),
     "Split_equal": (lambda: model("Split", (1, 8, 16), {"axis": 2}, outputs=2), "n", 22),

@@ -52,7 +52,7 @@ EXPORTED = frozenset({
     "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceL1", "ReduceL2", "ReduceSumSquare",
     "ReduceLogSum", "ReduceLogSumExp", "ReduceProd",
     "LayerNormalization", "RMSNormalization", "LpNormalization", "Softmax", "LogSoftmax",
-    "DepthToSpace", "Resize", "ReverseSequence",
+    "DepthToSpace", "Resize", "ReverseSequence", "ScatterND",
     "Equal", "Greater", "GreaterOrEqual", "Less", "LessOrEqual",
     "RequantizeLinear",
 })
@@ -798,6 +798,14 @@ class Exporter:
             attrs.update(blocksize=int(a["blocksize"]), mode=str(a.get("mode", "DCR")))
         elif op == "Resize":
             inputs = self.resize_inputs(n, attrs)
+        elif op == "ScatterND":
+            if len(inputs) < 3 or inputs[1] not in self.fg.consts:
+                raise UnsupportedError("ScatterND indices must be a constant", node=n.name, op=op)
+            attrs["reduction"] = str(a.get("reduction", "none"))
+            e_out, b = self.qi.exp[n.outputs[0]], self.qi.bits[n.name]
+            inputs = [self.act_const(inputs[0], e_out, b) if inputs[0] in self.fg.consts else inputs[0],
+                      self.int64_param(inputs[1]),
+                      self.act_const(inputs[2], e_out, b) if inputs[2] in self.fg.consts else inputs[2]]
         elif op == "ReverseSequence":
             if len(inputs) < 2 or inputs[1] not in self.fg.consts:
                 raise UnsupportedError("sequence_lens must be a constant", node=n.name, op=op)

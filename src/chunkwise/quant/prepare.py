@@ -28,7 +28,7 @@ FLOAT_OPS_SUPPORTED = (
     "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceL1", "ReduceL2", "ReduceSumSquare",
     "ReduceLogSum", "ReduceLogSumExp", "ReduceProd",
     "LayerNormalization", "RMSNormalization", "LpNormalization", "Softmax", "LogSoftmax", "ReverseSequence",
-    "Equal", "Greater", "GreaterOrEqual", "Less", "LessOrEqual", "Mod",
+    "Equal", "Greater", "GreaterOrEqual", "Less", "LessOrEqual", "Mod", "ScatterND",
 )
 # operators taken only inside a pattern that .patterns fuses (checked again after the rewrites)
 PATTERN_ONLY_OPS = ("Erf", "Reciprocal")

@@ -105,6 +105,4 @@ define("ReverseSequence", "movement", time=TimeRule.AXES, layout=Layout.ORIGIN, 
        zero_to_zero=_z, nonneg=nonneg_input)
 define("ScatterND", "movement", time=TimeRule.AXES, layout=Layout.ORIGIN, exponent=ExpPolicy.ALIGN,
        attrs={"reduction": Attr("string", "none")}, index_inputs={1},
-       refuse={"quantize": "not mapped yet: needs data and updates aligned to one exponent and int64 indices "
-                           "(ESP-PPQ aligns them like Concat)"},
        axes=lambda node, rank, consts: tuple(range(rank)))
