@@ -112,14 +112,32 @@ def test_rewrite_keeps_float_function(name, fn, make, op):
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
 
 
+def test_globalmaxpool_becomes_reducemax():
+    from chunkwise.quant.patterns import globalmaxpool_to_reducemax
+
+    m = _model([helper.make_node("GlobalMaxPool", ["x"], ["y"])], {}, (1, 4, 6, 5))
+    fg = prepare(m)
+    fq = copy.deepcopy(fg)
+    assert globalmaxpool_to_reducemax(fq).modified
+    assert [n.op for n in fq.nodes] == ["ReduceMax"]
+    x = RNG.normal(0, 1, (1, 4, 6, 5)).astype(np.float32)
+    np.testing.assert_array_equal(_run(float_onnx(fq), x), _run(m, x))
+    import chunkwise
+
+    q = chunkwise.quantize(m, RNG.normal(0, 1, (8, 4, 6, 5)).astype(np.float32), warn=False)
+    assert [n.op_type for n in q.graph.nodes] == ["ReduceMax"]
+    assert q.quant_report["output_sqnr_db"] > 25
+
+
 def test_rewrite_says_why_not():
     fg = prepare(swish_model())
     res = fuse_layernorm(fg)
     assert not res.modified and "ReduceMean" in res.reason
     log: list[str] = []
     rewrite_patterns(copy.deepcopy(fg), log)
-    assert [l.split(":")[0] for l in log] == ["fuse_layernorm", "fuse_rmsnorm", "fuse_gelu", "fuse_swish"]
-    assert "fuse_swish: modified" in log[-1]
+    assert [l.split(":")[0] for l in log] == ["fuse_layernorm", "fuse_rmsnorm", "fuse_gelu", "fuse_swish",
+                                              "globalmaxpool_to_reducemax"]
+    assert "fuse_swish: modified" in log[-2]
 
 
 def test_layernorm_over_leading_axes_not_fused():

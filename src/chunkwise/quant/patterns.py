@@ -14,6 +14,8 @@ statistics collected on the original graph hold for every value of the rewritten
 * ``fuse_gelu``: ``Div(x, sqrt 2) | Mul(x, 1/sqrt 2) -> Erf -> Add(1) -> Mul(x, .) -> Mul(0.5)`` (either
   Mul order) -> ``Gelu`` (ESP-DL has Gelu but no Erf module).
 * ``fuse_swish``: ``Mul(x, Sigmoid(x))`` -> ``Swish``.
+* ``globalmaxpool_to_reducemax``: ``GlobalMaxPool`` (ESP-DL has no module) -> ``ReduceMax`` over the
+  spatial axes.
 
 :func:`float_onnx` builds an ONNX model of a rewritten graph for onnxruntime (raising the opset to the
 one that defines the fused operators, with Reduce* ``axes`` moved to inputs from opset 18 on).
@@ -391,6 +393,29 @@ def fuse_swish(fg: FGraph) -> PassResult:
     return PassResult(fg, True, f"{len(fused)} Swish")
 
 
+# ---- GlobalMaxPool ----------------------------------------------------------------------------------
+
+def globalmaxpool_to_reducemax(fg: FGraph) -> PassResult:
+    """``GlobalMaxPool`` (no ESP-DL module) -> ``ReduceMax`` over the spatial axes, keepdims=1 (float-exact)."""
+    done = []
+    for n in [n for n in fg.nodes if n.op == "GlobalMaxPool"]:
+        r = len(fg.shapes[n.inputs[0]])
+        axes = list(range(2, r))
+        if not axes:
+            continue
+        new = FNode("ReduceMax", n.name, [n.inputs[0]], list(n.outputs), {"axes": axes, "keepdims": 1})
+        if fg.opset >= 18:
+            nm = f"{n.name}.axes"
+            fg.consts[nm] = np.array(axes, np.int64)
+            new.inputs.append(nm)
+            del new.attrs["axes"]
+        _replace(fg, [n], new)
+        done.append(n.name)
+    if not done:
+        return PassResult(fg, False, "no GlobalMaxPool")
+    return PassResult(fg, True, f"{len(done)} GlobalMaxPool -> ReduceMax")
+
+
 # ---- the sequence -----------------------------------------------------------------------------------
 
 PATTERN_PASSES = [
@@ -398,6 +423,7 @@ PATTERN_PASSES = [
     FunctionPass("fuse_rmsnorm", fuse_rmsnorm),
     FunctionPass("fuse_gelu", fuse_gelu),
     FunctionPass("fuse_swish", fuse_swish),
+    FunctionPass("globalmaxpool_to_reducemax", globalmaxpool_to_reducemax),
 ]
 
 

@@ -20,5 +20,5 @@ define("GlobalAveragePool", "pool", time=TimeRule.REFUSE, layout=Layout.SPATIAL,
 define("GlobalMaxPool", "pool", espdl=False, time=TimeRule.REFUSE, layout=Layout.SPATIAL,
        exponent=ExpPolicy.PASSIVE, nonneg=nonneg_input,
        refuse={"stream": GLOBAL, "emulate": "ESP-DL has no GlobalMaxPool module",
-               "compiled": "ESP-DL has no GlobalMaxPool module",
-               "quantize": "ESP-DL has no GlobalMaxPool module; use ReduceMax over the spatial axes"})
+               "compiled": "ESP-DL has no GlobalMaxPool module"},
+       doc="the quantizer rewrites it to ReduceMax over the spatial axes (ESP-DL has no GlobalMaxPool module)")
