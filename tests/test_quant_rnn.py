@@ -192,6 +192,30 @@ def test_rnn_targets_and_bits(op, target, bits, tmp_path):
     assert q.quant_report["output_sqnr_db"] > 20, q.quant_report["output_sqnr_db"]
 
 
+@pytest.mark.parametrize("target, bits", [("esp32p4", 8), ("esp32s3", 8), ("c", 16)])
+def test_classifier_on_the_last_state(target, bits, tmp_path):
+    """``_, h = gru(x); fc(h[-1])``: the last layer's Y_h read through a Gather of index -1 (made 1) into a Gemm."""
+    m = rnn_model(op="GRU", layers=2, batch_first=False)
+    g = m.graph
+    last = [n for n in g.node if n.op_type == "GRU"][-1]
+    rng = np.random.default_rng(0)
+    g.initializer.extend([numpy_helper.from_array(np.array(-1, np.int64), "gi"),
+                          numpy_helper.from_array((rng.standard_normal((16, 4)) * 0.3).astype(np.float32), "fw")])
+    keep = [n for n in g.node if n.output[0] not in ("seq1", "y")]  # Y of the last layer is not read
+    del g.node[:]
+    g.node.extend(keep + [helper.make_node("Gather", [last.output[1], "gi"], ["hl"], axis=0),
+                          helper.make_node("Gemm", ["hl", "fw"], ["cls"])])
+    del g.output[:]
+    g.output.extend([helper.make_tensor_value_info("cls", TensorProto.FLOAT, None)])
+    q = quantize(m, calib_for(m), target=target, bits=bits)
+    check_runs_and_carries_test_values(q, tmp_path)
+    ops = [n.op_type for n in q.graph.nodes]
+    assert ops == ["GRU", "Squeeze", "GRU", "Gather", "Gemm"], ops
+    gather = q.graph.nodes[3]
+    assert int(np.asarray(q.graph.initializers[gather.inputs[1]].data)) == 0  # -1 of a dimension of 1
+    assert q.quant_report["output_sqnr_db"] > 30, q.quant_report["output_sqnr_db"]
+
+
 def test_rnn_mixed_precision(tmp_path):
     m = rnn_model(op="LSTM", state="input", seed=4)
     q = quantize(m, calib_for(m), target="esp32p4", int16_nodes=["/rnn/LSTM_0"])
