@@ -41,11 +41,16 @@ def stream(
     smodel, report = convert(m, chunk, frame_axis=frame_axis, table=entries, allow_lookahead=allow_lookahead,
                              verify=not no_verify, seed=seed)
     smodel.save(out, key=out_key)
+    missing = smodel.session().not_compiled  # nodes a session runs on the per-node path, between compiled rows
     if as_json:
-        typer.echo(json.dumps({"model": str(model), "output": str(out), "target": m.target, **report.as_dict()},
+        typer.echo(json.dumps({"model": str(model), "output": str(out), "target": m.target, **report.as_dict(),
+                               "not_compiled": [{"name": n.name, "op": n.op_type, "reason": r} for n, r in missing]},
                               indent=2))
     else:
         typer.echo(report.render())
+        typer.echo("compiled: every node" if not missing else
+                   f"compiled: all but {len(missing)} node(s), run per node: "
+                   + "; ".join(f"{n.name} ({n.op_type}: {r})" for n, r in missing))
         typer.echo(f"wrote {out}")
 
 

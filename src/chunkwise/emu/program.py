@@ -354,7 +354,10 @@ def _align(n: int) -> int:
 class Program:
     """A plan lowered to instruction rows (see the module docstring)."""
 
-    def __init__(self, plan: Plan):
+    def __init__(self, plan: Plan, carry=()):
+        """``carry``: ``(output, input)`` pairs of recurrent state (a streaming model's ``streaming_state``):
+        after each chunk the program copies the output's words into the input's, so the caller feeds only the
+        other inputs (feeding a carried input anyway overrides the state)."""
         supported_ops()  # registers every kernel and lowering
         self.plan = plan
         graph = plan.graph
@@ -400,6 +403,15 @@ class Program:
         for name in self.outputs:
             if name not in self._host_only:
                 b.slot(name)
+        self.carried = []
+        for out, inp in carry:
+            n = _size(plan.specs[inp].shape)
+            if out in self._host_only or _size(plan.specs[out].shape) != n or inp not in self.inputs:
+                raise UnsupportedError(f"state {out!r} -> {inp!r} cannot be carried in the arena")
+            b.emit(movement.COPY, x=b.slot(out), out=b.slot(inp), n=n)
+            b.state.append((b.slot(inp), n))
+            self.carried.append(inp)
+        self.fed = [n for n in self.inputs if n not in self.carried]
         self.code = np.array(b.rows, dtype=np.int64).reshape(-1, ROW)
         self.slots = dict(b.slots)
         self.state = list(b.state)
@@ -465,18 +477,20 @@ class Program:
 
     # ---- running ------------------------------------------------------------------------------------
     def _fast_path(self):
-        """(input name, its slot, dtype, shape, output name, slot, dtype, shape, float output) when one chunk
-        runs as one compiled call: one input, one arena output, no host step."""
-        if self.host or len(self.inputs) != 1 or len(self.outputs) != 1 or self.out_offs[0] < 0:
+        """(input name, its slot, dtype, shape, output name, slot, dtype, shape, float output, quantization,
+        other outputs) when one chunk runs as one compiled call: one fed input, arena outputs, no host step."""
+        if self.host or len(self.fed) != 1 or not self.outputs or (self.out_offs < 0).any():
             return None
-        i, o = self.inputs[0], self.outputs[0]
+        i, o = self.fed[0], self.outputs[0]
         si, so = self.plan.specs[i], self.plan.specs[o]
         quant = None  # float chunks: 2**-exponent and the saturation range (model.prepare_inputs' rule)
         if si.dtype in ("int8", "int16") and len(si.exps) == 1:
             lo, hi = qrange(si.dtype)
             quant = (2.0 ** (-int(si.exps[0])), float(lo), float(hi))
+        more = [(n, int(off), tuple(shape), dt, dt == np.float32) for n, off, shape, dt in
+                zip(self.outputs[1:], self.out_offs[1:], self.out_shapes[1:], self.out_dtypes[1:])]
         return (i, int(self.slots[i]), np.dtype(si.dtype), tuple(si.shape), o, int(self.slots[o]),
-                np.dtype(so.dtype), tuple(so.shape), so.dtype == "float32", quant)
+                np.dtype(so.dtype), tuple(so.shape), so.dtype == "float32", quant, more)
 
     def push(self, chunk):
         """The fast path of ``Session.push``: ``chunk`` an array or ``{name: array}`` of exactly the input's
@@ -499,18 +513,25 @@ class Program:
         y = np.empty(fast[7], dtype=fast[6])
         if x.dtype == fast[2]:
             _push1(self.mem, x, fast[1], y, fast[5], fast[8])
-            return {fast[4]: y}
-        if x.dtype.kind == "f" and x.dtype.itemsize in (4, 8) and fast[9] is not None:
+        elif x.dtype.kind == "f" and x.dtype.itemsize in (4, 8) and fast[9] is not None:
             scale, lo, hi = fast[9]
-            if _push1_float(self.mem, x, fast[1], scale, lo, hi, y, fast[5], fast[8]):
-                return {fast[4]: y}
-        return None
+            if not _push1_float(self.mem, x, fast[1], scale, lo, hi, y, fast[5], fast[8]):
+                return None
+        else:
+            return None
+        out = {fast[4]: y}
+        for name, off, shape, dt, is_float in fast[10]:
+            z = np.empty(shape, dtype=dt)
+            _get(self.mem, off, z, is_float)
+            out[name] = z
+        return out
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One chunk of validated feeds (``{input: array}`` in the inputs' dtypes) -> fresh output arrays."""
         mem = self.mem
         for name, off, dt in zip(self.inputs, self.in_offs, self.in_dtypes):
-            _put(mem, int(off), feeds[name], dt == "float32")
+            if name in feeds:  # a carried input may be left out: the program holds it
+                _put(mem, int(off), feeds[name], dt == "float32")
         self._run_rows()
         return self._collect()
 
@@ -598,12 +619,12 @@ class Program:
         return out
 
 
-def compile_plan(plan: Plan) -> tuple[Program | None, str]:
+def compile_plan(plan: Plan, carry=()) -> tuple[Program | None, str]:
     """(program, "") or (None, why not). A program may run some nodes on the per-node path between its
     compiled rows (``program.not_compiled``); None only when no node compiles or the inputs cannot be
-    held."""
+    held. ``carry``: see :class:`Program`."""
     try:
-        prog = Program(plan)
+        prog = Program(plan, carry)
     except UnsupportedError as e:
         return None, str(e)
     if plan.steps and len(prog.not_compiled) == len(plan.steps):

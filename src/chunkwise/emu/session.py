@@ -54,7 +54,8 @@ class Session:
             from .program import compile_plan
 
             # the model's plan is only read (shapes, constants); the program owns the session's state
-            self.program, self.why_not_compiled = compile_plan(model.plan(shapes))
+            self.program, self.why_not_compiled = compile_plan(
+                model.plan(shapes), carry=[(p["output"], p["input"]) for p in self.state_pairs])
         if self.program is not None:
             self.plan = self.program.plan  # what the program was lowered from; never run by the session
         else:
@@ -97,8 +98,10 @@ class Session:
         """One chunk. ``intermediates=True`` (per-node path) also returns every intermediate value."""
         if self.program is not None and not intermediates:
             outs = self.program.push(chunk)  # one compiled call for an exact-dtype or float chunk, else None
-            if outs is not None:
+            if outs is not None:  # (the program carried the recurrent state itself)
                 self.pushed += 1
+                if self.state_pairs:
+                    self._carry(outs)
                 return outs
         feeds = self._feeds(chunk)
         self.pushed += 1

@@ -157,6 +157,19 @@ def _declared_input_shapes(graph: Graph) -> dict[str, tuple]:
             for v in graph.inputs if v.name not in graph.initializers}
 
 
+def compiled_nodes(model, plan) -> dict:
+    """Which nodes a streaming session runs in its compiled program and which alone on the per-node path,
+    with the reason (``emu.program``)."""
+    from ..emu.program import compile_plan
+
+    prog, why = compile_plan(plan)
+    index = {id(n): i for i, n in enumerate(model.graph.nodes)}
+    missing = prog.not_compiled if prog is not None else [(st.node, why) for st in plan.steps]
+    return {"nodes": len(plan.steps) - len(missing), "of": len(plan.steps),
+            "not_compiled": [{"index": index.get(id(n)), "name": n.name, "op": n.op_type, "reason": r}
+                             for n, r in missing]}
+
+
 def _plan_shapes(model, shapes: dict | None) -> tuple[dict, dict, dict, str | None]:
     """(shape by value, dtype by value, macs by node index, error) from the planner."""
     graph: Graph = model.graph
@@ -181,6 +194,7 @@ def _plan_shapes(model, shapes: dict | None) -> tuple[dict, dict, dict, str | No
         i = index.get(id(step.node))
         if i is not None:
             macs[i] = int(step.prepared.macs)
+    macs["compiled"] = compiled_nodes(model, plan)
     return out_shapes, out_dtypes, macs, None
 
 
@@ -268,6 +282,7 @@ def summarize(model, *, shapes: dict[str, tuple[int, ...]] | None = None) -> dic
     graph: Graph = model.graph
     inits = graph.initializers
     planned, pdtypes, macs, plan_error = _plan_shapes(model, shapes)
+    compiled = macs.pop("compiled", None)
     vi_shapes, vi_dtypes = _value_info_shapes(graph)
     if plan_error is None:
         value_shapes = planned
@@ -342,6 +357,7 @@ def summarize(model, *, shapes: dict[str, tuple[int, ...]] | None = None) -> dic
         "parameters": {"tensors": len(inits), "elements": elements, "bytes": param_bytes,
                        "bytes_by_dtype": dict(sorted(by_dtype.items()))},
         "macs": total_macs,
+        "compiled": compiled,
         "test_values": {"present": bool(graph.test_inputs or graph.test_outputs),
                         "inputs": list(graph.test_inputs), "outputs": list(graph.test_outputs)},
         "memory": memory,
@@ -432,6 +448,15 @@ def render_text(s: dict) -> str:
     ]
     if s.get("macs") is not None:
         facts.append(["MACs", f"{s['macs']:,}"])
+    comp = s.get("compiled")
+    if comp is not None:
+        text = f"all {comp['of']} nodes" if not comp["not_compiled"] else f"{comp['nodes']} of {comp['of']} nodes"
+        if comp["not_compiled"]:
+            text += "; per-node: " + "; ".join(f"#{n['index']} {n['op']} {n['name']} ({_short(n['reason'], 80)})"
+                                                for n in comp["not_compiled"][:5])
+            if len(comp["not_compiled"]) > 5:
+                text += f"; ... {len(comp['not_compiled']) - 5} more"
+        facts.append(["compiled", text])
     shapes = s["shapes"]
     facts.append(["shapes", "from the emulator's planner" if shapes["source"] == "planner"
                   else f"from the file's value info (planner unavailable: {_short(shapes['note'])})"])
