@@ -167,6 +167,24 @@ def test_pad_travels_through_zero_preserving_ops(between):
     _stream_all(b, [1, 2, 3])
 
 
+@pytest.mark.parametrize("left, right, delay", [(1, 1, 1), (2, 2, 0), (0, 2, 2)])
+def test_pad_after_the_end_is_right_padding_of_the_window_that_reads_it(left, right, delay):
+    """F.pad on both sides ('same'): lookahead, with --allow-lookahead; with left padding that already makes the
+    window causal, the right zeros only add offline frames after the end."""
+    b = GraphBuilder(35)
+    x = b.input((1, 12, 6))
+    y = b.conv(x, 6, k=1)
+    p = b.pad(b.transpose(y, [0, 2, 1]), [0, 0, left, 0, 0, right])  # ESP-PPQ's Transpose -> Pad -> Transpose
+    z = b.conv_full(b.transpose(p, [0, 2, 1]), 6, kernel=[3])
+    b.output(b.conv(z, 4, k=1))
+    if delay:
+        with pytest.raises(StreamingError, match="future frames"):
+            stream(Model(b.g), 2)
+    for s, r in _stream_all(b, [1, 2, 3], allow_lookahead=bool(delay)):
+        assert r.delay_frames == delay
+        assert "Pad" not in [n.op_type for n in s.graph.nodes]
+
+
 def test_pad_refused_above_an_op_that_does_not_map_zero_to_zero():
     b = GraphBuilder(15)
     x = b.input((1, 12, 6))
@@ -496,7 +514,7 @@ def test_esp_ppq_negative_gather_index_is_made_non_negative():
     ("layernorm_time", "normalizes over the frame axis"),
     ("reduce_time", "reduces over the frame axis"),
     ("attention", "both operands are streamed"),
-    ("pad_right", "pads 2 frames after the end"),
+    ("pad_right", "needs 2 future frames"),
     ("pad_to_output", "reach the graph output"),
 ])
 def test_clean_refusals(case, message, tmp_path):
@@ -512,7 +530,7 @@ def test_clean_refusals(case, message, tmp_path):
     elif case == "attention":
         y = b._node("MatMul", [y, b.transpose(y, [0, 2, 1])], (1, 12, 12), b.exp(y) + 4)
     elif case == "pad_right":
-        y = b.pad(y, [0, 0, 0, 0, 2, 0])
+        y = b.conv_full(b.pad(y, [0, 0, 0, 0, 2, 0]), 8, kernel=[3])
     else:
         y = b.pad_time(y, 2)
     b.output(y)

@@ -266,7 +266,7 @@ def zero_time_padding(graph: Graph, d: Decision, shapes) -> PassResult:
         node = graph.node(name)
         rank = len(shapes[node.inputs[0]])
         pads = pad_values(graph, node, rank)
-        pads[axis] = 0
+        pads[axis] = pads[axis + rank] = 0  # left: cache state; right: frames after the end, never produced
         changed = True
         if not any(pads):  # nothing left to pad: the single consumer reads the Pad's input directly
             for user in graph.consumers().get(node.outputs[0], []):

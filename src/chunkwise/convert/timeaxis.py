@@ -53,13 +53,15 @@ class Time:
     # axis before time into it, e.g. [1, C, T, F] -> [C*T, F] for a per-row Gemm); only per-row ops and the
     # reshape back may follow
     outer: int = 1
+    tail: int = 0  # trailing zero frames of the offline tensor (a folded right Pad) the stream never produces
 
     @property
     def streamed(self) -> bool:
         return self.axis is not None
 
     def with_(self, **kw) -> "Time":
-        d = {"axis": self.axis, "rate": self.rate, "delay": self.delay, "pad": self.pad, "outer": self.outer}
+        d = {"axis": self.axis, "rate": self.rate, "delay": self.delay, "pad": self.pad, "outer": self.outer,
+             "tail": self.tail}
         d.update(kw)
         return Time(**d)
 
@@ -168,8 +170,8 @@ class _Cx:
 
 
 def _zero_or_refuse(cx: _Cx, node: Node, t: Time, what: str = "") -> None:
-    if t.pad and not opdef(node.op_type).zero_to_zero(node, cx.consts):
-        raise refuse(node, f"{t.pad} frames of zero padding on the frame axis reach it{what}, but it does not map "
+    if (t.pad or t.tail) and not opdef(node.op_type).zero_to_zero(node, cx.consts):
+        raise refuse(node, f"{t.pad or t.tail} frames of zero padding on the frame axis reach it{what}, but it does not map "
                            "zero to zero, so they cannot become a zero StreamingCache past it")
 
 
@@ -193,7 +195,7 @@ def _align(cx: _Cx, node: Node, ins: list[Time], streamed) -> Time:
     for _, t in streamed[1:]:
         if t.axis != ref.axis or t.rate != ref.rate or t.outer != ref.outer:
             raise refuse(node, f"inputs stream at different frame axes/rates ({ref} vs {t})")
-        if t.pad != ref.pad:
+        if t.pad != ref.pad or t.tail != ref.tail:
             raise refuse(node, f"its inputs carry different zero padding on the frame axis ({ref.pad} vs {t.pad} "
                                "frames)")
     maxdelay = max(t.delay for _, t in streamed)
@@ -235,7 +237,7 @@ def _window(cx: _Cx, node: Node, ins: list[Time], streamed) -> Time:
     except UnsupportedError as e:
         raise refuse(node, str(e)) from None
     k, dil, s = w.kernel[i], w.dilations[i], w.strides[i]
-    own_l, R = w.pads_begin[i], w.pads_end[i]
+    own_l, R = w.pads_begin[i], w.pads_end[i] + x.tail
     L = own_l + x.pad
     sp = w.span(i)
     cx.frames(node, x, s)
@@ -307,19 +309,19 @@ def _pad(cx: _Cx, node: Node, ins: list[Time], streamed) -> Time:
         raise refuse(node, "its padding value is not a constant")
     zero = mode == "constant" and (value is None or not np.any(value))
     if not L and not R:
-        if x.pad and not zero:
+        if (x.pad or x.tail) and not zero:
             raise refuse(node, f"{mode} padding of other axes would see the folded zero frames")
         return x
     _contiguous(node, x)
-    if R:
-        raise refuse(node, f"pads {R} frames after the end: that needs the future")
     if not zero:
         raise refuse(node, f"{mode} padding of the frame axis (only zero padding equals a fresh cache)")
     if x.delay:
         raise refuse(node, "zero padding of the frame axis after a lookahead layer would mix warm-up frames "
                            "into the padding")
     cx.d.pad_folds[node.name] = x.axis
-    return x.with_(pad=x.pad + L)
+    # zeros after the end are offline frames a stream never produces; a window op reading them has that much
+    # right padding (lookahead, unless its left padding already makes it causal)
+    return x.with_(pad=x.pad + L, tail=x.tail + R)
 
 
 def _transpose(cx: _Cx, node: Node, ins: list[Time], streamed) -> Time:
@@ -444,13 +446,13 @@ def _reshape(cx: _Cx, node: Node, ins: list[Time], streamed) -> Time:
                            "(last K frames) or a Gather of the last frame before it")
     jx, n2, o = best
     f = Fraction(n2, n)  # rows of the new axis per row of the old one
-    if o > 1 and (x.delay or x.pad):
+    if o > 1 and (x.delay or x.pad or x.tail):
         raise refuse(node, "interleaves the frame axis with another axis after a delay or folded padding")
-    delay, pad = x.delay * f, x.pad * f
-    if delay.denominator != 1 or pad.denominator != 1:
+    delay, pad, tail = x.delay * f, x.pad * f, x.tail * f
+    if delay.denominator != 1 or pad.denominator != 1 or tail.denominator != 1:
         raise refuse(node, "splits the frame axis into groups of frames after a delay or padding of other than "
                            "whole groups")
-    out = x.with_(axis=jx, rate=x.rate / f, delay=int(delay), pad=int(pad), outer=o)
+    out = x.with_(axis=jx, rate=x.rate / f, delay=int(delay), pad=int(pad), tail=int(tail), outer=o)
     cx.frames(node, out)
     if node.op_type == "Reshape":  # Flatten / Squeeze / Unsqueeze take their shape from the input
         cx.d.reshapes[node.name] = out.axis
@@ -519,7 +521,7 @@ def _upsample(cx: _Cx, node: Node, ins: list[Time], streamed) -> Time:
         return x
     _contiguous(node, x)
     cx.d.upsamples[node.name] = (i, s)
-    return Time(x.axis, x.rate / s, x.delay * s, x.pad * s)
+    return Time(x.axis, x.rate / s, x.delay * s, x.pad * s, tail=x.tail * s)
 
 
 def _rnn_time_axis(node: Node) -> int:
@@ -538,7 +540,7 @@ def _recurrent(cx: _Cx, node: Node, ins: list[Time], streamed) -> list[Time]:
     t_ax = _rnn_time_axis(node)
     if x.axis != t_ax:
         raise refuse(node, f"the frame axis is axis {x.axis} of X, not its sequence axis {t_ax}")
-    if x.pad:
+    if x.pad or x.tail:
         raise refuse(node, "zero padding of the frame axis reaches its input (the padding frames would update its "
                            "state)")
     if x.delay:
