@@ -129,6 +129,24 @@ def test_globalmaxpool_becomes_reducemax():
     assert q.quant_report["output_sqnr_db"] > 25
 
 
+@pytest.mark.parametrize("shape, b", [((1, 3, 4, 6), 2), ((2, 2, 6, 9), 3)])
+def test_spacetodepth_becomes_reshape_transpose(shape, b):
+    from chunkwise.quant.patterns import spacetodepth_to_reshapes
+
+    m = _model([helper.make_node("SpaceToDepth", ["x"], ["y"], blocksize=b)], {}, shape)
+    fg = prepare(m)
+    fq = copy.deepcopy(fg)
+    assert spacetodepth_to_reshapes(fq).modified
+    assert [n.op for n in fq.nodes] == ["Reshape", "Transpose", "Reshape"]
+    x = RNG.normal(0, 1, shape).astype(np.float32)
+    np.testing.assert_array_equal(_run(float_onnx(fq), x), _run(m, x))
+    import chunkwise
+
+    q = chunkwise.quantize(m, RNG.normal(0, 1, (8,) + shape).astype(np.float32), warn=False)
+    assert "SpaceToDepth" not in {n.op_type for n in q.graph.nodes}
+    assert q.quant_report["output_sqnr_db"] > 25
+
+
 def test_rewrite_says_why_not():
     fg = prepare(swish_model())
     res = fuse_layernorm(fg)
@@ -136,8 +154,8 @@ def test_rewrite_says_why_not():
     log: list[str] = []
     rewrite_patterns(copy.deepcopy(fg), log)
     assert [l.split(":")[0] for l in log] == ["fuse_layernorm", "fuse_rmsnorm", "fuse_gelu", "fuse_swish",
-                                              "globalmaxpool_to_reducemax"]
-    assert "fuse_swish: modified" in log[-2]
+                                              "globalmaxpool_to_reducemax", "spacetodepth_to_reshapes"]
+    assert "fuse_swish: modified" in log[-3]
 
 
 def test_layernorm_over_leading_axes_not_fused():

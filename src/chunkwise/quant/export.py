@@ -75,7 +75,7 @@ INT16_NATIVE_LUT = {"Relu", "Clip", "PRelu", "Neg"}  # int16: keep the op, full 
 FLOAT_OUTPUT_OPS = {"Softmax", "LogSoftmax"}  # ESP-DL writes float32 whatever the quant_type
 # ESP-PPQ leaves these unquantized (not among its quantized op types): they run with quant_type F32, a
 # DequantizeLinear / QuantizeLinear in front of / behind them where their neighbours are integer
-FLOAT_COMPUTE_OPS = {"Log", "Sqrt"}
+FLOAT_COMPUTE_OPS = {"Log", "Sqrt", "Pow"}
 # comparisons: raw integers compared (ESP-DL ignores exponents), so both inputs share the coarser of their
 # exponents (ESP-PPQ aligns them jointly); the output is bool (one byte)
 COMPARE_OPS = frozenset({"Equal", "Greater", "GreaterOrEqual", "Less", "LessOrEqual"})
@@ -729,6 +729,9 @@ class Exporter:
                 attrs["count_include_pad"] = int(a.get("count_include_pad", 0))
             else:
                 attrs["dilations"] = list(a.get("dilations", [1] * nsp))
+        elif op in FLOAT_COMPUTE_OPS:  # float32 in and out, no table; float constants stay float32
+            inputs = [self.param(u, np.asarray(self.fg.consts[u], np.float32), "float32", [0])
+                      if u in self.fg.consts else u for u in inputs]
         elif op in LUT_OPS:
             op, attrs, inputs = self.lut_node(n, attrs)
         elif op in ADD_LIKE_OPS:
@@ -768,8 +771,6 @@ class Exporter:
             self.param(vs, np.array(2.0 ** a["_exp_in"], np.float32), "float32", [0])
             self.param(vz, np.array(0), self.dtype(self.qi.vbits[n.inputs[0]]), [0])
             inputs = [inputs[0], vs, vz]
-        elif op in FLOAT_COMPUTE_OPS and self.qi.bits[n.name] == 32:
-            pass  # float32 in and out, no table
         elif op == "QuantizeLinear":
             vs, vz = self.namer.var(), self.namer.var()
             self.param(vs, np.array(2.0 ** a["_exp_out"], np.float32), "float32", [0])

@@ -16,6 +16,8 @@ statistics collected on the original graph hold for every value of the rewritten
 * ``fuse_swish``: ``Mul(x, Sigmoid(x))`` -> ``Swish``.
 * ``globalmaxpool_to_reducemax``: ``GlobalMaxPool`` (ESP-DL has no module) -> ``ReduceMax`` over the
   spatial axes.
+* ``spacetodepth_to_reshapes``: ``SpaceToDepth`` (ESP-DL's module orders channels unlike ONNX) ->
+  Reshape / Transpose / Reshape.
 
 :func:`float_onnx` builds an ONNX model of a rewritten graph for onnxruntime (raising the opset to the
 one that defines the fused operators, with Reduce* ``axes`` moved to inputs from opset 18 on).
@@ -416,6 +418,37 @@ def globalmaxpool_to_reducemax(fg: FGraph) -> PassResult:
     return PassResult(fg, True, f"{len(done)} GlobalMaxPool -> ReduceMax")
 
 
+# ---- SpaceToDepth -----------------------------------------------------------------------------------
+
+def spacetodepth_to_reshapes(fg: FGraph) -> PassResult:
+    """``SpaceToDepth`` (ESP-DL's module orders channels unlike ONNX) -> Reshape [N, C, H/b, b, W/b, b],
+    Transpose [0, 3, 5, 1, 2, 4], Reshape [N, C*b*b, H/b, W/b]: ONNX's definition, float-exact."""
+    done = []
+    for n in [n for n in fg.nodes if n.op == "SpaceToDepth"]:
+        shp = fg.shapes.get(n.inputs[0])
+        b = int(n.attrs.get("blocksize", 0))
+        if shp is None or len(shp) != 4 or b < 1 or shp[2] % b or shp[3] % b:
+            continue
+        nb, c, h, w = shp
+        s1, s2 = f"{n.name}.shape6", f"{n.name}.shape4"
+        fg.consts[s1] = np.array([nb, c, h // b, b, w // b, b], np.int64)
+        fg.consts[s2] = np.array([nb, c * b * b, h // b, w // b], np.int64)
+        v1, v2 = f"{n.name}/blocks", f"{n.name}/moved"
+        new = [FNode("Reshape", f"{n.name}/Reshape", [n.inputs[0], s1], [v1]),
+               FNode("Transpose", f"{n.name}/Transpose", [v1], [v2], {"perm": [0, 3, 5, 1, 2, 4]}),
+               FNode("Reshape", f"{n.name}/Reshape_1", [v2, s2], list(n.outputs))]
+        i = fg.nodes.index(n)
+        fg.nodes[i:i + 1] = new
+        for k in new:
+            fg.origin[k.name] = [n.name]
+        fg.shapes[v1] = (nb, c, h // b, b, w // b, b)
+        fg.shapes[v2] = (nb, b, b, c, h // b, w // b)
+        done.append(n.name)
+    if not done:
+        return PassResult(fg, False, "no SpaceToDepth on a 4-D input divisible by its blocksize")
+    return PassResult(fg, True, f"{len(done)} SpaceToDepth -> Reshape/Transpose/Reshape")
+
+
 # ---- the sequence -----------------------------------------------------------------------------------
 
 PATTERN_PASSES = [
@@ -424,6 +457,7 @@ PATTERN_PASSES = [
     FunctionPass("fuse_gelu", fuse_gelu),
     FunctionPass("fuse_swish", fuse_swish),
     FunctionPass("globalmaxpool_to_reducemax", globalmaxpool_to_reducemax),
+    FunctionPass("spacetodepth_to_reshapes", spacetodepth_to_reshapes),
 ]
 
 

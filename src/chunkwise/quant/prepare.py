@@ -29,7 +29,7 @@ FLOAT_OPS_SUPPORTED = (
     "ReduceLogSum", "ReduceLogSumExp", "ReduceProd",
     "LayerNormalization", "RMSNormalization", "LpNormalization", "Softmax", "LogSoftmax", "ReverseSequence",
     "Equal", "Greater", "GreaterOrEqual", "Less", "LessOrEqual", "Mod", "ScatterND",
-    "GlobalMaxPool",  # rewritten to ReduceMax (.patterns)
+    "GlobalMaxPool", "SpaceToDepth",  # rewritten to ReduceMax / Reshape-Transpose-Reshape (.patterns)
 )
 # operators taken only inside a pattern that .patterns fuses (checked again after the rewrites)
 PATTERN_ONLY_OPS = ("Erf", "Reciprocal")

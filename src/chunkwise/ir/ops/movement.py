@@ -92,8 +92,8 @@ define("DepthToSpace", "movement", time=TimeRule.AXES, layout=Layout.SPATIAL, ex
        zero_to_zero=_z, nonneg=nonneg_input)
 define("SpaceToDepth", "movement", time=TimeRule.AXES, layout=Layout.SPATIAL, exponent=ExpPolicy.PASSIVE,
        attrs={"blocksize": Attr("int")}, axes=_spatial_and_channels, zero_to_zero=_z, nonneg=nonneg_input,
-       refuse={"quantize": "ESP-DL orders SpaceToDepth's channels unlike ONNX: no float model counterpart",
-               "float_twin": "ESP-DL orders SpaceToDepth's channels c*bs*bs + ..., not as ONNX does"})
+       refuse={"float_twin": "ESP-DL orders SpaceToDepth's channels c*bs*bs + ..., not as ONNX does"},
+       doc="the quantizer rewrites a float SpaceToDepth to Reshape / Transpose / Reshape (ONNX's order)")
 
 
 def _revseq_axes(node, rank, consts):
