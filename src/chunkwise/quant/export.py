@@ -620,7 +620,7 @@ def weight_exponents(w: np.ndarray, axis: int | None, bits: int) -> np.ndarray:
 
 
 def const_exponent(c: np.ndarray, bits: int, mode: int) -> int:
-    """The power-of-two exponent with the least squared error for a constant operand (Mul/Div/Pow): its
+    """The power-of-two exponent with the least squared error for a constant operand (Mul/Div/Mod): its
     values are known, so clipping a few outliers may beat min-max (ESP-PPQ's percentile observer does
     likewise for int8). Searched from min-max down by up to 3 steps; ties keep the wider range."""
     e_max = int(weight_exponents(c, None, bits)[0])
