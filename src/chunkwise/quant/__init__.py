@@ -35,7 +35,8 @@ def supported_float_ops() -> set[str]:
     return set(FLOAT_OPS_SUPPORTED)
 
 REPORT_SAMPLES = 4
-OUTPUT_METHOD = "mse"  # calibration of graph outputs unless clip_outputs=True
+OUTPUT_METHOD = "mse"
+INT8_ONLY_OPS = ("Resize",)  # ESP-DL has no int16 kernel for these  # calibration of graph outputs unless clip_outputs=True
 
 
 def _node_bits(fg: FGraph, origin: dict[str, list[str]], bits: int, int16_nodes) -> dict[str, int]:
@@ -87,6 +88,13 @@ def quantize(onnx_path_or_model, calib, *, target: str = "esp32p4", bits: int = 
     origin = rewrite(fq, passes_log)
     check_supported(fq, after_rewrites=True)
     bits_of = _node_bits(fq, origin, bits, int16_nodes)
+    # ESP-DL's int16 Resize does nothing (resize<int16_t> is empty): Resize runs in int8, with
+    # RequantizeLinear at its boundaries, in an int16 or mixed model
+    narrowed = [n.name for n in fq.nodes if n.op in INT8_ONLY_OPS and bits_of[n.name] == 16]
+    for name in narrowed:
+        bits_of[name] = 8
+    passes_log.append(f"int8_only_ops: modified ({len(narrowed)} Resize kept in int8)" if narrowed
+                      else "int8_only_ops: no change (no int16 Resize)")
     needed = tuple(sorted(set(bits_of.values()) | {bits}))
     outputs = set(fg.outputs)
     stats = collect(runner, data, needed, calib_method, progress=progress,
