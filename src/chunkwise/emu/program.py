@@ -13,9 +13,10 @@ single array):
 
 **One place per op.** Each op's lowering is registered with ``@lowering`` beside its kernel (in
 ``emu/ops/<family>.py``) and only *encodes* what the kernel's ``prepare`` decided and left in
-``Prepared.info``; the row's layout and the arm that decodes it live there too, and the arm calls the same
-njit helper as the per-node kernel. This module only owns the memory, the dispatch (:func:`_exec`, which
-lists every arm once) and the host steps.
+``Prepared.info``; the row's layout (``row_layout``) and the arm that decodes it (``@arm``) live there too,
+and the arm calls the same njit helper as the per-node kernel. This module only owns the memory, the host
+steps and the dispatch: :func:`dispatcher` generates (and numba caches) an interpreter for the set of
+opcodes a program uses, so a model compiles only the arms it needs.
 
 **No cliff.** A node without a lowering (or one its lowering refuses, e.g. a float32 path) becomes a
 ``HOST`` row: the interpreter returns, the node runs alone on the per-node path reading and writing the
@@ -27,38 +28,41 @@ chunks in one call when the program has no host step.
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import math
+import os
+import sys
+import tempfile
+import threading
+from pathlib import Path
 
 import numpy as np
 from numba import njit
 
 from ..errors import UnsupportedError
 from .engine import Plan, Step
-from .registry import LOWERINGS, NOT_LOWERED, supported_ops
-from .rounding import qrange, round_f
 from .ops._simd import section
-from .ops import (activation, conv, elementwise, matmul, movement, norm, pool, quantize_ops, reduce, resize, rnn,
-                  softmax, streaming)
+from .registry import ARMS, LOWERINGS, NOT_LOWERED, supported_ops
+from .rounding import qrange, round_f
 
 ROW = 32  # columns of an instruction row
-
-#: opcode -> (row layout, where its arm lives). Column 0 of a row; the interpreter's dispatch below tests
-#: these numbers literally (numba freezes them), so they are listed here once and never reused.
-OP_HOST = 1
-OPCODES = {
-    "CONV": 2, "DWCONV": 3, "CACHE": 4, "GATHER": 5, "SCATTER": 6, "COPY": 7, "FILL": 8, "LUT8": 9,
-    "LUT16": 10, "ACT": 11, "BINARY": 12, "RELU": 13, "REQUANT": 14, "NEG": 15, "LEAKY": 16, "PRELU": 17,
-    "CLIP": 18, "DIV": 19, "AVGPOOL": 20, "MAXPOOL": 21, "QUANT": 22, "DEQUANT": 23, "REDUCE": 24,
-    "SOFTMAX8": 25, "SOFTMAXF": 26, "LAYERNORM": 27, "RMSNORM": 28, "LPNORM": 29, "MATMUL": 30, "GRU": 31,
-    "LSTM": 32, "RESIZE_NEAREST": 33, "RESIZE_LINEAR": 34,
-}
+OP_HOST = 1  # return to Python: run one node on the per-node path
 
 _HDR = 16  # int64 header words at the start of mem
 H_MODE, H_CODE, H_CODE_END, H_ACT, H_ACT_END, H_C16, H_C16_END, H_C32, H_C32_END, H_C64, H_C64_END, H_CF, \
     H_CF_END = range(13)
 
 
-# ---- the interpreter ----------------------------------------------------------------------------------
+def opcodes() -> dict[str, int]:
+    """Row layout name -> opcode (column 0 of its rows): every registered arm, numbered from 2 in name order.
+    The numbers are baked into each generated dispatcher, whose file name depends on them (see
+    :func:`dispatcher`)."""
+    supported_ops()
+    return {name: i + 2 for i, name in enumerate(sorted(ARMS))}
+
+
+# ---- memory views and I/O (shared by every dispatcher) ------------------------------------------------
 
 
 @njit(cache=True, inline="always")
@@ -76,88 +80,8 @@ def _views(mem):
 
 
 @njit(cache=True)
-def _exec(mem, pc):
-    """Run rows from ``pc`` until the end (returned) or a HOST row (its index is returned)."""
-    code, act, actf, c16, c32, c64, cf, mode = _views(mem)
-    n = code.size // ROW
-    while pc < n:
-        row = code[pc * ROW:(pc + 1) * ROW]
-        op = row[0]
-        if op == 1:
-            return pc
-        elif op == 2:
-            conv.conv_arm(row, act, c16, c32, c64, mode)
-        elif op == 3:
-            conv.dwconv_arm(row, act, c16, c32, c64, mode)
-        elif op == 4:
-            streaming.cache_arm(row, act)
-        elif op == 5:
-            movement.gather_arm(row, act, c32)
-        elif op == 6:
-            movement.scatter_arm(row, act, c32)
-        elif op == 7:
-            movement.copy_arm(row, act)
-        elif op == 8:
-            movement.fill_arm(row, act)
-        elif op == 9:
-            activation.lut8_arm(row, act, c32)
-        elif op == 10:
-            activation.lut16_arm(row, act, c32, mode)
-        elif op == 11:
-            activation.act_arm(row, act, cf, mode)
-        elif op == 12:
-            elementwise.binary_arm(row, act, c64, cf, mode)
-        elif op == 13:
-            elementwise.relu_arm(row, act, mode)
-        elif op == 14:
-            elementwise.requant_arm(row, act, mode)
-        elif op == 15:
-            elementwise.neg_arm(row, act)
-        elif op == 16:
-            elementwise.leaky_arm(row, act, cf, mode)
-        elif op == 17:
-            elementwise.prelu_arm(row, act, c64, mode)
-        elif op == 18:
-            elementwise.clip_arm(row, act, mode)
-        elif op == 19:
-            elementwise.div_arm(row, act, c64, cf, mode)
-        elif op == 20:
-            pool.avg_arm(row, act, c64, cf, mode)
-        elif op == 21:
-            pool.max_arm(row, act)
-        elif op == 22:
-            quantize_ops.quant_arm(row, act, actf, cf, mode)
-        elif op == 23:
-            quantize_ops.dequant_arm(row, act, actf, cf)
-        elif op == 24:
-            reduce.reduce_arm(row, act, mode)
-        elif op == 25:
-            softmax.softmax8_arm(row, act, actf, cf)
-        elif op == 26:
-            softmax.softmaxf_arm(row, act, actf)
-        elif op == 27:
-            norm.layernorm_arm(row, act, cf, mode)
-        elif op == 28:
-            norm.rmsnorm_arm(row, act, actf, cf, mode)
-        elif op == 29:
-            norm.lpnorm_arm(row, act, cf, mode)
-        elif op == 30:
-            matmul.matmul_arm(row, act, c32, c64, mode)
-        elif op == 31:
-            rnn.gru_arm(row, act, c32, c64, cf, mode)
-        elif op == 32:
-            rnn.lstm_arm(row, act, c32, c64, cf, mode)
-        elif op == 33:
-            resize.nearest_arm(row, act, c32, mode)
-        elif op == 34:
-            resize.linear_arm(row, act, c64, cf, mode)
-        pc += 1
-    return pc
-
-
-@njit(cache=True)
 def _put(mem, off, x, is_float):
-    """An input chunk (flat; float32 values when ``is_float``, else integers) into the arena."""
+    """An input chunk (any shape; float32 values when ``is_float``, else integers) into the arena."""
     code, act, actf, c16, c32, c64, cf, mode = _views(mem)
     i = off
     if is_float:
@@ -173,7 +97,7 @@ def _put(mem, off, x, is_float):
 @njit(cache=True)
 def _put_quantized(mem, off, x, scale, lo, hi):
     """A float chunk quantized into the arena as ``model.prepare_inputs`` does (float64 ``x * 2**-e``, the
-    target's rounding, saturation); returns False (and writes nothing that a run reads) on a NaN."""
+    target's rounding, saturation); returns False (and writes nothing) on a NaN."""
     code, act, actf, c16, c32, c64, cf, mode = _views(mem)
     for v in x.flat:
         if v != v:
@@ -188,9 +112,9 @@ def _put_quantized(mem, off, x, scale, lo, hi):
 
 @njit(cache=True)
 def _get(mem, off, y, is_float):
-    """A value out of the arena into ``y`` (flat; float32 values when ``is_float``)."""
+    """A value out of the arena into ``y`` (a fresh C-contiguous array; float32 values when ``is_float``)."""
     code, act, actf, c16, c32, c64, cf, mode = _views(mem)
-    flat = y.reshape(-1)  # y: a fresh C-contiguous array
+    flat = y.reshape(-1)
     if is_float:
         for i in range(flat.size):
             flat[i] = actf[off + i]
@@ -199,38 +123,120 @@ def _get(mem, off, y, is_float):
             flat[i] = act[off + i]
 
 
-@njit(cache=True)
-def _push1(mem, x, in_off, y, out_off, out_float):
-    """One chunk through a program with one input, one output and no host step."""
-    _put(mem, in_off, x, False)
-    _exec(mem, 0)
-    _get(mem, out_off, y, out_float)
+# ---- dispatchers ---------------------------------------------------------------------------------------
+# The interpreter is generated for the set of opcodes a program uses, so a model compiles (once, then from
+# numba's cache) only the arms it needs, and each dispatch stays small. The source goes to a file named by
+# a hash of itself and of the emulator's sources (numba caches functions by file; a changed kernel gives a
+# new file, never a stale cache).
+
+_TEMPLATE = '''"""Generated by chunkwise.emu.program (opcodes {names}); do not edit."""
+import numpy as np
+from numba import njit
+
+from chunkwise.emu.program import ROW, _views
+{imports}
 
 
 @njit(cache=True)
-def _push1_float(mem, x, in_off, scale, lo, hi, y, out_off, out_float):
-    if not _put_quantized(mem, in_off, x, scale, lo, hi):
-        return False
-    _exec(mem, 0)
-    _get(mem, out_off, y, out_float)
-    return True
+def run_rows(mem, pc, x, in_off, y, out_off, io):
+    """Run rows from ``pc`` to the end (returns the row count) or to a HOST row (returns its index).
+
+    ``io`` bits: 1: first write the chunk ``x`` at ``in_off`` (an exact-dtype input); 2: at the end read the
+    value at ``out_off`` into ``y``; 4: that value is float32. The one compiled entry of a program (every
+    caller passes arrays of the same types, dummies when ``io`` says they are unused), so a model compiles its
+    arms once."""
+    code, act, actf, c16, c32, c64, cf, mode = _views(mem)
+    if io & 1:
+        i = in_off
+        for v in x.flat:
+            act[i] = v
+            i += 1
+    n = code.size // ROW
+    while pc < n:
+        row = code[pc * ROW:(pc + 1) * ROW]
+        op = row[0]
+        if op == {host}:
+            return pc
+{arms}
+        pc += 1
+    if io & 2:
+        flat = y.reshape(-1)
+        if io & 4:
+            for i in range(flat.size):
+                flat[i] = actf[out_off + i]
+        else:
+            for i in range(flat.size):
+                flat[i] = act[out_off + i]
+    return pc
+'''
+
+_fingerprint: str | None = None
+_loaded: dict[str, object] = {}
+_load_lock = threading.Lock()
 
 
-@njit(cache=True)
-def _exec_many(mem, xs, in_offs, in_sizes, ys, out_offs, out_sizes):
-    act = _views(mem)[1]
-    for t in range(xs.shape[0]):
-        p = 0
-        for k in range(in_offs.shape[0]):
-            for i in range(in_sizes[k]):
-                act[in_offs[k] + i] = xs[t, p + i]
-            p += in_sizes[k]
-        _exec(mem, 0)
-        p = 0
-        for k in range(out_offs.shape[0]):
-            for i in range(out_sizes[k]):
-                ys[t, p + i] = act[out_offs[k] + i]
-            p += out_sizes[k]
+def _sources_fingerprint() -> str:
+    """A hash of the emulator's sources (every arm and helper a dispatcher links in) and numba's version."""
+    global _fingerprint
+    if _fingerprint is None:
+        import numba
+
+        h = hashlib.sha1(numba.__version__.encode())
+        root = Path(__file__).resolve().parent
+        for f in sorted(list(root.glob("*.py")) + list((root / "ops").glob("*.py"))):
+            h.update(f.name.encode())
+            h.update(f.read_bytes())
+        _fingerprint = h.hexdigest()
+    return _fingerprint
+
+
+def _cache_dir() -> Path:
+    """Where generated dispatchers are written: $CHUNKWISE_CACHE_DIR, else the user's cache directory, else a
+    temporary directory."""
+    candidates = [os.environ.get("CHUNKWISE_CACHE_DIR"),
+                  os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "chunkwise"),
+                  os.path.join(tempfile.gettempdir(), f"chunkwise-{os.getuid() if hasattr(os, 'getuid') else 0}")]
+    for c in candidates:
+        if not c:
+            continue
+        try:
+            os.makedirs(c, exist_ok=True)
+            if os.access(c, os.W_OK):
+                return Path(c)
+        except OSError:
+            continue
+    raise UnsupportedError("no writable directory for compiled dispatchers (set CHUNKWISE_CACHE_DIR)")
+
+
+def dispatcher(names):
+    """The generated module (its ``run_rows``) that runs rows of the given layouts."""
+    codes = opcodes()
+    names = sorted(set(names))
+    imports, arms = [], []
+    for name in names:
+        fn = ARMS[name]
+        imports.append(f"from {fn.py_func.__module__} import {fn.__name__} as arm_{name}")
+        arms.append(f"        elif op == {codes[name]}:\n"
+                    f"            arm_{name}(row, act, actf, c16, c32, c64, cf, mode)")
+    text = _TEMPLATE.format(names=", ".join(names) or "none", imports="\n".join(imports), host=OP_HOST,
+                            arms="\n".join(arms))
+    key = hashlib.sha1((text + _sources_fingerprint()).encode()).hexdigest()[:20]
+    modname = f"chunkwise_rows_{key}"
+    with _load_lock:
+        mod = _loaded.get(modname)
+        if mod is not None:
+            return mod
+        path = _cache_dir() / f"{modname}.py"
+        if not path.exists() or path.read_text() != text:
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(text)
+            os.replace(tmp, path)
+        spec = importlib.util.spec_from_file_location(modname, path)
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[modname] = mod
+        spec.loader.exec_module(mod)
+        _loaded[modname] = mod
+        return mod
 
 
 # ---- lowering -----------------------------------------------------------------------------------------
@@ -259,6 +265,7 @@ class Builder:
         self.state: list[tuple[int, int]] = []  # arena words zeroed by reset()
         self.sections = {"c16": [], "c32": [], "c64": [], "cf": []}
         self.counts = {"c16": 0, "c32": 0, "c64": 0, "cf": 0}
+        self.codes = opcodes()
 
     # values
     def spec(self, name: str):
@@ -334,7 +341,7 @@ class Builder:
             raise AssertionError(f"{name} row: missing {sorted(want - set(fields))}, "
                                  f"unknown {sorted(set(fields) - want)}")
         row = np.zeros(ROW, dtype=np.int64)
-        row[0] = OPCODES[name]
+        row[0] = self.codes[name]
         for k, v in fields.items():
             row[getattr(layout, k)] = int(v)
         self.rows.append(row)
@@ -408,11 +415,15 @@ class Program:
             n = _size(plan.specs[inp].shape)
             if out in self._host_only or _size(plan.specs[out].shape) != n or inp not in self.inputs:
                 raise UnsupportedError(f"state {out!r} -> {inp!r} cannot be carried in the arena")
-            b.emit(movement.COPY, x=b.slot(out), out=b.slot(inp), n=n)
+            from .ops.movement import COPY
+
+            b.emit(COPY, x=b.slot(out), out=b.slot(inp), n=n)
             b.state.append((b.slot(inp), n))
             self.carried.append(inp)
         self.fed = [n for n in self.inputs if n not in self.carried]
         self.code = np.array(b.rows, dtype=np.int64).reshape(-1, ROW)
+        names = {v: k for k, v in b.codes.items()}
+        self.runner = dispatcher(names[int(op)] for op in set(self.code[:, 0].tolist()) if op != OP_HOST)
         self.slots = dict(b.slots)
         self.state = list(b.state)
         self._build_mem(b)
@@ -434,6 +445,14 @@ class Program:
         self.in_dtypes = [plan.specs[n].dtype for n in self.inputs]
         self.out_offs = np.array([self.slots.get(n, -1) for n in self.outputs], dtype=np.int64)
         self._fast = self._fast_path()
+        # run_rows' argument types are fixed per program (one compile): the fast path's chunk and output
+        # types, or dummies of those types when a call does not use them
+        self._rows = self.runner.run_rows
+        x_in = self.plan.specs[self._fast[0]] if self._fast else None
+        self._x0 = np.empty((0,) * len(x_in.shape) if x_in else (0,), dtype=x_in.dtype if x_in else np.int8)
+        o0 = self.outputs[0] if self.outputs else None
+        self._y0 = np.empty((0,) * len(self.out_shapes[0]) if o0 else (0,),
+                            dtype=self.out_dtypes[0] if o0 else np.int8)
 
     # ---- memory -------------------------------------------------------------------------------------
     def _build_mem(self, b: Builder) -> None:
@@ -483,14 +502,17 @@ class Program:
             return None
         i, o = self.fed[0], self.outputs[0]
         si, so = self.plan.specs[i], self.plan.specs[o]
+        if si.dtype not in ("int8", "int16", "int32", "uint8", "uint16"):
+            return None
         quant = None  # float chunks: 2**-exponent and the saturation range (model.prepare_inputs' rule)
         if si.dtype in ("int8", "int16") and len(si.exps) == 1:
             lo, hi = qrange(si.dtype)
             quant = (2.0 ** (-int(si.exps[0])), float(lo), float(hi))
         more = [(n, int(off), tuple(shape), dt, dt == np.float32) for n, off, shape, dt in
                 zip(self.outputs[1:], self.out_offs[1:], self.out_shapes[1:], self.out_dtypes[1:])]
+        io = 1 | 2 | (4 if so.dtype == "float32" else 0)  # run_rows' io bits
         return (i, int(self.slots[i]), np.dtype(si.dtype), tuple(si.shape), o, int(self.slots[o]),
-                np.dtype(so.dtype), tuple(so.shape), so.dtype == "float32", quant, more)
+                np.dtype(so.dtype), tuple(so.shape), io, quant, more)
 
     def push(self, chunk):
         """The fast path of ``Session.push``: ``chunk`` an array or ``{name: array}`` of exactly the input's
@@ -508,15 +530,16 @@ class Program:
                 return None
         else:
             x = chunk
-        if type(x) is not np.ndarray or x.shape != fast[3]:
+        if type(x) is not np.ndarray or x.shape != fast[3] or not x.flags.c_contiguous:
             return None
         y = np.empty(fast[7], dtype=fast[6])
         if x.dtype == fast[2]:
-            _push1(self.mem, x, fast[1], y, fast[5], fast[8])
+            self._rows(self.mem, 0, x, fast[1], y, fast[5], fast[8])
         elif x.dtype.kind == "f" and x.dtype.itemsize in (4, 8) and fast[9] is not None:
             scale, lo, hi = fast[9]
-            if not _push1_float(self.mem, x, fast[1], scale, lo, hi, y, fast[5], fast[8]):
+            if not _put_quantized(self.mem, fast[1], x, scale, lo, hi):
                 return None
+            self._rows(self.mem, 0, self._x0, 0, y, fast[5], fast[8] & ~1)
         else:
             return None
         out = {fast[4]: y}
@@ -538,7 +561,7 @@ class Program:
     def _run_rows(self) -> None:
         pc, n = 0, self.code.shape[0]
         while True:
-            pc = _exec(self.mem, pc)
+            pc = self._rows(self.mem, pc, self._x0, 0, self._y0, 0, 0)
             if pc >= n:
                 return
             self._run_host(self.host[pc])
@@ -589,9 +612,6 @@ class Program:
         step."""
         xs = np.ascontiguousarray(xs, dtype=np.int32)
         ys = np.empty((xs.shape[0], int(self.out_sizes.sum())), dtype=np.int32)
-        if not self.host and not self._host_only:
-            _exec_many(self.mem, xs, self.in_offs, self.in_sizes, ys, self.out_offs, self.out_sizes)
-            return ys
         for t in range(xs.shape[0]):
             p = 0
             for off, size in zip(self.in_offs, self.in_sizes):
@@ -641,9 +661,10 @@ def lowering_check() -> list[str]:
     supported_ops()
     problems = [f"{op}: a kernel without a lowering or a declared refusal" for op in sorted(KERNELS)
                 if op not in LOWERINGS and op not in NOT_LOWERED]
-    if len(set(OPCODES.values())) != len(OPCODES) or OP_HOST in OPCODES.values():
+    codes = opcodes()
+    if len(set(codes.values())) != len(codes) or OP_HOST in codes.values():
         problems.append("opcode numbers repeat")
     return problems
 
 
-__all__ = ["Builder", "NotLowered", "Program", "compile_plan", "lowering_check", "OPCODES"]
+__all__ = ["Builder", "NotLowered", "Program", "compile_plan", "dispatcher", "lowering_check", "opcodes"]

@@ -188,6 +188,21 @@ def lowering_status(op_type: str) -> tuple[bool, str]:
     return False, "not supported by the emulator"
 
 
+#: row layout name -> its arm: ``@njit arm(row, act, actf, c16, c32, c64, cf, mode)`` decoding one row and calling
+#: the kernel's njit helper on views of the program's memory (emu/program.py dispatches to it)
+ARMS: dict[str, Callable] = {}
+
+
+def arm(layout):
+    """Register the arm that runs rows of ``layout`` (a :func:`row_layout`)."""
+
+    def deco(fn):
+        ARMS[type(layout).__name__] = fn
+        return fn
+
+    return deco
+
+
 def row_layout(name: str, fields: str):
     """Named columns of one opcode's instruction rows (column 0 holds the opcode): ``L = row_layout("CONV",
     "x out cout")`` gives ``L.x == 1, L.out == 2, L.cout == 3``; a namedtuple, so compiled code reads the

@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ..registry import Prepared, kernel, lowering, row_layout
+from ..registry import Prepared, arm, kernel, lowering, row_layout
 from ..rounding import qrange, round_f32_sat
 from ._fmath import expf, float_kernel, fma32, logf, sigmoid, sqrtf, tanh
 from ._lut import lut_module, lut_s8, lut_s16, lut_table
@@ -187,23 +187,26 @@ LUT16 = row_layout("LUT16", "x out n table shift")
 ACT = row_layout("ACT", "x out n op scales lo hi")  # scales: cf[in_scale, out_scale, alpha, beta]
 
 
+@arm(LUT8)
 @njit(cache=True)
-def lut8_arm(row, act, c32):
+def lut8_arm(row, act, actf, c16, c32, c64, cf, mode):
     L = LUT8
     n = row[L.n]
     lut_s8(act[row[L.x]:row[L.x] + n], c32[row[L.table]:row[L.table] + 256], act[row[L.out]:row[L.out] + n])
 
 
+@arm(LUT16)
 @njit(cache=True)
-def lut16_arm(row, act, c32, mode):
+def lut16_arm(row, act, actf, c16, c32, c64, cf, mode):
     L = LUT16
     n = row[L.n]
     lut_s16(act[row[L.x]:row[L.x] + n], c32[row[L.table]:row[L.table] + 65537], act[row[L.out]:row[L.out] + n],
             row[L.shift], mode)
 
 
+@arm(ACT)
 @njit(cache=True)
-def act_arm(row, act, cf, mode):
+def act_arm(row, act, actf, c16, c32, c64, cf, mode):
     L = ACT
     n, s = row[L.n], row[L.scales]
     _act_q(act[row[L.x]:row[L.x] + n], act[row[L.out]:row[L.out] + n], row[L.op], cf[s], cf[s + 1], cf[s + 2],

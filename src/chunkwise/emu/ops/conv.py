@@ -31,7 +31,7 @@ from numba import njit
 from numpy.lib.stride_tricks import sliding_window_view
 
 from ...ir.ops import window
-from ..registry import Prepared, kernel, lowering, row_layout
+from ..registry import Prepared, arm, kernel, lowering, row_layout
 from ..rounding import HALF_EVEN, HALF_UP, clamp, qrange, requant, round_f
 from ._simd import LANES, mac_lanes, mac_lanes2
 
@@ -40,24 +40,18 @@ ACTIVATIONS = ("Linear", "Relu")
 
 @njit(cache=True, inline="always")
 def _requant_run(acc, a0, shifts, s0, out, o0, n, mode, relu, lo, hi):
-    """``out[o0 + j] = requant(acc[a0 + j], shifts[s0 + j])`` for ``j < n``, one loop per (rounding, relu)
-    pair so that each vectorizes."""
+    """``out[o0 + j] = requant(acc[a0 + j], shifts[s0 + j])`` for ``j < n``: one loop per rounding rule so
+    that each vectorizes (a fused Relu is the lower bound 0, as ``requant`` applies it)."""
     a = acc[a0:a0 + n]
     s = shifts[s0:s0 + n]
     o = out[o0:o0 + n]
+    low = max(lo, 0) if relu else lo
     if mode == HALF_EVEN:
-        if relu:
-            for j in range(n):
-                o[j] = requant(np.int64(a[j]), s[j], HALF_EVEN, True, lo, hi)
-        else:
-            for j in range(n):
-                o[j] = requant(np.int64(a[j]), s[j], HALF_EVEN, False, lo, hi)
-    elif relu:
         for j in range(n):
-            o[j] = requant(np.int64(a[j]), s[j], HALF_UP, True, lo, hi)
+            o[j] = requant(np.int64(a[j]), s[j], HALF_EVEN, False, low, hi)
     else:
         for j in range(n):
-            o[j] = requant(np.int64(a[j]), s[j], HALF_UP, False, lo, hi)
+            o[j] = requant(np.int64(a[j]), s[j], HALF_UP, False, low, hi)
 
 
 @njit(cache=True, nogil=True)
@@ -446,46 +440,68 @@ def prepare_gemm(node, ctx, ins, outs):
                                                                  "int_conv": loops})
 
 
-
 # ---- compiled lowering (emu/program.py) -------------------------------------------------------------
-CONV = row_layout("CONV", "x out w bias shifts acc wide n ih iw cin oh ow kh kw sh sw dh dw pt pl groups cg cout_g "
-                          "blocks relu lo hi")  # bias: c32 words (int32 accumulators) or c64 (wide)
-DWCONV = row_layout("DWCONV", "x out w bias shifts acc wide n ih iw c oh ow kh kw sh sw dh dw pt pl relu lo hi")
+# int32 accumulators (bias in c32, accumulators in the arena) and, when acc_dtype says a sum can leave int32,
+# the int64 variants (bias and accumulators in c64): separate opcodes, so a model compiles only what it uses.
+_CONV_FIELDS = "x out w bias shifts acc n ih iw cin oh ow kh kw sh sw dh dw pt pl groups cg cout_g blocks relu lo hi"
+_DW_FIELDS = "x out w bias shifts acc n ih iw c oh ow kh kw sh sw dh dw pt pl relu lo hi"
+CONV = row_layout("CONV", _CONV_FIELDS)
+CONV64 = row_layout("CONV64", _CONV_FIELDS)
+DWCONV = row_layout("DWCONV", _DW_FIELDS)
+DWCONV64 = row_layout("DWCONV64", _DW_FIELDS)
 
 
-@njit(cache=True)
-def conv_arm(row, act, c16, c32, c64, mode):
+@njit(cache=True, inline="always")
+def _conv_row(row, act, c16, bias_sec, acc_sec):
     L = CONV
     n, ih, iw, cin, oh, ow = row[L.n], row[L.ih], row[L.iw], row[L.cin], row[L.oh], row[L.ow]
     groups, cg, cout_g, blocks, kh, kw = row[L.groups], row[L.cg], row[L.cout_g], row[L.blocks], row[L.kh], row[L.kw]
     cout = groups * cout_g
-    x = act[row[L.x]:row[L.x] + n * ih * iw * cin]
-    out = act[row[L.out]:row[L.out] + n * oh * ow * cout]
-    w = c16[row[L.w]:row[L.w] + groups * blocks * kh * kw * cg * LANES]
-    shifts = c64[row[L.shifts]:row[L.shifts] + cout]
     size = groups * blocks * LANES
-    geo = (n, ih, iw, cin, oh, ow, kh, kw, row[L.sh], row[L.sw], row[L.dh], row[L.dw], row[L.pt], row[L.pl], groups,
-           cg, cout_g, blocks, row[L.relu] != 0, row[L.lo], row[L.hi], mode)
-    if row[L.wide]:
-        conv_blocks(x, w, c64[row[L.bias]:row[L.bias] + size], shifts, out, c64[row[L.acc]:row[L.acc] + size], *geo)
-    else:
-        conv_blocks(x, w, c32[row[L.bias]:row[L.bias] + size], shifts, out, act[row[L.acc]:row[L.acc] + size], *geo)
+    return (act[row[L.x]:row[L.x] + n * ih * iw * cin], c16[row[L.w]:row[L.w] + size * kh * kw * cg],
+            bias_sec[row[L.bias]:row[L.bias] + size], acc_sec[row[L.acc]:row[L.acc] + size],
+            act[row[L.out]:row[L.out] + n * oh * ow * cout], cout,
+            (n, ih, iw, cin, oh, ow, kh, kw, row[L.sh], row[L.sw], row[L.dh], row[L.dw], row[L.pt], row[L.pl], groups,
+             cg, cout_g, blocks, row[L.relu] != 0, row[L.lo], row[L.hi]))
 
 
+@arm(CONV)
 @njit(cache=True)
-def dwconv_arm(row, act, c16, c32, c64, mode):
+def conv_arm(row, act, actf, c16, c32, c64, cf, mode):
+    x, w, bias, acc, out, cout, geo = _conv_row(row, act, c16, c32, act)
+    conv_blocks(x, w, bias, c64[row[CONV.shifts]:row[CONV.shifts] + cout], out, acc, *geo, mode)
+
+
+@arm(CONV64)
+@njit(cache=True)
+def conv64_arm(row, act, actf, c16, c32, c64, cf, mode):
+    x, w, bias, acc, out, cout, geo = _conv_row(row, act, c16, c64, c64)
+    conv_blocks(x, w, bias, c64[row[CONV.shifts]:row[CONV.shifts] + cout], out, acc, *geo, mode)
+
+
+@njit(cache=True, inline="always")
+def _dw_row(row, act, c16, bias_sec, acc_sec):
     L = DWCONV
     n, ih, iw, c, oh, ow, kh, kw = row[L.n], row[L.ih], row[L.iw], row[L.c], row[L.oh], row[L.ow], row[L.kh], row[L.kw]
-    x = act[row[L.x]:row[L.x] + n * ih * iw * c]
-    out = act[row[L.out]:row[L.out] + n * oh * ow * c]
-    w = c16[row[L.w]:row[L.w] + kh * kw * c]
-    shifts = c64[row[L.shifts]:row[L.shifts] + c]
-    geo = (n, ih, iw, c, oh, ow, kh, kw, row[L.sh], row[L.sw], row[L.dh], row[L.dw], row[L.pt], row[L.pl],
-           row[L.relu] != 0, row[L.lo], row[L.hi], mode)
-    if row[L.wide]:
-        dwconv_flat(x, w, c64[row[L.bias]:row[L.bias] + c], shifts, out, c64[row[L.acc]:row[L.acc] + c], *geo)
-    else:
-        dwconv_flat(x, w, c32[row[L.bias]:row[L.bias] + c], shifts, out, act[row[L.acc]:row[L.acc] + c], *geo)
+    return (act[row[L.x]:row[L.x] + n * ih * iw * c], c16[row[L.w]:row[L.w] + kh * kw * c],
+            bias_sec[row[L.bias]:row[L.bias] + c], acc_sec[row[L.acc]:row[L.acc] + c],
+            act[row[L.out]:row[L.out] + n * oh * ow * c], c,
+            (n, ih, iw, c, oh, ow, kh, kw, row[L.sh], row[L.sw], row[L.dh], row[L.dw], row[L.pt], row[L.pl],
+             row[L.relu] != 0, row[L.lo], row[L.hi]))
+
+
+@arm(DWCONV)
+@njit(cache=True)
+def dwconv_arm(row, act, actf, c16, c32, c64, cf, mode):
+    x, w, bias, acc, out, c, geo = _dw_row(row, act, c16, c32, act)
+    dwconv_flat(x, w, bias, c64[row[DWCONV.shifts]:row[DWCONV.shifts] + c], out, acc, *geo, mode)
+
+
+@arm(DWCONV64)
+@njit(cache=True)
+def dwconv64_arm(row, act, actf, c16, c32, c64, cf, mode):
+    x, w, bias, acc, out, c, geo = _dw_row(row, act, c16, c64, c64)
+    dwconv_flat(x, w, bias, c64[row[DWCONV.shifts]:row[DWCONV.shifts] + c], out, acc, *geo, mode)
 
 
 @lowering("Conv", "Gemm")
@@ -501,10 +517,11 @@ def lower_conv(b, step):
     acc = b.c64_scratch(ic.acc_size) if wide else b.scratch(ic.acc_size)
     n, ih, iw, cin, oh, ow, kh, kw, sh, sw, dh, dw, pt, pl = ic.dims
     bias = b.c64(ic.bias_acc) if wide else b.c32(ic.bias_acc)
-    common = dict(x=b.slot(x.name), out=b.slot(out.name), w=b.c16(ic.w), bias=bias,
-                  shifts=b.c64(ic.shifts), acc=acc, wide=wide, n=n, ih=ih, iw=iw, oh=oh, ow=ow, kh=kh, kw=kw, sh=sh,
-                  sw=sw, dh=dh, dw=dw, pt=pt, pl=pl, relu=ic.relu, lo=ic.lo, hi=ic.hi)
+    common = dict(x=b.slot(x.name), out=b.slot(out.name), w=b.c16(ic.w), bias=bias, shifts=b.c64(ic.shifts),
+                  acc=acc, n=n, ih=ih, iw=iw, oh=oh, ow=ow, kh=kh, kw=kw, sh=sh, sw=sw, dh=dh, dw=dw, pt=pt, pl=pl,
+                  relu=ic.relu, lo=ic.lo, hi=ic.hi)
     if ic.depthwise:
-        b.emit(DWCONV, c=cin, **common)
+        b.emit(DWCONV64 if wide else DWCONV, c=cin, **common)
     else:
-        b.emit(CONV, cin=cin, groups=ic.group, cg=ic.cg, cout_g=ic.cout_g, blocks=ic.blocks, **common)
+        b.emit(CONV64 if wide else CONV, cin=cin, groups=ic.group, cg=ic.cg, cout_g=ic.cout_g, blocks=ic.blocks,
+               **common)

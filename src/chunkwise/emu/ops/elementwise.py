@@ -22,9 +22,9 @@ Facts (ESP-DL ``dl/base/dl_base_<op>.cpp``, ``dl/module/include/dl_module_<op>.h
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import literally, njit
 
-from ..registry import Prepared, kernel, lowering, no_lowering, row_layout
+from ..registry import Prepared, arm, kernel, lowering, no_lowering, row_layout
 from ..rounding import qrange, requant, round_f32_sat, round_saturate, shift_round
 from ._fmath import float_kernel
 from ._lut import lut_module, lut_table
@@ -37,7 +37,7 @@ SIMD_TARGETS = ("esp32p4", "esp32s31", "esp32s3")
 OP_ADD, OP_SUB, OP_MAX, OP_MIN, OP_MUL, OP_MULF, OP_EQ, OP_GT, OP_GE, OP_LT, OP_LE = range(11)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _apply(op, x, y, shift, scale, mode, lo, hi):
     """``saturate(x OP y)`` of two integers. OP_MUL: ``shift_round(x * y, shift)`` (exact product, target
     rounding, the SIMD kernels); OP_MULF: ``round(float32(x * y) * scale)`` (ESP-DL's C kernels);
@@ -74,21 +74,17 @@ def _apply(op, x, y, shift, scale, mode, lo, hi):
 @njit(cache=True)
 def binary_flat(a, b, out, dims, op, shift, scale, mode, lo, hi):
     """``out = a OP b`` on flat buffers with ESP-DL's merged broadcast: ``dims`` = the merged 4-D shapes of
-    a, b and out (12 ints, :meth:`Broadcast.dims`); an axis of length 1 in an input broadcasts."""
+    a, b and out (12 ints, :meth:`Broadcast.dims`); an axis of length 1 in an input broadcasts. Compiled once
+    per op (``literally``), so each op's loop is its own (and vectorizes)."""
+    literally(op)
     a0, a1, a2, a3, b0, b1, b2, b3, o0, o1, o2, o3 = (dims[0], dims[1], dims[2], dims[3], dims[4], dims[5], dims[6],
                                                       dims[7], dims[8], dims[9], dims[10], dims[11])
     n = o0 * o1 * o2 * o3
-    if a.size == n and b.size == n:  # no broadcast: one flat loop per op (vectorizes)
-        if op == OP_ADD:
-            for i in range(n):
-                out[i] = _apply(OP_ADD, np.int64(a[i]), np.int64(b[i]), shift, scale, mode, lo, hi)
-        elif op == OP_MUL:
-            for i in range(n):
-                out[i] = _apply(OP_MUL, np.int64(a[i]), np.int64(b[i]), shift, scale, mode, lo, hi)
-        else:
-            for i in range(n):
-                out[i] = _apply(op, np.int64(a[i]), np.int64(b[i]), shift, scale, mode, lo, hi)
+    if a.size == n and b.size == n:  # no broadcast: one flat loop (vectorizes)
+        for i in range(n):
+            out[i] = _apply(op, np.int64(a[i]), np.int64(b[i]), shift, scale, mode, lo, hi)
         return out
+    sa, sb = (1 if a3 > 1 else 0), (1 if b3 > 1 else 0)  # innermost axis: walk or broadcast
     k = 0
     for i in range(o0):
         ia = (i if a0 > 1 else 0) * a1
@@ -99,11 +95,10 @@ def binary_flat(a, b, out, dims, op, shift, scale, mode, lo, hi):
             for q in range(o2):
                 qa = (ja + (q if a2 > 1 else 0)) * a3
                 qb = (jb + (q if b2 > 1 else 0)) * b3
+                o = out[k:k + o3]
                 for m in range(o3):
-                    x = np.int64(a[qa + (m if a3 > 1 else 0)])
-                    y = np.int64(b[qb + (m if b3 > 1 else 0)])
-                    out[k] = _apply(op, x, y, shift, scale, mode, lo, hi)
-                    k += 1
+                    o[m] = _apply(op, np.int64(a[qa + m * sa]), np.int64(b[qb + m * sb]), shift, scale, mode, lo, hi)
+                k += o3
     return out
 
 
@@ -680,7 +675,12 @@ def prepare_clip(node, ctx, ins, outs):
 
 
 # ---- compiled lowering (emu/program.py) -------------------------------------------------------------
-BINARY = row_layout("BINARY", "a b out dims op shift scale lo hi")  # dims: c64 words, see binary_flat
+# one layout per entry point of binary_flat (the same fields), so a model compiles only the ops it uses
+_BINARY_FIELDS = "a b out dims op shift scale lo hi"  # dims: 12 words of c64 (see binary_flat)
+BINARY = {op: row_layout(name, _BINARY_FIELDS) for op, name in
+          ((OP_ADD, "ADD"), (OP_SUB, "SUB"), (OP_MAX, "MAX"), (OP_MIN, "MIN"), (OP_MUL, "MUL"), (OP_MULF, "MULF"))}
+BINARY.update(dict.fromkeys((OP_EQ, OP_GT, OP_GE, OP_LT, OP_LE), row_layout("COMPARE", _BINARY_FIELDS)))
+_BL = BINARY[OP_ADD]  # the fields, for compiled code (every binary layout has the same)
 RELU = row_layout("RELU", "x out n shift lo hi")
 REQUANT = row_layout("REQUANT", "x out n shift lo hi")
 NEG = row_layout("NEG", "x out n lo hi")
@@ -690,48 +690,111 @@ CLIP = row_layout("CLIP", "x out n mn mx shift lo hi")
 DIV = row_layout("DIV", "a b out dims variant lut rescale lo hi")
 
 
-@njit(cache=True)
-def binary_arm(row, act, c64, cf, mode):
-    L = BINARY
+@njit(cache=True, inline="always")
+def _binary_views(row, act, c64):
+    L = _BL
     d = c64[row[L.dims]:row[L.dims] + 12]
     na, nb, no = d[0] * d[1] * d[2] * d[3], d[4] * d[5] * d[6] * d[7], d[8] * d[9] * d[10] * d[11]
-    binary_flat(act[row[L.a]:row[L.a] + na], act[row[L.b]:row[L.b] + nb], act[row[L.out]:row[L.out] + no], d,
-                row[L.op], row[L.shift], cf[row[L.scale]], mode, row[L.lo], row[L.hi])
+    return act[row[L.a]:row[L.a] + na], act[row[L.b]:row[L.b] + nb], act[row[L.out]:row[L.out] + no], d
 
 
+@arm(BINARY[OP_ADD])
 @njit(cache=True)
-def relu_arm(row, act, mode):
+def add_arm(row, act, actf, c16, c32, c64, cf, mode):
+    a, b, out, d = _binary_views(row, act, c64)
+    binary_flat(a, b, out, d, OP_ADD, 0, cf[row[_BL.scale]], mode, row[_BL.lo], row[_BL.hi])
+
+
+@arm(BINARY[OP_SUB])
+@njit(cache=True)
+def sub_arm(row, act, actf, c16, c32, c64, cf, mode):
+    a, b, out, d = _binary_views(row, act, c64)
+    binary_flat(a, b, out, d, OP_SUB, 0, cf[row[_BL.scale]], mode, row[_BL.lo], row[_BL.hi])
+
+
+@arm(BINARY[OP_MAX])
+@njit(cache=True)
+def max_arm(row, act, actf, c16, c32, c64, cf, mode):
+    a, b, out, d = _binary_views(row, act, c64)
+    binary_flat(a, b, out, d, OP_MAX, 0, cf[row[_BL.scale]], mode, row[_BL.lo], row[_BL.hi])
+
+
+@arm(BINARY[OP_MIN])
+@njit(cache=True)
+def min_arm(row, act, actf, c16, c32, c64, cf, mode):
+    a, b, out, d = _binary_views(row, act, c64)
+    binary_flat(a, b, out, d, OP_MIN, 0, cf[row[_BL.scale]], mode, row[_BL.lo], row[_BL.hi])
+
+
+@arm(BINARY[OP_MUL])
+@njit(cache=True)
+def mul_arm(row, act, actf, c16, c32, c64, cf, mode):
+    a, b, out, d = _binary_views(row, act, c64)
+    binary_flat(a, b, out, d, OP_MUL, row[_BL.shift], cf[row[_BL.scale]], mode, row[_BL.lo], row[_BL.hi])
+
+
+@arm(BINARY[OP_MULF])
+@njit(cache=True)
+def mulf_arm(row, act, actf, c16, c32, c64, cf, mode):
+    a, b, out, d = _binary_views(row, act, c64)
+    binary_flat(a, b, out, d, OP_MULF, row[_BL.shift], cf[row[_BL.scale]], mode, row[_BL.lo], row[_BL.hi])
+
+
+@arm(BINARY[OP_EQ])
+@njit(cache=True)
+def compare_arm(row, act, actf, c16, c32, c64, cf, mode):
+    a, b, out, d = _binary_views(row, act, c64)
+    op = row[_BL.op]  # the comparisons share one arm: 0 / 1 from raw integers
+    if op == OP_EQ:
+        binary_flat(a, b, out, d, OP_EQ, 0, cf[row[_BL.scale]], mode, 0, 1)
+    elif op == OP_GT:
+        binary_flat(a, b, out, d, OP_GT, 0, cf[row[_BL.scale]], mode, 0, 1)
+    elif op == OP_GE:
+        binary_flat(a, b, out, d, OP_GE, 0, cf[row[_BL.scale]], mode, 0, 1)
+    elif op == OP_LT:
+        binary_flat(a, b, out, d, OP_LT, 0, cf[row[_BL.scale]], mode, 0, 1)
+    else:
+        binary_flat(a, b, out, d, OP_LE, 0, cf[row[_BL.scale]], mode, 0, 1)
+
+
+@arm(RELU)
+@njit(cache=True)
+def relu_arm(row, act, actf, c16, c32, c64, cf, mode):
     L = RELU
     n = row[L.n]
     relu_requant(act[row[L.x]:row[L.x] + n], act[row[L.out]:row[L.out] + n], row[L.shift], mode, row[L.lo],
                  row[L.hi])
 
 
+@arm(REQUANT)
 @njit(cache=True)
-def requant_arm(row, act, mode):
+def requant_arm(row, act, actf, c16, c32, c64, cf, mode):
     L = REQUANT
     n = row[L.n]
     requant_flat(act[row[L.x]:row[L.x] + n], act[row[L.out]:row[L.out] + n], row[L.shift], mode, row[L.lo],
                  row[L.hi])
 
 
+@arm(NEG)
 @njit(cache=True)
-def neg_arm(row, act):
+def neg_arm(row, act, actf, c16, c32, c64, cf, mode):
     L = NEG
     n = row[L.n]
     neg_sat(act[row[L.x]:row[L.x] + n], act[row[L.out]:row[L.out] + n], row[L.lo], row[L.hi])
 
 
+@arm(LEAKY)
 @njit(cache=True)
-def leaky_arm(row, act, cf, mode):
+def leaky_arm(row, act, actf, c16, c32, c64, cf, mode):
     L = LEAKY
     n, s = row[L.n], row[L.scales]
     leaky_relu_q(act[row[L.x]:row[L.x] + n], act[row[L.out]:row[L.out] + n], cf[s], cf[s + 1], mode, row[L.lo],
                  row[L.hi])
 
 
+@arm(PRELU)
 @njit(cache=True)
-def prelu_arm(row, act, c64, mode):
+def prelu_arm(row, act, actf, c16, c32, c64, cf, mode):
     L = PRELU
     rows, c = row[L.rows], row[L.c]
     prelu_rows(act[row[L.x]:row[L.x] + rows * c].reshape((rows, c)), c64[row[L.alpha]:row[L.alpha] + c],
@@ -739,16 +802,18 @@ def prelu_arm(row, act, c64, mode):
                row[L.pos_shift], mode, row[L.lo], row[L.hi])
 
 
+@arm(CLIP)
 @njit(cache=True)
-def clip_arm(row, act, mode):
+def clip_arm(row, act, actf, c16, c32, c64, cf, mode):
     L = CLIP
     n = row[L.n]
     clip_requant(act[row[L.x]:row[L.x] + n], act[row[L.out]:row[L.out] + n], row[L.mn], row[L.mx], row[L.shift],
                  mode, row[L.lo], row[L.hi])
 
 
+@arm(DIV)
 @njit(cache=True)
-def div_arm(row, act, c64, cf, mode):
+def div_arm(row, act, actf, c16, c32, c64, cf, mode):
     L = DIV
     d = c64[row[L.dims]:row[L.dims] + 12]
     na, nb, no = d[0] * d[1] * d[2] * d[3], d[4] * d[5] * d[6] * d[7], d[8] * d[9] * d[10] * d[11]
@@ -774,7 +839,7 @@ def lower_binary(b, step):
         raise b.refuse("float32 arithmetic")
     op, dims, shift, scale, lo, hi = found
     x, y = b.ins(step)[:2]
-    b.emit(BINARY, a=b.slot(x.name), b=b.slot(y.name), out=b.slot(step.outputs[0]), dims=b.c64(dims), op=op,
+    b.emit(BINARY[op], a=b.slot(x.name), b=b.slot(y.name), out=b.slot(step.outputs[0]), dims=b.c64(dims), op=op,
            shift=shift, scale=b.cf([scale]), lo=lo, hi=hi)
 
 

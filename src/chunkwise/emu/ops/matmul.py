@@ -26,7 +26,7 @@ import numpy as np
 from numba import njit
 
 from ...ir.layout import layout_order
-from ..registry import Prepared, kernel, lowering, row_layout
+from ..registry import Prepared, arm, kernel, lowering, row_layout
 from ..rounding import qrange, requant
 from .conv import GEMM_MIN_MACS, dot_bound, exact_float_dtype, gemm_epilogue, requant_gemm
 
@@ -181,8 +181,9 @@ def prepare_matmul(node, ctx, ins, outs):
 MATMUL = row_layout("MATMUL", "a b out na m k nb n t ia ib shifts relu lo hi b_const")
 
 
+@arm(MATMUL)
 @njit(cache=True)
-def matmul_arm(row, act, c32, c64, mode):
+def matmul_arm(row, act, actf, c16, c32, c64, cf, mode):
     L = MATMUL
     na, m, k, nb, n, t = row[L.na], row[L.m], row[L.k], row[L.nb], row[L.n], row[L.t]
     a = act[row[L.a]:row[L.a] + na * m * k].reshape((na, m, k))

@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ..registry import Prepared, kernel, lowering, no_lowering, row_layout
+from ..registry import Prepared, arm, kernel, lowering, no_lowering, row_layout
 from ..rounding import qrange
 from .shape import out_dtype
 
@@ -469,8 +469,9 @@ COPY = row_layout("COPY", "x out n")  # out[i] = x[i]
 FILL = row_layout("FILL", "out n value")  # out[i] = value
 
 
+@arm(GATHER)
 @njit(cache=True)
-def gather_arm(row, act, c32):
+def gather_arm(row, act, actf, c16, c32, c64, cf, mode):
     L = GATHER
     n, x = row[L.n], row[L.x]
     out = act[row[L.out]:row[L.out] + n]
@@ -479,8 +480,9 @@ def gather_arm(row, act, c32):
         out[i] = act[x + idx[i]]
 
 
+@arm(SCATTER)
 @njit(cache=True)
-def scatter_arm(row, act, c32):
+def scatter_arm(row, act, actf, c16, c32, c64, cf, mode):
     L = SCATTER
     n, o = row[L.n], row[L.out]
     x = act[row[L.x]:row[L.x] + n]
@@ -489,8 +491,9 @@ def scatter_arm(row, act, c32):
         act[o + idx[i]] = x[i]
 
 
+@arm(COPY)
 @njit(cache=True)
-def copy_arm(row, act):
+def copy_arm(row, act, actf, c16, c32, c64, cf, mode):
     L = COPY
     n = row[L.n]
     x = act[row[L.x]:row[L.x] + n]
@@ -499,8 +502,9 @@ def copy_arm(row, act):
         out[i] = x[i]
 
 
+@arm(FILL)
 @njit(cache=True)
-def fill_arm(row, act):
+def fill_arm(row, act, actf, c16, c32, c64, cf, mode):
     L = FILL
     out = act[row[L.out]:row[L.out] + row[L.n]]
     v = row[L.value]

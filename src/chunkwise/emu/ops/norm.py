@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ..registry import Prepared, kernel, lowering, row_layout
+from ..registry import Prepared, arm, kernel, lowering, row_layout
 from ..rounding import qrange, round_f32_sat
 from ._fmath import float_kernel, fma32, sqrt_newton, sqrtf
 from .activation import dl_scale, quant_dtype
@@ -340,8 +340,9 @@ RMSNORM = row_layout("RMSNORM", "x w out outer n scales lo hi")
 LPNORM = row_layout("LPNORM", "x out outer n inner p scale lo hi")
 
 
+@arm(LAYERNORM)
 @njit(cache=True)
-def layernorm_arm(row, act, cf, mode):
+def layernorm_arm(row, act, actf, c16, c32, c64, cf, mode):
     L = LAYERNORM
     o, n, s = row[L.outer], row[L.n], row[L.scales]
     _layernorm_q(act[row[L.x]:row[L.x] + o * n].reshape((o, n)), act[row[L.w]:row[L.w] + n],
@@ -352,8 +353,9 @@ def layernorm_arm(row, act, cf, mode):
                  row[L.hi])
 
 
+@arm(RMSNORM)
 @njit(cache=True)
-def rmsnorm_arm(row, act, actf, cf, mode):
+def rmsnorm_arm(row, act, actf, c16, c32, c64, cf, mode):
     L = RMSNORM
     o, n, s = row[L.outer], row[L.n], row[L.scales]
     _rmsnorm_q(act[row[L.x]:row[L.x] + o * n].reshape((o, n)), actf[row[L.w]:row[L.w] + n],
@@ -361,8 +363,9 @@ def rmsnorm_arm(row, act, actf, cf, mode):
                row[L.hi])
 
 
+@arm(LPNORM)
 @njit(cache=True)
-def lpnorm_arm(row, act, cf, mode):
+def lpnorm_arm(row, act, actf, c16, c32, c64, cf, mode):
     L = LPNORM
     o, n, i = row[L.outer], row[L.n], row[L.inner]
     _lpnorm(act[row[L.x]:row[L.x] + o * n * i].reshape((o, n, i)),

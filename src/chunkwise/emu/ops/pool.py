@@ -23,7 +23,7 @@ import numpy as np
 from numba import njit
 
 from ...ir.ops import window
-from ..registry import Prepared, kernel, lowering, row_layout
+from ..registry import Prepared, arm, kernel, lowering, row_layout
 from ..rounding import clamp, qrange, round_f32
 
 
@@ -202,8 +202,9 @@ AVGPOOL = row_layout("AVGPOOL", "x out acc n h w c oh ow kh kw sh sw pt pl scale
 MAXPOOL = row_layout("MAXPOOL", "x out n h w c oh ow kh kw sh sw pt pl")
 
 
+@arm(AVGPOOL)
 @njit(cache=True)
-def avg_arm(row, act, c64, cf, mode):
+def avg_arm(row, act, actf, c16, c32, c64, cf, mode):
     L = AVGPOOL
     n, h, w, c, oh, ow = row[L.n], row[L.h], row[L.w], row[L.c], row[L.oh], row[L.ow]
     avg_pool_flat(act[row[L.x]:row[L.x] + n * h * w * c], act[row[L.out]:row[L.out] + n * oh * ow * c],
@@ -211,8 +212,9 @@ def avg_arm(row, act, c64, cf, mode):
                   row[L.pt], row[L.pl], cf[row[L.scale]], row[L.lo], row[L.hi], mode)
 
 
+@arm(MAXPOOL)
 @njit(cache=True)
-def max_arm(row, act):
+def max_arm(row, act, actf, c16, c32, c64, cf, mode):
     L = MAXPOOL
     n, h, w, c, oh, ow = row[L.n], row[L.h], row[L.w], row[L.c], row[L.oh], row[L.ow]
     max_pool_flat(act[row[L.x]:row[L.x] + n * h * w * c], act[row[L.out]:row[L.out] + n * oh * ow * c], n, h, w, c,

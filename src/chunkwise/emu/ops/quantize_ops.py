@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ..registry import Prepared, kernel, lowering, row_layout
+from ..registry import Prepared, arm, kernel, lowering, row_layout
 from ..rounding import qrange, round_f32_sat
 from .elementwise import REQUANT, requant_fast
 
@@ -88,16 +88,18 @@ QUANT = row_layout("QUANT", "x out n scale lo hi")
 DEQUANT = row_layout("DEQUANT", "x out n scale")
 
 
+@arm(QUANT)
 @njit(cache=True)
-def quant_arm(row, act, actf, cf, mode):
+def quant_arm(row, act, actf, c16, c32, c64, cf, mode):
     L = QUANT
     n = row[L.n]
     quantize_f32(actf[row[L.x]:row[L.x] + n], act[row[L.out]:row[L.out] + n], cf[row[L.scale]], mode, row[L.lo],
                  row[L.hi])
 
 
+@arm(DEQUANT)
 @njit(cache=True)
-def dequant_arm(row, act, actf, cf):
+def dequant_arm(row, act, actf, c16, c32, c64, cf, mode):
     L = DEQUANT
     n = row[L.n]
     dequantize_f32(act[row[L.x]:row[L.x] + n], actf[row[L.out]:row[L.out] + n], cf[row[L.scale]])

@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ..registry import Prepared, kernel, lowering, row_layout
+from ..registry import Prepared, arm, kernel, lowering, row_layout
 from ..rounding import clamp, qrange, round_f32_sat, round_f64, shift_round
 from ._fmath import expf, float_kernel, logf, sqrt_newton
 
@@ -202,8 +202,9 @@ def prepare_reduce(node, ctx, ins, outs):
 REDUCE = row_layout("REDUCE", "x out outer inner op e_in e_out shift lo hi wide")
 
 
+@arm(REDUCE)
 @njit(cache=True)
-def reduce_arm(row, act, mode):
+def reduce_arm(row, act, actf, c16, c32, c64, cf, mode):
     L = REDUCE
     outer, inner = row[L.outer], row[L.inner]
     _reduce(act[row[L.x]:row[L.x] + outer * inner].reshape((outer, inner)), act[row[L.out]:row[L.out] + outer],

@@ -29,7 +29,7 @@ import numpy as np
 from numba import njit
 
 from ...limits import check_alloc
-from ..registry import Prepared, kernel, lowering, row_layout
+from ..registry import Prepared, arm, kernel, lowering, row_layout
 from ..rounding import qrange, requant, round_f32_sat
 from ._fmath import fma32
 from .shape import out_dtype
@@ -232,16 +232,18 @@ RESIZE_NEAREST = row_layout("RESIZE_NEAREST", "x out n_in n src c shift wrap lo 
 RESIZE_LINEAR = row_layout("RESIZE_LINEAR", "x out h w c oh ow ix iy ratios scales lo hi fused")
 
 
+@arm(RESIZE_NEAREST)
 @njit(cache=True)
-def nearest_arm(row, act, c32, mode):
+def nearest_arm(row, act, actf, c16, c32, c64, cf, mode):
     L = RESIZE_NEAREST
     n, c = row[L.n], row[L.c]
     resize_nearest(act[row[L.x]:row[L.x] + row[L.n_in]], act[row[L.out]:row[L.out] + n * c],
                    c32[row[L.src]:row[L.src] + n], c, row[L.shift], row[L.wrap] != 0, mode, row[L.lo], row[L.hi])
 
 
+@arm(RESIZE_LINEAR)
 @njit(cache=True)
-def linear_arm(row, act, c64, cf, mode):
+def linear_arm(row, act, actf, c16, c32, c64, cf, mode):
     L = RESIZE_LINEAR
     h, w, c, oh, ow, r, s = row[L.h], row[L.w], row[L.c], row[L.oh], row[L.ow], row[L.ratios], row[L.scales]
     _resize_linear(act[row[L.x]:row[L.x] + h * w * c].reshape((h, w, c)),

@@ -27,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ..registry import Prepared, kernel, lowering, row_layout
+from ..registry import Prepared, arm, kernel, lowering, row_layout
 from ..rounding import qrange, round_f32, round_f32_sat, shift_round
 from ._fmath import float_kernel, fma32, sigmoid, tanh
 
@@ -361,8 +361,9 @@ def _rnn_views(L, row, act, c32, c64, cf, gates):
     return x, w, r, b, h0, c0, y, yh, yc, sig, tnh
 
 
+@arm(GRU)
 @njit(cache=True)
-def gru_arm(row, act, c32, c64, cf, mode):
+def gru_arm(row, act, actf, c16, c32, c64, cf, mode):
     L = GRU
     x, w, r, b, h0, c0, y, yh, yc, sig, tnh = _rnn_views(L, row, act, c32, c64, cf, 3)
     _gru(x, w, r, b, h0, y, yh, row[L.hidden], row[L.w_shift], row[L.r_shift], row[L.isa_w] != 0, row[L.isa_r] != 0,
@@ -370,8 +371,9 @@ def gru_arm(row, act, c32, c64, cf, mode):
          row[L.tanh_max], row[L.lo], row[L.hi], mode)
 
 
+@arm(LSTM)
 @njit(cache=True)
-def lstm_arm(row, act, c32, c64, cf, mode):
+def lstm_arm(row, act, actf, c16, c32, c64, cf, mode):
     L = LSTM
     x, w, r, b, h0, c0, y, yh, yc, sig, tnh = _rnn_views(L, row, act, c32, c64, cf, 4)
     _lstm(x, w, r, b, h0, c0, y, yh, yc, row[L.hidden], row[L.w_shift], row[L.r_shift], row[L.isa_w] != 0,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ..registry import Prepared, kernel, lowering, row_layout
+from ..registry import Prepared, arm, kernel, lowering, row_layout
 from ._fmath import expf, float_kernel, logf
 from .activation import dl_scale, quant_dtype
 
@@ -127,16 +127,18 @@ SOFTMAX8 = row_layout("SOFTMAX8", "x out outer n inner log scale table")
 SOFTMAXF = row_layout("SOFTMAXF", "x out outer n inner log")
 
 
+@arm(SOFTMAX8)
 @njit(cache=True)
-def softmax8_arm(row, act, actf, cf):
+def softmax8_arm(row, act, actf, c16, c32, c64, cf, mode):
     L = SOFTMAX8
     o, n, i = row[L.outer], row[L.n], row[L.inner]
     _softmax_lut(act[row[L.x]:row[L.x] + o * n * i].reshape((o, n, i)), cf[row[L.table]:row[L.table] + 256],
                  actf[row[L.out]:row[L.out] + o * n * i].reshape((o, n, i)), row[L.log] != 0, cf[row[L.scale]])
 
 
+@arm(SOFTMAXF)
 @njit(cache=True)
-def softmaxf_arm(row, act, actf):
+def softmaxf_arm(row, act, actf, c16, c32, c64, cf, mode):
     L = SOFTMAXF
     o, n, i = row[L.outer], row[L.n], row[L.inner]
     _softmax_float(actf[row[L.x]:row[L.x] + o * n * i].reshape((o, n, i)),

@@ -23,7 +23,7 @@ import math
 import numpy as np
 from numba import njit
 
-from ..registry import Prepared, kernel, lowering, row_layout
+from ..registry import Prepared, arm, kernel, lowering, row_layout
 from .shape import out_dtype
 
 
@@ -79,8 +79,9 @@ def prepare_streaming_cache(node, ctx, ins, outs):
 CACHE = row_layout("CACHE", "x n out state n_state")
 
 
+@arm(CACHE)
 @njit(cache=True)
-def cache_arm(row, act):
+def cache_arm(row, act, actf, c16, c32, c64, cf, mode):
     L = CACHE
     n, ns = row[L.n], row[L.n_state]
     cache_step(act[row[L.x]:row[L.x] + n], act[row[L.state]:row[L.state] + ns], act[row[L.out]:row[L.out] + ns + n])
