@@ -39,15 +39,23 @@ OUT = HERE / "RESULTS.md"
 
 # (figure, ours key, peer key or None, target text)
 ROWS = [
-    ("TCN streaming step, 3-frame chunk, `Session.push`", "stream_push", "ort_tcn_1t", "<= 5 us"),
+    ("Streaming models (corpus + seeded random), `Session.push`, median over models", "models_median",
+     "models_ort_median", "<= 5 us"),
+    ("Streaming models, worst ratio to onnxruntime (1 thread, float model, offline window)", "models_worst",
+     None, "<= 0.2"),
+    ("TCN streaming step, 3-frame chunk, `Session.push(int8 array)`", "stream_push", "ort_tcn_1t", "<= 3 us"),
+    ("TCN streaming step, `Session.push({name: int8 array})`", "stream_push_dict", "ort_tcn_1t", "<= 3 us"),
+    ("TCN streaming step, `Session.push({name: float32 array})`", "stream_push_float", "ort_tcn_1t", ""),
     ("TCN streaming step, `Session.push` vs ORT default threads", "stream_push", "ort_tcn_default", ""),
     ("TCN streaming step, `push_many`, per chunk", "stream_push_many", "ort_tcn_1t", "<= 5 us"),
-    ("TCN streaming step, compiled core `Program.run_many`, per chunk", "stream_run_many", "ort_tcn_1t", ""),
+    ("TCN streaming step, `Program.run_many`, per chunk", "stream_run_many", "ort_tcn_1t", ""),
     ("TCN streaming step vs ESP-PPQ", "stream_push", "ppq_tcn_step", ""),
     ("MobileNetV2 224x224 offline, 1 inference, 1 thread each", "mnv2_run_1t", "ort_mnv2_1t", "<= 3x"),
     ("MobileNetV2, default threads each", "mnv2_run", "ort_mnv2_default", "<= 3x"),
     ("YOLO11n-320 offline, 1 inference, 1 thread each", "yolo_run_1t", "ort_yolo_1t", "<= 3x"),
     ("YOLO11n-320, default threads each", "yolo_run", "ort_yolo_default", "<= 3x"),
+    ("Cold start: first `chunkwise emu run --compare` (streaming vs offline TCN)", "cold_compare", None, "report"),
+    ("Warm start: second `chunkwise emu run --compare`", "cold_compare.warm", None, "< 1 s"),
     ("Cold start: first `chunkwise emu run`, offline tutorial TCN", "cold_offline", None, "report"),
     ("Warm start: second `chunkwise emu run`, offline tutorial TCN", "cold_offline.warm", None, "< 1 s"),
     ("Cold start: first `chunkwise emu run -n 8`, streaming TCN", "cold_streaming", None, "report"),
@@ -111,6 +119,21 @@ def entries(doc: dict) -> dict:
             out["__profile__"] = info["profile"]
         if "op_profile" in info:
             out.setdefault("__op_profiles__", []).append(info["op_profile"])
+        if "model" in info:
+            out.setdefault("__models__", []).append(info)
+    models = out.get("__models__", [])
+    if models:
+        import statistics
+
+        worst = max(models, key=lambda m: m["ratio"])
+        out["models_median"] = {"value": statistics.median(m["ours_us"] for m in models) * 1e-6, "best": None,
+                                "unit": "s", "label": f"median over {len(models)} streaming models of the median "
+                                                      "Session.push time (table below)"}
+        out["models_ort_median"] = {"value": statistics.median(m["ort_us"] for m in models) * 1e-6, "best": None,
+                                    "unit": "s", "label": "median over the same models of onnxruntime's time on "
+                                                          "the offline window"}
+        out["models_worst"] = {"value": round(worst["ratio"], 3), "best": None, "unit": "",
+                               "label": f"largest push / onnxruntime ratio ({worst['model']})"}
     return out
 
 
@@ -127,7 +150,7 @@ def fmt(e: dict | None) -> str:
         return f"{v:.0f} MiB"
     if unit == "bytes":
         return f"{int(v)} B"
-    return f"{v:g} {unit}"
+    return f"{v:g} {unit}".strip()
 
 
 def _t(s: float) -> str:
@@ -185,7 +208,7 @@ def write(doc: dict, extra: list[str]) -> str:
               "subprocess; the CPU seconds are in the list below.",
               "", "## What each measurement ran", ""]
     for key, e in es.items():
-        if key.startswith("__"):
+        if key.startswith("__") or key.startswith("model:"):
             continue
         lines.append(f"- `{key}`: {e['label']}" + (f" ({e['rounds']} rounds)" if e.get("rounds") else ""))
     prof = es.get("__profile__")
@@ -196,7 +219,7 @@ def write(doc: dict, extra: list[str]) -> str:
                   "group run alone in a compiled loop, median of 7 repeats (best in parentheses).", "",
                   f"Whole step: {tot:.2f} us ({prof['total'][1]:.2f} us).", "",
                   "| opcode | rows | us per step | share | MACs | GMAC/s |", "|---|---|---|---|---|---|"]
-        for name, rows, med, best, macs in sorted(prof["groups"], key=lambda g: -g[2]):
+        for name, rows, med, best, macs in sorted(prof["groups"], key=lambda g: -g[2]):  # MACs / (us * 1e3)
             rate = f"{macs / (med * 1e3):.2f}" if macs else ""
             lines.append(f"| {name} | {rows} | {med:.2f} ({best:.2f}) | {100 * med / tot:.0f}% | "
                          f"{macs or ''} | {rate} |")
@@ -211,6 +234,18 @@ def write(doc: dict, extra: list[str]) -> str:
             lines.append(f"| {name} | {ms:.2f} | {100 * ms / op['total_ms']:.0f}% | "
                          f"{macs / 1e6:.1f} | {rate} |" if macs else
                          f"| {name} | {ms:.2f} | {100 * ms / op['total_ms']:.0f}% | | |")
+    models = es.get("__models__", [])
+    if models:
+        lines += ["", "## Streaming models vs onnxruntime", "",
+                  "Each model of the corpus (quantized by `chunkwise.quantize`) and seeded random causal models "
+                  "(`tests/randgraph.py`), converted by `chunkwise stream` at their smallest chunk "
+                  "(bench/streaming_models.py). ours: median `Session.push({name: chunk})`; onnxruntime: the "
+                  "float model on the whole offline window, 1 thread, median of 7 x 200 runs, in the same test.",
+                  "", "| model | chunk | ours | onnxruntime | ratio | not compiled |", "|---|---|---|---|---|---|"]
+        for m in sorted(models, key=lambda m: -m["ratio"]):
+            nc = "; ".join(m.get("not_compiled") or []) or ("" if m.get("compiled") else "per-node session")
+            lines.append(f"| {m['model']} | {m.get('chunk_frames', '')} | {m['ours_us']:.2f} us | "
+                         f"{m['ort_us']:.2f} us | {m['ratio']:.3f} | {_cell(nc)} |")
     skipped = [ok for _, ok, _, _ in ROWS if ok not in es]
     if skipped:
         lines += ["", f"Skipped or failed: {', '.join(sorted(set(skipped)))} (see the pytest output)."]

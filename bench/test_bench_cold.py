@@ -31,18 +31,22 @@ def _timed(cmd, env) -> tuple[float, float]:
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
-@pytest.mark.parametrize("kind", ["offline", "streaming"])
+@pytest.mark.parametrize("kind", ["compare", "offline", "streaming"])
 def test_cold_and_warm_emu_run(benchmark, kind):
-    """``chunkwise emu run`` with an empty numba cache (cold: every kernel compiles) and again with the
-    cache it filled (warm). offline: the tutorial TCN's embedded test input; streaming: 8 chunks."""
+    """``chunkwise emu run`` with an empty numba cache and no generated dispatcher (cold, as after a fresh
+    install: every kernel compiles) and again with the caches it filled (warm). offline: the tutorial TCN's
+    embedded test input; streaming: 8 chunks; compare: the streaming TCN chunk by chunk against the offline
+    one (``--compare``)."""
+    stream_path = str(zoo_path("tutorial_tcn_esp32p4_streaming_model.espdl"))
     if kind == "offline":
         args = ["emu", "run", str(zoo_path(TCN_OFFLINE)), "--target", "esp32p4"]
+    elif kind == "compare":
+        args = ["emu", "run", stream_path, "--target", "esp32p4", "--compare", str(zoo_path(TCN_OFFLINE))]
     else:
-        args = ["emu", "run", str(zoo_path("tutorial_tcn_esp32p4_streaming_model.espdl")), "--target", "esp32p4",
-                "-n", "8"]
+        args = ["emu", "run", stream_path, "--target", "esp32p4", "-n", "8"]
     res = {}
     with tempfile.TemporaryDirectory() as cache:
-        env = {**os.environ, "NUMBA_CACHE_DIR": cache}
+        env = {**os.environ, "NUMBA_CACHE_DIR": cache, "CHUNKWISE_CACHE_DIR": os.path.join(cache, "chunkwise")}
         if kind == "streaming":
             x = Path(cache) / "x.npy"
             np.save(x, np.random.default_rng(0).standard_normal((1, 24, 16)).astype(np.float32))

@@ -27,13 +27,21 @@ def window():
     return m, receptive_frames(m.graph, CHUNK_FRAMES)
 
 
-def test_push(benchmark, session, tcn_chunks):
+@pytest.mark.parametrize("form", ["bare", "dict", "float"])
+def test_push(benchmark, session, tcn_chunks, form):
+    """One chunk per call: the int8 array itself, ``{name: array}`` (the documented form), or float32 values
+    quantized by the session (in compiled code)."""
+    name = session.input_names[0]
+    chunks = [c if form == "bare" else {name: c} if form == "dict" else {name: c.astype(np.float32) / 32}
+              for c in tcn_chunks]
     session.reset()
     for i in range(10):
-        session.push(tcn_chunks[i])
+        session.push(chunks[i])
     it = iter(range(10**12))
-    benchmark(lambda: session.push(tcn_chunks[next(it) % N_CHUNKS]))
-    record(benchmark, "stream_push", f"Session.push, compiled program ({session.plan.macs} MACs/chunk)")
+    benchmark(lambda: session.push(chunks[next(it) % N_CHUNKS]))
+    what = {"bare": "int8 array", "dict": "{name: int8 array}", "float": "{name: float32 array}"}[form]
+    record(benchmark, "stream_push" if form == "bare" else f"stream_push_{form}",
+           f"Session.push({what}), compiled program ({session.plan.macs} MACs/chunk)")
 
 
 def test_push_many(benchmark, session, tcn_chunks):
@@ -102,8 +110,9 @@ def test_state_bytes(benchmark, session):
 
 
 def test_profile_opcodes(benchmark, session, tcn_chunks):
-    """Where the time of one compiled step goes: the program's rows grouped by opcode class, each group
-    run alone (on the arena a real step left behind) in a compiled loop; medians of 7 repeats."""
+    """Where the time of one compiled step goes: the program's rows grouped by opcode, each group run alone
+    (on the arena a real step left behind) in a compiled loop; medians of 7 repeats. MACs: the plan steps'
+    whose last row is in the group."""
     import statistics
     import time
 
@@ -112,22 +121,31 @@ def test_profile_opcodes(benchmark, session, tcn_chunks):
     from chunkwise.emu import program as P
 
     @njit
-    def repeat(code, act, c32, c64, cf, acc32, acc64, mode, n):
+    def repeat(run_rows, mem, x0, y0, n):
         for _ in range(n):
-            P._exec(code, act, c32, c64, cf, acc32, acc64, mode)
+            run_rows(mem, 0, x0, 0, y0, 0, 0)
 
     pr = session.program
     session.push(tcn_chunks[0])
-    names = {v: k[3:] for k, v in vars(P).items() if k.startswith("OP_") and isinstance(v, int)}
+    names = {v: k for k, v in P.opcodes().items()}
+    x0, y0 = pr.dummies
+    hdr = pr.mem[:P._HDR * 8].view(np.int64)
     n = 2000
 
-    def us(code):
-        args = (code, pr.act, pr.c32, pr.c64, pr.cf, pr.acc32, pr.acc64, pr.mode)
-        repeat(*args, 10)
+    def with_rows(rows):
+        mem = pr.mem.copy()
+        h = mem[:P._HDR * 8].view(np.int64)
+        start = int(hdr[P.H_CODE])
+        mem[start:start + rows.nbytes] = np.ascontiguousarray(rows).view(np.uint8).ravel()
+        h[P.H_CODE_END] = start + rows.nbytes
+        return mem
+
+    def us(mem):
+        repeat(pr.runner.run_rows, mem, x0, y0, 10)
         ts = []
         for _ in range(7):
             t0 = time.perf_counter()
-            repeat(*args, n)
+            repeat(pr.runner.run_rows, mem, x0, y0, n)
             ts.append((time.perf_counter() - t0) / n * 1e6)
         return statistics.median(ts), min(ts)
 
@@ -135,14 +153,16 @@ def test_profile_opcodes(benchmark, session, tcn_chunks):
 
     def run():
         ops = pr.code[:, 0]
-        prof["total"] = us(pr.code)
+        last_row = {}
+        for r, k in enumerate(pr.row_steps):
+            last_row[int(k)] = r
+        prof["total"] = us(pr.mem)
         prof["groups"] = []
         for op in sorted(set(ops.tolist())):
-            rows = pr.code[ops == op]
-            macs = 0
-            if op == P.OP_CONV:  # out positions * kernel taps * Cin/g * Cout
-                macs = int(sum(r[2] * r[14] * r[15] * r[7] * r[8] * r[9] * r[10] for r in rows))
-            prof["groups"].append((names[op], int(len(rows)), *us(np.ascontiguousarray(rows)), macs))
+            idx = np.flatnonzero(ops == op)
+            macs = sum(int(session.plan.steps[k].prepared.macs) for k, r in last_row.items()
+                       if k >= 0 and r in set(idx.tolist()))
+            prof["groups"].append((names.get(op, str(op)), int(len(idx)), *us(with_rows(pr.code[idx])), macs))
 
     benchmark.pedantic(run, rounds=1, iterations=1)
     record(benchmark, "profile", "per-opcode time of one compiled TCN step", value=prof["total"][0] * 1e-6)

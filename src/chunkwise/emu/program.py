@@ -379,7 +379,9 @@ class Program:
         self.not_compiled: list[tuple] = []  # (node, reason)
         host_steps: list[int] = []  # index into plan.steps of each HOST row
         self._host_only: set[str] = set()  # values a host step made that the arena cannot hold
+        row_steps: list[int] = []  # the plan step each row belongs to (-1: the program's own rows)
         for k, step in enumerate(plan.steps):
+            row_steps += [k - 1] * (len(b.rows) - len(row_steps))
             node = step.node
             lower = LOWERINGS.get(node.op_type)
             reason = None
@@ -407,6 +409,7 @@ class Program:
                         b.slot(o)
                     else:
                         self._host_only.add(o)
+        row_steps += [len(plan.steps) - 1] * (len(b.rows) - len(row_steps))
         for name in self.outputs:
             if name not in self._host_only:
                 b.slot(name)
@@ -422,6 +425,8 @@ class Program:
             self.carried.append(inp)
         self.fed = [n for n in self.inputs if n not in self.carried]
         self.code = np.array(b.rows, dtype=np.int64).reshape(-1, ROW)
+        #: for each row, the index of the plan step it runs (-1: the program's own state copies)
+        self.row_steps = np.array(row_steps + [-1] * (len(b.rows) - len(row_steps)), dtype=np.int64)
         names = {v: k for k, v in b.codes.items()}
         self.runner = dispatcher(names[int(op)] for op in set(self.code[:, 0].tolist()) if op != OP_HOST)
         self.slots = dict(b.slots)
@@ -483,6 +488,12 @@ class Program:
         for off, words in b.init:
             self.act[off:off + words.size] = words
         self._init = list(b.init)
+
+    @property
+    def dummies(self) -> tuple[np.ndarray, np.ndarray]:
+        """The chunk and output arrays ``runner.run_rows`` takes when a call reads / writes neither (its
+        argument types are fixed per program)."""
+        return self._x0, self._y0
 
     def reset(self) -> None:
         for off, n in self.state:
