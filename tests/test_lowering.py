@@ -544,3 +544,43 @@ def test_a_refused_node_runs_between_compiled_rows():
     for _ in range(3):
         x = rng.integers(-128, 128, size=(1, 4, 8)).astype(np.int8)
         np.testing.assert_array_equal(prog.run({"x": x})["y"], plan.run({"x": x})["y"])
+
+
+@pytest.mark.parametrize("producer", ["Relu", "Reshape", "output"])
+def test_cache_written_in_place(producer):
+    """A StreamingCache whose input is computed in the program keeps its frames in the input's producer's
+    output (the cache buffer's tail) and moves them at the start of each chunk; compared over several chunks
+    with the per-node path, including after reset and when the input is also a graph output."""
+    rng = np.random.default_rng(11)
+    g = Graph(name="cache_in_place")
+    g.inputs.append(ValueInfo("x", "int8", (1, 3, 8), (-5,)))
+    nodes = []
+    if producer == "Reshape":
+        g.initializers["shape"] = Tensor("shape", "int64", (3,), np.array([1, 3, 8], dtype=np.int64), ())
+        nodes.append(Node("Reshape", "r", ["x", "shape"], ["a"]))
+    else:
+        nodes.append(Node("Relu", "r", ["x"], ["a"]))
+    cache = Node("StreamingCache", "c", ["a"], ["b"])
+    cache.attrs["window_size"] = make_attribute(4)
+    cache.attrs["frame_axis"] = make_attribute(1)
+    nodes += [cache, Node("Relu", "s", ["b"], ["y"])]
+    for n in nodes:
+        n.attrs["quant_type"] = make_attribute("S8")
+    g.nodes += nodes
+    for v in ("a", "b"):
+        g.value_info[v] = ValueInfo(v, "int8", None, (-5,))
+    g.outputs.append(ValueInfo("y", "int8", None, (-5,)))
+    if producer == "output":
+        g.outputs.append(ValueInfo("a", "int8", None, (-5,)))
+    plan = Plan(g, "esp32p4", {"x": (1, 3, 8)})
+    prog, ref = Program(plan), Plan(g, "esp32p4", {"x": (1, 3, 8)})
+    assert prog.not_compiled == []
+    assert "b" in Program(plan).slots and prog.slots["a"] == prog.slots["b"] + 3 * 8 * 1  # 3 kept frames
+    for k in range(8):
+        if k == 5:
+            prog.reset()
+            ref.reset()
+        x = rng.integers(-128, 128, size=(1, 3, 8)).astype(np.int8)
+        got, want = prog.run({"x": x}), ref.run({"x": x})
+        for name in want:
+            np.testing.assert_array_equal(got[name], want[name], err_msg=f"chunk {k} {name}")

@@ -266,6 +266,10 @@ class Builder:
         self.sections = {"c16": [], "c32": [], "c64": [], "cf": []}
         self.counts = {"c16": 0, "c32": 0, "c64": 0, "cf": 0}
         self.codes = opcodes()
+        self.first: list[np.ndarray] = []  # rows that run at the start of every chunk (emit_first)
+        #: StreamingCache output -> its input, for caches whose input is written straight into the output
+        #: buffer (its slot is the buffer's tail): set by Program before any lowering runs
+        self.in_place_caches: dict[str, str] = {}
 
     # values
     def spec(self, name: str):
@@ -298,7 +302,13 @@ class Builder:
         return self.slots[name]
 
     def alias(self, out: str, src: str) -> None:
-        """``out`` is ``src``'s words (a reshape)."""
+        """``out`` is ``src``'s words (a reshape); a copy when ``out`` already has its own place (the tail of
+        an in-place cache buffer)."""
+        if out in self.slots:
+            from .ops.movement import COPY
+
+            self.emit(COPY, x=self.slot(src), out=self.slots[out], n=_size(self.plan.specs[out].shape))
+            return
         self.slots[out] = self.slot(src)
 
     def scratch(self, n: int) -> int:
@@ -333,6 +343,11 @@ class Builder:
         return self.c64(np.zeros(max(int(n), 1), dtype=np.int64))
 
     # rows
+    def emit_first(self, layout, **fields) -> None:
+        """A row that runs at the start of every chunk, before the others."""
+        self.emit(layout, **fields)
+        self.first.append(self.rows.pop())
+
     def emit(self, layout, **fields) -> None:
         """One row of ``layout`` (a ``registry.row_layout``): every field by name, nothing else."""
         name = type(layout).__name__
@@ -380,6 +395,8 @@ class Program:
         host_steps: list[int] = []  # index into plan.steps of each HOST row
         self._host_only: set[str] = set()  # values a host step made that the arena cannot hold
         row_steps: list[int] = []  # the plan step each row belongs to (-1: the program's own rows)
+        self._place_caches(b)
+        first_steps: list[int] = []
         for k, step in enumerate(plan.steps):
             row_steps += [k - 1] * (len(b.rows) - len(row_steps))
             node = step.node
@@ -390,13 +407,14 @@ class Program:
             elif any(i and i in self._host_only for i in step.inputs):
                 reason = "an input is a value the arena does not hold"
             else:
-                mark = (len(b.rows), dict(b.slots), b.size, len(b.init), len(b.state))
+                mark = (len(b.rows), dict(b.slots), b.size, len(b.init), len(b.state), len(b.first))
                 try:
                     lower(b, step)
+                    first_steps += [k] * (len(b.first) - mark[5])
                 except (NotLowered, UnsupportedError) as e:
                     reason = str(e)
-                    n_rows, slots, size, n_init, n_state = mark
-                    del b.rows[n_rows:], b.init[n_init:], b.state[n_state:]
+                    n_rows, slots, size, n_init, n_state, n_first = mark
+                    del b.rows[n_rows:], b.init[n_init:], b.state[n_state:], b.first[n_first:]
                     b.slots, b.size = slots, size
             if reason is not None:
                 self.not_compiled.append((node, reason))
@@ -424,9 +442,9 @@ class Program:
             b.state.append((b.slot(inp), n))
             self.carried.append(inp)
         self.fed = [n for n in self.inputs if n not in self.carried]
-        self.code = np.array(b.rows, dtype=np.int64).reshape(-1, ROW)
+        self.code = np.array(b.first + b.rows, dtype=np.int64).reshape(-1, ROW)
         #: for each row, the index of the plan step it runs (-1: the program's own state copies)
-        self.row_steps = np.array(row_steps + [-1] * (len(b.rows) - len(row_steps)), dtype=np.int64)
+        self.row_steps = np.array(first_steps + row_steps + [-1] * (len(b.rows) - len(row_steps)), dtype=np.int64)
         names = {v: k for k, v in b.codes.items()}
         self.runner = dispatcher(names[int(op)] for op in set(self.code[:, 0].tolist()) if op != OP_HOST)
         self.slots = dict(b.slots)
@@ -452,12 +470,32 @@ class Program:
         self._fast = self._fast_path()
         # run_rows' argument types are fixed per program (one compile): the fast path's chunk and output
         # types, or dummies of those types when a call does not use them
-        self._rows = self.runner.run_rows
         x_in = self.plan.specs[self._fast[0]] if self._fast else None
         self._x0 = np.empty((0,) * len(x_in.shape) if x_in else (0,), dtype=x_in.dtype if x_in else np.int8)
         o0 = self.outputs[0] if self.outputs else None
         self._y0 = np.empty((0,) * len(self.out_shapes[0]) if o0 else (0,),
                             dtype=self.out_dtypes[0] if o0 else np.int8)
+        self._rows = _entry_point(self.runner.run_rows, (self.mem, 0, self._x0, 0, self._y0, 0, 0))
+
+    def _place_caches(self, b: Builder) -> None:
+        """Put a StreamingCache's input in the tail of its output buffer when nothing else fixes the input's
+        place (a graph input, a constant, another cache's buffer): its producer then writes the frames where
+        the cache keeps them, and the cache itself only moves its kept frames (see ops/streaming.py)."""
+        plan = self.plan
+        if "StreamingCache" not in LOWERINGS:
+            return
+        produced = {o for st in plan.steps for o in st.outputs}
+        for st in plan.steps:
+            if st.node.op_type != "StreamingCache" or not st.inputs or not st.inputs[0]:
+                continue
+            x, out = st.inputs[0], st.outputs[0]
+            sx, so = plan.specs[x], plan.specs[out]
+            if (x not in produced or x in b.slots or sx.const is not None
+                    or sx.dtype not in ARENA_DTYPES or so.dtype != sx.dtype):
+                continue
+            nx, n_out = _size(sx.shape), _size(so.shape)
+            b.slots[x] = b.slot(out) + (n_out - nx)
+            b.in_place_caches[out] = x
 
     # ---- memory -------------------------------------------------------------------------------------
     def _build_mem(self, b: Builder) -> None:
@@ -522,8 +560,9 @@ class Program:
         more = [(n, int(off), tuple(shape), dt, dt == np.float32) for n, off, shape, dt in
                 zip(self.outputs[1:], self.out_offs[1:], self.out_shapes[1:], self.out_dtypes[1:])]
         io = 1 | 2 | (4 if so.dtype == "float32" else 0)  # run_rows' io bits
+        strides = {k: np.empty(si.shape, dtype=f"i{k}").strides for k in (1, 2, 4, 8)}  # C order, by item size
         return (i, int(self.slots[i]), np.dtype(si.dtype), tuple(si.shape), o, int(self.slots[o]),
-                np.dtype(so.dtype), tuple(so.shape), io, quant, more)
+                np.dtype(so.dtype), tuple(so.shape), io, quant, more, strides)
 
     def push(self, chunk):
         """The fast path of ``Session.push``: ``chunk`` an array or ``{name: array}`` of exactly the input's
@@ -541,7 +580,11 @@ class Program:
                 return None
         else:
             x = chunk
-        if type(x) is not np.ndarray or x.shape != fast[3] or not x.flags.c_contiguous:
+        # the compiled entry's argument types: C-contiguous (its strides), aligned (a multi-byte dtype could be a
+        # view into a byte buffer); a read-only chunk is fine (never written)
+        if type(x) is not np.ndarray or x.shape != fast[3] or x.strides != fast[11].get(x.itemsize):
+            return None
+        if fast[2].itemsize > 1 and not x.flags.aligned:
             return None
         y = np.empty(fast[7], dtype=fast[6])
         if x.dtype == fast[2]:
@@ -617,6 +660,23 @@ class Program:
             out[name] = y
         return out
 
+    def run_batch(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """A sequence of chunks: validated ``{input: [T, *shape]}`` -> ``{output: [T, *shape]}``, one compiled
+        call per chunk on the fast path's types (the chunks and outputs are views of the stacked arrays)."""
+        n = len(next(iter(feeds.values())))
+        fast = self._fast
+        x = feeds.get(fast[0]) if fast is not None and len(feeds) == 1 else None
+        if x is not None and x.dtype == fast[2] and x.flags.c_contiguous and x.flags.aligned:
+            ys = [np.empty((n,) + fast[7], dtype=fast[6])] + [np.empty((n,) + m[2], dtype=m[3]) for m in fast[10]]
+            rows, mem, y0 = self._rows, self.mem, ys[0]
+            for t in range(n):
+                rows(mem, 0, x[t], fast[1], y0[t], fast[5], fast[8])
+                for (name, off, shape, dt, is_float), y in zip(fast[10], ys[1:]):
+                    _get(mem, off, y[t], is_float)
+            return dict(zip([fast[4]] + [m[0] for m in fast[10]], ys))
+        outs = [self.run({k: v[t] for k, v in feeds.items()}) for t in range(n)]
+        return {k: np.stack([o[k] for o in outs]) for k in self.outputs}
+
     def run_many(self, xs: np.ndarray) -> np.ndarray:
         """``xs`` [T, sum of input sizes] int32 -> [T, sum of output sizes] int32 (float outputs as their
         float32 words, :meth:`split_outputs` turns them back), in one compiled call when there is no host
@@ -648,6 +708,20 @@ class Program:
             out[name] = vals.reshape((ys.shape[0],) + tuple(shape))
             p += size
         return out
+
+
+def _entry_point(dispatcher, example):
+    """The compiled function for the argument types of ``example``, called without numba's per-call type
+    dispatch (half the cost of a call). Every caller passes exactly these types (the program checks a
+    chunk's dtype, shape, contiguity and alignment before its fast path); falls back to the dispatcher."""
+    from numba import typeof
+
+    try:
+        sig = tuple(typeof(a) for a in example)
+        dispatcher.compile(sig)
+        return dispatcher.overloads[sig].entry_point
+    except Exception:  # another numba version: the dispatcher itself
+        return dispatcher
 
 
 def compile_plan(plan: Plan, carry=()) -> tuple[Program | None, str]:

@@ -152,10 +152,9 @@ class Session:
                     outs.setdefault(k, []).append(v)
             self.pushed += n
             return {k: np.stack(v) for k, v in outs.items()}
-        xs = np.concatenate([feeds[name].reshape(n, -1).astype(np.int32) for name in self.program.inputs], axis=1)
-        ys = self.program.run_many(xs)
+        out = self.program.run_batch(feeds)
         self.pushed += n
-        return self.program.split_outputs(ys)
+        return out
 
     def reset(self) -> None:
         """Zero this session's caches (no other session's, and not those of ``Model.run``)."""

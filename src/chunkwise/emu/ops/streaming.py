@@ -28,6 +28,14 @@ from .shape import out_dtype
 
 
 @njit(cache=True)
+def cache_keep(out, state, nx):
+    """``state = out[nx:nx + len(state)]``: the frames kept for the next chunk (a forward copy, so ``state`` may
+    be ``out``'s own first words)."""
+    for i in range(state.size):
+        state[i] = out[nx + i]
+
+
+@njit(cache=True)
 def cache_step(x, state, out):
     """``out = state ++ x`` (flat), then ``state = out[len(x):len(x) + len(state)]`` (ESP-DL's two copies)."""
     ns, nx = state.size, x.size
@@ -35,8 +43,7 @@ def cache_step(x, state, out):
         out[i] = state[i]
     for i in range(nx):
         out[ns + i] = x[i]
-    for i in range(ns):
-        state[i] = out[nx + i]
+    cache_keep(out, state, nx)
     return out
 
 
@@ -76,7 +83,20 @@ def prepare_streaming_cache(node, ctx, ins, outs):
 
 
 # ---- compiled lowering (emu/program.py) -------------------------------------------------------------
+# In place (Builder.in_place_caches): the output buffer [state | x] lives on in the arena, the input's
+# producer writes x straight into it, and a KEEP row at the start of each chunk moves the kept frames to the
+# front (cache_keep with state = the buffer's first words). Otherwise a CACHE row does ESP-DL's two copies.
 CACHE = row_layout("CACHE", "x n out state n_state")
+KEEP = row_layout("KEEP", "out n n_state")
+
+
+@arm(KEEP)
+@njit(cache=True)
+def keep_arm(row, act, actf, c16, c32, c64, cf, mode):
+    L = KEEP
+    n, ns = row[L.n], row[L.n_state]
+    buf = act[row[L.out]:row[L.out] + ns + n]
+    cache_keep(buf, buf[:ns], n)
 
 
 @arm(CACHE)
@@ -93,4 +113,8 @@ def lower_streaming_cache(b, step):
     x, out = b.ins(step)[0], b.outs(step)[0]
     n = int(np.prod(x.shape, dtype=np.int64))
     ns = int(np.prod(step.prepared.info["cache_shape"], dtype=np.int64))
+    if b.in_place_caches.get(out.name) == x.name and b.slot(x.name) == b.slot(out.name) + ns:
+        b.state.append((b.slot(out.name), ns + n))  # the whole buffer: zero after reset
+        b.emit_first(KEEP, out=b.slot(out.name), n=n, n_state=ns)
+        return
     b.emit(CACHE, x=b.slot(x.name), n=n, out=b.slot(out.name), state=b.state_words(ns), n_state=ns)
