@@ -48,7 +48,7 @@ ROWS = [
     ("TCN streaming step, `Session.push({name: float32 array})`", "stream_push_float", "ort_tcn_1t", ""),
     ("TCN streaming step, `Session.push` vs ORT default threads", "stream_push", "ort_tcn_default", ""),
     ("TCN streaming step, `push_many`, per chunk", "stream_push_many", "ort_tcn_1t", "<= 5 us"),
-    ("TCN streaming step, `Program.run_many`, per chunk", "stream_run_many", "ort_tcn_1t", ""),
+    ("TCN streaming step, `Program.run_batch`, per chunk", "stream_run_batch", "ort_tcn_1t", ""),
     ("TCN streaming step vs ESP-PPQ", "stream_push", "ppq_tcn_step", ""),
     ("MobileNetV2 224x224 offline, 1 inference, 1 thread each", "mnv2_run_1t", "ort_mnv2_1t", "<= 3x"),
     ("MobileNetV2, default threads each", "mnv2_run", "ort_mnv2_default", "<= 3x"),
@@ -202,7 +202,7 @@ def write(doc: dict, extra: list[str]) -> str:
         peer = "" if pk is None else (fmt(p) if p else "not measured")
         lines.append(f"| {_cell(fig)} | {_cell(ours)} | {_cell(peer)} | {ratio} | {_cell(target)} | {_cell(mach)} |")
     lines += ["", "Notes: `push_many` validates and quantizes every chunk in Python (`Model.prepare_inputs`) "
-              "before the one compiled call; `Program.run_many` is that compiled call alone. The onnxruntime "
+              "before one compiled call per chunk; `Program.run_batch` is those calls alone. The onnxruntime "
               "peers run `devtools.float_onnx.to_float_onnx` twins (dequantized weights, NCHW), i.e. "
               "the float computation the int8 model approximates. Cold/warm start times are wall clock of a "
               "subprocess; the CPU seconds are in the list below.",

@@ -52,12 +52,12 @@ def test_push_many(benchmark, session, tcn_chunks):
     record(benchmark, "stream_push_many", f"Session.push_many({N_CHUNKS} chunks) / {N_CHUNKS}", per=N_CHUNKS)
 
 
-def test_program_run_many(benchmark, session, tcn_chunks):
-    xs = tcn_chunks.reshape(N_CHUNKS, -1).astype(np.int32)
-    session.program.run_many(xs[:4])
-    benchmark(session.program.run_many, xs)
-    record(benchmark, "stream_run_many", f"Program.run_many({N_CHUNKS} chunks) / {N_CHUNKS} (int32 in/out, "
-           "no input checks)", per=N_CHUNKS)
+def test_program_run_batch(benchmark, session, tcn_chunks):
+    feeds = {session.input_names[0]: tcn_chunks}
+    session.program.run_batch({k: v[:4] for k, v in feeds.items()})
+    benchmark(session.program.run_batch, feeds)
+    record(benchmark, "stream_run_batch", f"Program.run_batch({N_CHUNKS} chunks) / {N_CHUNKS} (validated int8 "
+           "chunks: push_many without its input checks)", per=N_CHUNKS)
 
 
 @pytest.mark.parametrize("threads", [1, None], ids=["1thread", "default_threads"])

@@ -677,38 +677,6 @@ class Program:
         outs = [self.run({k: v[t] for k, v in feeds.items()}) for t in range(n)]
         return {k: np.stack([o[k] for o in outs]) for k in self.outputs}
 
-    def run_many(self, xs: np.ndarray) -> np.ndarray:
-        """``xs`` [T, sum of input sizes] int32 -> [T, sum of output sizes] int32 (float outputs as their
-        float32 words, :meth:`split_outputs` turns them back), in one compiled call when there is no host
-        step."""
-        xs = np.ascontiguousarray(xs, dtype=np.int32)
-        ys = np.empty((xs.shape[0], int(self.out_sizes.sum())), dtype=np.int32)
-        for t in range(xs.shape[0]):
-            p = 0
-            for off, size in zip(self.in_offs, self.in_sizes):
-                _put(self.mem, int(off), xs[t, p:p + size], False)
-                p += size
-            self._run_rows()
-            p = 0
-            for name, off, size in zip(self.outputs, self.out_offs, self.out_sizes):
-                if name in self._host_only:
-                    ys[t, p:p + size] = np.asarray(self._host_values[name]).reshape(-1)
-                else:
-                    ys[t, p:p + size] = self.act[off:off + size]
-                p += size
-        return ys
-
-
-    def split_outputs(self, ys: np.ndarray) -> dict[str, np.ndarray]:
-        """:meth:`run_many`'s rows -> ``{output: [T, *shape]}`` in the outputs' dtypes."""
-        out, p = {}, 0
-        for name, size, shape, dt in zip(self.outputs, self.out_sizes, self.out_shapes, self.out_dtypes):
-            words = np.ascontiguousarray(ys[:, p:p + size])
-            vals = words.view(np.float32) if dt == np.float32 else words.astype(dt)
-            out[name] = vals.reshape((ys.shape[0],) + tuple(shape))
-            p += size
-        return out
-
 
 def _entry_point(dispatcher, example):
     """The compiled function for the argument types of ``example``, called without numba's per-call type
