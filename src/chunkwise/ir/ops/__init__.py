@@ -328,6 +328,13 @@ def stage_support() -> dict[str, Callable[[OpDef], bool]]:
     }
 
 
+def _not_lowered(op: str) -> str | None:
+    """The compiled stage's own reason for not lowering ``op`` (``emu.registry.no_lowering``), if any."""
+    from ...emu.registry import NOT_LOWERED
+
+    return NOT_LOWERED.get(op)
+
+
 def coverage() -> list[dict]:
     """One row per operator: for each stage ``"yes"``, ``"no: <reason>"`` or ``"MISSING"`` (a stage
     lacks the op and its definition gives no reason: the coverage test fails on it)."""
@@ -340,6 +347,8 @@ def coverage() -> list[dict]:
                 row[s] = "yes"
             elif d.refuse.get(s):
                 row[s] = "no: " + d.refuse[s]
+            elif s == "compiled" and _not_lowered(d.name):
+                row[s] = "no: " + _not_lowered(d.name)
             else:
                 row[s] = "MISSING"
         rows.append(row)
