@@ -129,12 +129,12 @@ def test_profile_opcodes(benchmark, session, tcn_chunks):
     session.push(tcn_chunks[0])
     names = {v: k for k, v in P.opcodes().items()}
     x0, y0 = pr.dummies
-    hdr = pr.mem[:P._HDR * 8].view(np.int64)
+    hdr = pr.mem[:P.HDR_WORDS * 8].view(np.int64)
     n = 2000
 
     def with_rows(rows):
         mem = pr.mem.copy()
-        h = mem[:P._HDR * 8].view(np.int64)
+        h = mem[:P.HDR_WORDS * 8].view(np.int64)
         start = int(hdr[P.H_CODE])
         mem[start:start + rows.nbytes] = np.ascontiguousarray(rows).view(np.uint8).ravel()
         h[P.H_CODE_END] = start + rows.nbytes

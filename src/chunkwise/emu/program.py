@@ -49,7 +49,7 @@ from .rounding import qrange, round_f
 ROW = 32  # columns of an instruction row
 OP_HOST = 1  # return to Python: run one node on the per-node path
 
-_HDR = 16  # int64 header words at the start of mem
+HDR_WORDS = 16  # int64 header words at the start of mem
 H_MODE, H_CODE, H_CODE_END, H_ACT, H_ACT_END, H_C16, H_C16_END, H_C32, H_C32_END, H_C64, H_C64_END, H_CF, \
     H_CF_END = range(13)
 
@@ -68,7 +68,7 @@ def opcodes() -> dict[str, int]:
 @njit(cache=True, inline="always")
 def _views(mem):
     """The sections of ``mem``: rows (flat int64), act, act as float32, c16, c32, c64, cf, rounding mode."""
-    hdr = section(mem, 0, _HDR * 8, np.int64)
+    hdr = section(mem, 0, HDR_WORDS * 8, np.int64)
     code = section(mem, hdr[H_CODE], hdr[H_CODE_END], np.int64)
     act = section(mem, hdr[H_ACT], hdr[H_ACT_END], np.int32)
     actf = section(mem, hdr[H_ACT], hdr[H_ACT_END], np.float32)
@@ -475,7 +475,16 @@ class Program:
         o0 = self.outputs[0] if self.outputs else None
         self._y0 = np.empty((0,) * len(self.out_shapes[0]) if o0 else (0,),
                             dtype=self.out_dtypes[0] if o0 else np.int8)
-        self._rows = _entry_point(self.runner.run_rows, (self.mem, 0, self._x0, 0, self._y0, 0, 0))
+        self._rows = self._first_rows  # compiled on first use (building a program compiles nothing)
+
+    def _first_rows(self, *args):
+        return self._compiled_rows()(*args)
+
+    def _compiled_rows(self):
+        """The compiled entry of this program's interpreter (compiled, or loaded from numba's cache, once)."""
+        if self._rows == self._first_rows:
+            self._rows = _entry_point(self.runner.run_rows, (self.mem, 0, self._x0, 0, self._y0, 0, 0))
+        return self._rows
 
     def _place_caches(self, b: Builder) -> None:
         """Put a StreamingCache's input in the tail of its output buffer when nothing else fixes the input's
@@ -505,7 +514,7 @@ class Program:
             arrs = b.sections[sec]
             a = np.concatenate(arrs) if arrs else np.zeros(1, dtype=dt)
             parts.append((sec, a.view(np.uint8)))
-        offs, pos = {}, _align(_HDR * 8)
+        offs, pos = {}, _align(HDR_WORDS * 8)
         for name, a in parts:
             offs[name] = (pos, pos + a.size)
             pos = _align(pos + a.size)
@@ -513,7 +522,7 @@ class Program:
         for name, a in parts:
             s, e = offs[name]
             mem[s:e] = a
-        hdr = mem[:_HDR * 8].view(np.int64)
+        hdr = mem[:HDR_WORDS * 8].view(np.int64)
         hdr[H_MODE] = self.plan.mode
         for name, (lo_k, hi_k) in (("code", (H_CODE, H_CODE_END)), ("act", (H_ACT, H_ACT_END)),
                                    ("c16", (H_C16, H_C16_END)), ("c32", (H_C32, H_C32_END)),
@@ -668,7 +677,7 @@ class Program:
         x = feeds.get(fast[0]) if fast is not None and len(feeds) == 1 else None
         if x is not None and x.dtype == fast[2] and x.flags.c_contiguous and x.flags.aligned:
             ys = [np.empty((n,) + fast[7], dtype=fast[6])] + [np.empty((n,) + m[2], dtype=m[3]) for m in fast[10]]
-            rows, mem, y0 = self._rows, self.mem, ys[0]
+            rows, mem, y0 = self._compiled_rows(), self.mem, ys[0]
             for t in range(n):
                 rows(mem, 0, x[t], fast[1], y0[t], fast[5], fast[8])
                 for (name, off, shape, dt, is_float), y in zip(fast[10], ys[1:]):
