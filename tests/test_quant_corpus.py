@@ -77,3 +77,15 @@ def test_mixed_precision_around_fused_and_passive_ops(nodes, tmp_path):
     assert any(n.op_type == "RequantizeLinear" for n in q.graph.nodes)
     assert any(n.attr("quant_type") in ("S16", b"S16") for n in q.graph.nodes)
     assert chip_sqnr(q, m.onnx, held) >= MODELS["ln_tcn"]
+
+
+def test_transposes_around_norm_blocks_vanish():
+    """ln_tcn / rmsnorm_tcn write x.transpose(1, 2) -> norm -> .transpose(1, 2) -> Relu -> Conv: on NWC
+    storage the norm over channels needs no data movement, and the Relu-separated transposes sink and cancel."""
+    for name, want in (("ln_tcn", ["Conv", "LayerNormalization", "Relu", "Conv", "LayerNormalization", "Relu",
+                                   "Conv"]),
+                       ("rmsnorm_tcn", ["Conv", "RMSNormalization", "Relu", "Conv", "Conv"])):
+        m = BY_NAME[name]
+        q = chunkwise.quantize(str(m.onnx), load_inputs(m.calib), warn=False)
+        ops = [n.op_type for n in q.graph.nodes]
+        assert [o for o in ops if o != "RequantizeLinear"] == want, ops

@@ -420,6 +420,7 @@ def apply_layout(fg: FGraph, qi: QInfo, namer: Namer) -> dict[str, list[int]]:
             raise UnsupportedError("no layout rule", node=node.name, op=op, supported=SUPPORTED)
     for name, _ in fg.inputs:
         perm.setdefault(name, _identity(rank(name)))
+    sink_transposes(fg, qi, perm, namer)
     fuse_transposes(fg, perm)
     return perm
 
@@ -514,6 +515,48 @@ def _permute_const(fg: FGraph, node: FNode, idx: int, p: list[int], r: int) -> N
     new = f"{name}_{'_'.join(map(str, p))}"
     fg.consts[new] = np.ascontiguousarray(np.transpose(c, p))
     node.inputs[idx] = new
+
+
+def sink_transposes(fg: FGraph, qi: QInfo, perm: dict[str, list[int]], namer: Namer) -> None:
+    """``Transpose -> unary element-wise op -> Transpose`` becomes ``op -> Transpose -> Transpose`` (then
+    fused, usually to nothing): the op runs on the first Transpose's input storage. This removes the
+    transposes around a model's own ``x.transpose(1, 2) ... .transpose(1, 2)`` when an activation sits
+    between (LayerNorm -> transpose -> Relu -> Conv). Only for ops whose constants are scalars (a layout-
+    free function) and when the Transpose keeps the exponent and width of its input."""
+    changed = True
+    while changed:
+        changed = False
+        for t in [n for n in fg.nodes if n.op == "Transpose"]:
+            x, y = t.inputs[0], t.outputs[0]
+            rs = fg.consumers(y)
+            if len(rs) != 1 or fg.is_output(y):
+                continue
+            u = rs[0]
+            acts = [i for i in u.inputs if i and i not in fg.consts]
+            consts = [i for i in u.inputs if i and i in fg.consts]
+            if (u.op not in ELEMENTWISE_UNARY or u.op in ("PRelu", "Identity") or acts != [y] or len(u.outputs) != 1
+                    or any(np.asarray(fg.consts[c]).size != 1 for c in consts)):
+                continue
+            z = u.outputs[0]
+            rz = fg.consumers(z)
+            if len(rz) != 1 or rz[0].op != "Transpose" or fg.is_output(z):
+                continue
+            if qi.vbits[x] != qi.vbits[y] or qi.exp[x] != qi.exp[y] or qi.bits[u.name] != qi.vbits[y]:
+                continue
+            a = list(t.attrs["perm"])
+            y2 = namer.var()
+            u.inputs = [x if i == y else i for i in u.inputs]
+            old = perm[z]
+            perm[z] = _compose(old, _inverse(a))
+            t.inputs, t.outputs = [z], [y2]
+            perm[y2] = old
+            fg.shapes[y2] = fg.shapes[z]
+            qi.vbits[y2], qi.exp[y2] = qi.vbits[z], qi.exp[z]
+            qi.bits[t.name] = qi.vbits[z]
+            rz[0].inputs = [y2 if i == z else i for i in rz[0].inputs]
+            fg.nodes.remove(t)
+            fg.nodes.insert(fg.nodes.index(u) + 1, t)
+            changed = True
 
 
 def fuse_transposes(fg: FGraph, perm: dict[str, list[int]]) -> None:
