@@ -231,7 +231,25 @@ def assign_exponents(fg: FGraph, bits_of: dict[str, int], calib_exp) -> QInfo:
     for v in values:
         r = resolve(v)
         qi.exp[v] = fixed[r] if r in fixed else 0 if qi.vbits[r] in (1, 32) else calib_exp(r, qi.vbits[r])
+    for n in fg.nodes:
+        if n.op not in COMPARE_OPS:
+            continue
+        # an operand read only by the comparison is made at the shared exponent directly (quantizing a graph
+        # input twice, or requantizing, rounds twice and flips comparisons of near-equal values)
+        e = compare_exponent(fg, qi, n)
+        for u in n.inputs:
+            if (u and u not in fg.consts and not fg.is_output(u) and qi.vbits[u] == bits_of[n.name]
+                    and downstream_readers(fg, u) == [n]):
+                qi.exp[u] = e
     return qi
+
+
+def downstream_readers(fg: FGraph, v: str) -> list[FNode]:
+    out = []
+    for c in fg.consumers(v):
+        if c not in out:
+            out.append(c)
+    return out
 
 
 def compare_exponent(fg: FGraph, qi: QInfo, node: FNode) -> int:
