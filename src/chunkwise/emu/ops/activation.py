@@ -188,7 +188,7 @@ ACT = row_layout("ACT", "x out n op scales lo hi")  # scales: cf[in_scale, out_s
 
 
 @arm(LUT8)
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def lut8_arm(row, act, actf, c16, c32, c64, cf, mode):
     L = LUT8
     n = row[L.n]
@@ -196,7 +196,7 @@ def lut8_arm(row, act, actf, c16, c32, c64, cf, mode):
 
 
 @arm(LUT16)
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def lut16_arm(row, act, actf, c16, c32, c64, cf, mode):
     L = LUT16
     n = row[L.n]
@@ -205,7 +205,7 @@ def lut16_arm(row, act, actf, c16, c32, c64, cf, mode):
 
 
 @arm(ACT)
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def act_arm(row, act, actf, c16, c32, c64, cf, mode):
     L = ACT
     n, s = row[L.n], row[L.scales]

@@ -101,7 +101,7 @@ def prepare_not(node, ctx, ins, outs):
 def lower_compare(b, step):
     op, dims, shift, scale, lo, hi = step.prepared.info["binary"]
     x, y = step.inputs[:2]
-    b.emit(BINARY[op], a=b.slot(x), b=b.slot(y), out=b.slot(step.outputs[0]), dims=b.c64(dims), op=op, shift=shift,
+    b.emit(BINARY, a=b.slot(x), b=b.slot(y), out=b.slot(step.outputs[0]), dims=b.c64(dims), op=op, shift=shift,
            scale=b.cf([scale]), lo=lo, hi=hi)
 
 

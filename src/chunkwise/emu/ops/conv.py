@@ -466,14 +466,14 @@ def _conv_row(row, act, c16, bias_sec, acc_sec):
 
 
 @arm(CONV)
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def conv_arm(row, act, actf, c16, c32, c64, cf, mode):
     x, w, bias, acc, out, cout, geo = _conv_row(row, act, c16, c32, act)
     conv_blocks(x, w, bias, c64[row[CONV.shifts]:row[CONV.shifts] + cout], out, acc, *geo, mode)
 
 
 @arm(CONV64)
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def conv64_arm(row, act, actf, c16, c32, c64, cf, mode):
     x, w, bias, acc, out, cout, geo = _conv_row(row, act, c16, c64, c64)
     conv_blocks(x, w, bias, c64[row[CONV.shifts]:row[CONV.shifts] + cout], out, acc, *geo, mode)
@@ -491,14 +491,14 @@ def _dw_row(row, act, c16, bias_sec, acc_sec):
 
 
 @arm(DWCONV)
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def dwconv_arm(row, act, actf, c16, c32, c64, cf, mode):
     x, w, bias, acc, out, c, geo = _dw_row(row, act, c16, c32, act)
     dwconv_flat(x, w, bias, c64[row[DWCONV.shifts]:row[DWCONV.shifts] + c], out, acc, *geo, mode)
 
 
 @arm(DWCONV64)
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def dwconv64_arm(row, act, actf, c16, c32, c64, cf, mode):
     x, w, bias, acc, out, c, geo = _dw_row(row, act, c16, c64, c64)
     dwconv_flat(x, w, bias, c64[row[DWCONV.shifts]:row[DWCONV.shifts] + c], out, acc, *geo, mode)

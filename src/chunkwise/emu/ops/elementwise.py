@@ -22,10 +22,10 @@ Facts (ESP-DL ``dl/base/dl_base_<op>.cpp``, ``dl/module/include/dl_module_<op>.h
 from __future__ import annotations
 
 import numpy as np
-from numba import literally, njit
+from numba import njit
 
 from ..registry import Prepared, arm, kernel, lowering, no_lowering, row_layout
-from ..rounding import qrange, requant, round_f32_sat, round_saturate, shift_round
+from ..rounding import clamp, qrange, requant, round_f32_sat, round_saturate, shift_round
 from ._fmath import float_kernel
 from ._lut import lut_module, lut_table
 
@@ -74,15 +74,23 @@ def _apply(op, x, y, shift, scale, mode, lo, hi):
 @njit(cache=True)
 def binary_flat(a, b, out, dims, op, shift, scale, mode, lo, hi):
     """``out = a OP b`` on flat buffers with ESP-DL's merged broadcast: ``dims`` = the merged 4-D shapes of
-    a, b and out (12 ints, :meth:`Broadcast.dims`); an axis of length 1 in an input broadcasts. Compiled once
-    per op (``literally``), so each op's loop is its own (and vectorizes)."""
-    literally(op)
+    a, b and out (12 ints, :meth:`Broadcast.dims`); an axis of length 1 in an input broadcasts."""
     a0, a1, a2, a3, b0, b1, b2, b3, o0, o1, o2, o3 = (dims[0], dims[1], dims[2], dims[3], dims[4], dims[5], dims[6],
                                                       dims[7], dims[8], dims[9], dims[10], dims[11])
     n = o0 * o1 * o2 * o3
-    if a.size == n and b.size == n:  # no broadcast: one flat loop (vectorizes)
-        for i in range(n):
-            out[i] = _apply(op, np.int64(a[i]), np.int64(b[i]), shift, scale, mode, lo, hi)
+    if a.size == n and b.size == n:  # no broadcast: flat loops, one per common op (they vectorize)
+        if op == OP_ADD:
+            for i in range(n):
+                out[i] = clamp(np.int64(a[i]) + np.int64(b[i]), lo, hi)
+        elif op == OP_SUB:
+            for i in range(n):
+                out[i] = clamp(np.int64(a[i]) - np.int64(b[i]), lo, hi)
+        elif op == OP_MUL:
+            for i in range(n):
+                out[i] = requant(np.int64(a[i]) * np.int64(b[i]), shift, mode, False, lo, hi)
+        else:
+            for i in range(n):
+                out[i] = _apply(op, np.int64(a[i]), np.int64(b[i]), shift, scale, mode, lo, hi)
         return out
     sa, sb = (1 if a3 > 1 else 0), (1 if b3 > 1 else 0)  # innermost axis: walk or broadcast
     k = 0
@@ -675,12 +683,7 @@ def prepare_clip(node, ctx, ins, outs):
 
 
 # ---- compiled lowering (emu/program.py) -------------------------------------------------------------
-# one layout per entry point of binary_flat (the same fields), so a model compiles only the ops it uses
-_BINARY_FIELDS = "a b out dims op shift scale lo hi"  # dims: 12 words of c64 (see binary_flat)
-BINARY = {op: row_layout(name, _BINARY_FIELDS) for op, name in
-          ((OP_ADD, "ADD"), (OP_SUB, "SUB"), (OP_MAX, "MAX"), (OP_MIN, "MIN"), (OP_MUL, "MUL"), (OP_MULF, "MULF"))}
-BINARY.update(dict.fromkeys((OP_EQ, OP_GT, OP_GE, OP_LT, OP_LE), row_layout("COMPARE", _BINARY_FIELDS)))
-_BL = BINARY[OP_ADD]  # the fields, for compiled code (every binary layout has the same)
+BINARY = row_layout("BINARY", "a b out dims op shift scale lo hi")  # dims: 12 words of c64 (see binary_flat)
 RELU = row_layout("RELU", "x out n shift lo hi")
 REQUANT = row_layout("REQUANT", "x out n shift lo hi")
 NEG = row_layout("NEG", "x out n lo hi")
@@ -690,75 +693,18 @@ CLIP = row_layout("CLIP", "x out n mn mx shift lo hi")
 DIV = row_layout("DIV", "a b out dims variant lut rescale lo hi")
 
 
+@arm(BINARY)
 @njit(cache=True, inline="always")
-def _binary_views(row, act, c64):
-    L = _BL
+def binary_arm(row, act, actf, c16, c32, c64, cf, mode):
+    L = BINARY
     d = c64[row[L.dims]:row[L.dims] + 12]
     na, nb, no = d[0] * d[1] * d[2] * d[3], d[4] * d[5] * d[6] * d[7], d[8] * d[9] * d[10] * d[11]
-    return act[row[L.a]:row[L.a] + na], act[row[L.b]:row[L.b] + nb], act[row[L.out]:row[L.out] + no], d
-
-
-@arm(BINARY[OP_ADD])
-@njit(cache=True)
-def add_arm(row, act, actf, c16, c32, c64, cf, mode):
-    a, b, out, d = _binary_views(row, act, c64)
-    binary_flat(a, b, out, d, OP_ADD, 0, cf[row[_BL.scale]], mode, row[_BL.lo], row[_BL.hi])
-
-
-@arm(BINARY[OP_SUB])
-@njit(cache=True)
-def sub_arm(row, act, actf, c16, c32, c64, cf, mode):
-    a, b, out, d = _binary_views(row, act, c64)
-    binary_flat(a, b, out, d, OP_SUB, 0, cf[row[_BL.scale]], mode, row[_BL.lo], row[_BL.hi])
-
-
-@arm(BINARY[OP_MAX])
-@njit(cache=True)
-def max_arm(row, act, actf, c16, c32, c64, cf, mode):
-    a, b, out, d = _binary_views(row, act, c64)
-    binary_flat(a, b, out, d, OP_MAX, 0, cf[row[_BL.scale]], mode, row[_BL.lo], row[_BL.hi])
-
-
-@arm(BINARY[OP_MIN])
-@njit(cache=True)
-def min_arm(row, act, actf, c16, c32, c64, cf, mode):
-    a, b, out, d = _binary_views(row, act, c64)
-    binary_flat(a, b, out, d, OP_MIN, 0, cf[row[_BL.scale]], mode, row[_BL.lo], row[_BL.hi])
-
-
-@arm(BINARY[OP_MUL])
-@njit(cache=True)
-def mul_arm(row, act, actf, c16, c32, c64, cf, mode):
-    a, b, out, d = _binary_views(row, act, c64)
-    binary_flat(a, b, out, d, OP_MUL, row[_BL.shift], cf[row[_BL.scale]], mode, row[_BL.lo], row[_BL.hi])
-
-
-@arm(BINARY[OP_MULF])
-@njit(cache=True)
-def mulf_arm(row, act, actf, c16, c32, c64, cf, mode):
-    a, b, out, d = _binary_views(row, act, c64)
-    binary_flat(a, b, out, d, OP_MULF, row[_BL.shift], cf[row[_BL.scale]], mode, row[_BL.lo], row[_BL.hi])
-
-
-@arm(BINARY[OP_EQ])
-@njit(cache=True)
-def compare_arm(row, act, actf, c16, c32, c64, cf, mode):
-    a, b, out, d = _binary_views(row, act, c64)
-    op = row[_BL.op]  # the comparisons share one arm: 0 / 1 from raw integers
-    if op == OP_EQ:
-        binary_flat(a, b, out, d, OP_EQ, 0, cf[row[_BL.scale]], mode, 0, 1)
-    elif op == OP_GT:
-        binary_flat(a, b, out, d, OP_GT, 0, cf[row[_BL.scale]], mode, 0, 1)
-    elif op == OP_GE:
-        binary_flat(a, b, out, d, OP_GE, 0, cf[row[_BL.scale]], mode, 0, 1)
-    elif op == OP_LT:
-        binary_flat(a, b, out, d, OP_LT, 0, cf[row[_BL.scale]], mode, 0, 1)
-    else:
-        binary_flat(a, b, out, d, OP_LE, 0, cf[row[_BL.scale]], mode, 0, 1)
+    binary_flat(act[row[L.a]:row[L.a] + na], act[row[L.b]:row[L.b] + nb], act[row[L.out]:row[L.out] + no], d,
+                row[L.op], row[L.shift], cf[row[L.scale]], mode, row[L.lo], row[L.hi])
 
 
 @arm(RELU)
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def relu_arm(row, act, actf, c16, c32, c64, cf, mode):
     L = RELU
     n = row[L.n]
@@ -767,7 +713,7 @@ def relu_arm(row, act, actf, c16, c32, c64, cf, mode):
 
 
 @arm(REQUANT)
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def requant_arm(row, act, actf, c16, c32, c64, cf, mode):
     L = REQUANT
     n = row[L.n]
@@ -776,7 +722,7 @@ def requant_arm(row, act, actf, c16, c32, c64, cf, mode):
 
 
 @arm(NEG)
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def neg_arm(row, act, actf, c16, c32, c64, cf, mode):
     L = NEG
     n = row[L.n]
@@ -784,7 +730,7 @@ def neg_arm(row, act, actf, c16, c32, c64, cf, mode):
 
 
 @arm(LEAKY)
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def leaky_arm(row, act, actf, c16, c32, c64, cf, mode):
     L = LEAKY
     n, s = row[L.n], row[L.scales]
@@ -793,7 +739,7 @@ def leaky_arm(row, act, actf, c16, c32, c64, cf, mode):
 
 
 @arm(PRELU)
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def prelu_arm(row, act, actf, c16, c32, c64, cf, mode):
     L = PRELU
     rows, c = row[L.rows], row[L.c]
@@ -803,7 +749,7 @@ def prelu_arm(row, act, actf, c16, c32, c64, cf, mode):
 
 
 @arm(CLIP)
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def clip_arm(row, act, actf, c16, c32, c64, cf, mode):
     L = CLIP
     n = row[L.n]
@@ -812,7 +758,7 @@ def clip_arm(row, act, actf, c16, c32, c64, cf, mode):
 
 
 @arm(DIV)
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def div_arm(row, act, actf, c16, c32, c64, cf, mode):
     L = DIV
     d = c64[row[L.dims]:row[L.dims] + 12]
@@ -839,7 +785,7 @@ def lower_binary(b, step):
         raise b.refuse("float32 arithmetic")
     op, dims, shift, scale, lo, hi = found
     x, y = b.ins(step)[:2]
-    b.emit(BINARY[op], a=b.slot(x.name), b=b.slot(y.name), out=b.slot(step.outputs[0]), dims=b.c64(dims), op=op,
+    b.emit(BINARY, a=b.slot(x.name), b=b.slot(y.name), out=b.slot(step.outputs[0]), dims=b.c64(dims), op=op,
            shift=shift, scale=b.cf([scale]), lo=lo, hi=hi)
 
 

@@ -182,7 +182,7 @@ MATMUL = row_layout("MATMUL", "a b out na m k nb n t ia ib shifts relu lo hi b_c
 
 
 @arm(MATMUL)
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def matmul_arm(row, act, actf, c16, c32, c64, cf, mode):
     L = MATMUL
     na, m, k, nb, n, t = row[L.na], row[L.m], row[L.k], row[L.nb], row[L.n], row[L.t]

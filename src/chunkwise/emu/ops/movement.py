@@ -470,7 +470,7 @@ FILL = row_layout("FILL", "out n value")  # out[i] = value
 
 
 @arm(GATHER)
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def gather_arm(row, act, actf, c16, c32, c64, cf, mode):
     L = GATHER
     n, x = row[L.n], row[L.x]
@@ -481,7 +481,7 @@ def gather_arm(row, act, actf, c16, c32, c64, cf, mode):
 
 
 @arm(SCATTER)
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def scatter_arm(row, act, actf, c16, c32, c64, cf, mode):
     L = SCATTER
     n, o = row[L.n], row[L.out]
@@ -492,7 +492,7 @@ def scatter_arm(row, act, actf, c16, c32, c64, cf, mode):
 
 
 @arm(COPY)
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def copy_arm(row, act, actf, c16, c32, c64, cf, mode):
     L = COPY
     n = row[L.n]
@@ -503,7 +503,7 @@ def copy_arm(row, act, actf, c16, c32, c64, cf, mode):
 
 
 @arm(FILL)
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def fill_arm(row, act, actf, c16, c32, c64, cf, mode):
     L = FILL
     out = act[row[L.out]:row[L.out] + row[L.n]]

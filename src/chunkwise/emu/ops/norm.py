@@ -341,7 +341,7 @@ LPNORM = row_layout("LPNORM", "x out outer n inner p scale lo hi")
 
 
 @arm(LAYERNORM)
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def layernorm_arm(row, act, actf, c16, c32, c64, cf, mode):
     L = LAYERNORM
     o, n, s = row[L.outer], row[L.n], row[L.scales]
@@ -354,7 +354,7 @@ def layernorm_arm(row, act, actf, c16, c32, c64, cf, mode):
 
 
 @arm(RMSNORM)
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def rmsnorm_arm(row, act, actf, c16, c32, c64, cf, mode):
     L = RMSNORM
     o, n, s = row[L.outer], row[L.n], row[L.scales]
@@ -364,7 +364,7 @@ def rmsnorm_arm(row, act, actf, c16, c32, c64, cf, mode):
 
 
 @arm(LPNORM)
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def lpnorm_arm(row, act, actf, c16, c32, c64, cf, mode):
     L = LPNORM
     o, n, i = row[L.outer], row[L.n], row[L.inner]

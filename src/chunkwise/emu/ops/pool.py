@@ -203,7 +203,7 @@ MAXPOOL = row_layout("MAXPOOL", "x out n h w c oh ow kh kw sh sw pt pl")
 
 
 @arm(AVGPOOL)
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def avg_arm(row, act, actf, c16, c32, c64, cf, mode):
     L = AVGPOOL
     n, h, w, c, oh, ow = row[L.n], row[L.h], row[L.w], row[L.c], row[L.oh], row[L.ow]
@@ -213,7 +213,7 @@ def avg_arm(row, act, actf, c16, c32, c64, cf, mode):
 
 
 @arm(MAXPOOL)
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def max_arm(row, act, actf, c16, c32, c64, cf, mode):
     L = MAXPOOL
     n, h, w, c, oh, ow = row[L.n], row[L.h], row[L.w], row[L.c], row[L.oh], row[L.ow]

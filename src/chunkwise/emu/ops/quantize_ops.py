@@ -89,7 +89,7 @@ DEQUANT = row_layout("DEQUANT", "x out n scale")
 
 
 @arm(QUANT)
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def quant_arm(row, act, actf, c16, c32, c64, cf, mode):
     L = QUANT
     n = row[L.n]
@@ -98,7 +98,7 @@ def quant_arm(row, act, actf, c16, c32, c64, cf, mode):
 
 
 @arm(DEQUANT)
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def dequant_arm(row, act, actf, c16, c32, c64, cf, mode):
     L = DEQUANT
     n = row[L.n]

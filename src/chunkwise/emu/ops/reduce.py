@@ -203,7 +203,7 @@ REDUCE = row_layout("REDUCE", "x out outer inner op e_in e_out shift lo hi wide"
 
 
 @arm(REDUCE)
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def reduce_arm(row, act, actf, c16, c32, c64, cf, mode):
     L = REDUCE
     outer, inner = row[L.outer], row[L.inner]

@@ -233,7 +233,7 @@ RESIZE_LINEAR = row_layout("RESIZE_LINEAR", "x out h w c oh ow ix iy ratios scal
 
 
 @arm(RESIZE_NEAREST)
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def nearest_arm(row, act, actf, c16, c32, c64, cf, mode):
     L = RESIZE_NEAREST
     n, c = row[L.n], row[L.c]
@@ -242,7 +242,7 @@ def nearest_arm(row, act, actf, c16, c32, c64, cf, mode):
 
 
 @arm(RESIZE_LINEAR)
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def linear_arm(row, act, actf, c16, c32, c64, cf, mode):
     L = RESIZE_LINEAR
     h, w, c, oh, ow, r, s = row[L.h], row[L.w], row[L.c], row[L.oh], row[L.ow], row[L.ratios], row[L.scales]

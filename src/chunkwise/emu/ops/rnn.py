@@ -362,7 +362,7 @@ def _rnn_views(L, row, act, c32, c64, cf, gates):
 
 
 @arm(GRU)
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def gru_arm(row, act, actf, c16, c32, c64, cf, mode):
     L = GRU
     x, w, r, b, h0, c0, y, yh, yc, sig, tnh = _rnn_views(L, row, act, c32, c64, cf, 3)
@@ -372,7 +372,7 @@ def gru_arm(row, act, actf, c16, c32, c64, cf, mode):
 
 
 @arm(LSTM)
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def lstm_arm(row, act, actf, c16, c32, c64, cf, mode):
     L = LSTM
     x, w, r, b, h0, c0, y, yh, yc, sig, tnh = _rnn_views(L, row, act, c32, c64, cf, 4)

@@ -128,7 +128,7 @@ SOFTMAXF = row_layout("SOFTMAXF", "x out outer n inner log")
 
 
 @arm(SOFTMAX8)
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def softmax8_arm(row, act, actf, c16, c32, c64, cf, mode):
     L = SOFTMAX8
     o, n, i = row[L.outer], row[L.n], row[L.inner]
@@ -137,7 +137,7 @@ def softmax8_arm(row, act, actf, c16, c32, c64, cf, mode):
 
 
 @arm(SOFTMAXF)
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def softmaxf_arm(row, act, actf, c16, c32, c64, cf, mode):
     L = SOFTMAXF
     o, n, i = row[L.outer], row[L.n], row[L.inner]

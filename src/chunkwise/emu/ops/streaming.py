@@ -91,7 +91,7 @@ KEEP = row_layout("KEEP", "out n n_state")
 
 
 @arm(KEEP)
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def keep_arm(row, act, actf, c16, c32, c64, cf, mode):
     L = KEEP
     n, ns = row[L.n], row[L.n_state]
@@ -100,7 +100,7 @@ def keep_arm(row, act, actf, c16, c32, c64, cf, mode):
 
 
 @arm(CACHE)
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def cache_arm(row, act, actf, c16, c32, c64, cf, mode):
     L = CACHE
     n, ns = row[L.n], row[L.n_state]
