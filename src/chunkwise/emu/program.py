@@ -476,6 +476,7 @@ class Program:
         self._y0 = np.empty((0,) * len(self.out_shapes[0]) if o0 else (0,),
                             dtype=self.out_dtypes[0] if o0 else np.int8)
         self._rows = self._first_rows  # compiled on first use (building a program compiles nothing)
+        self._gets: dict[str, object] = {}
 
     def _first_rows(self, *args):
         return self._compiled_rows()(*args)
@@ -608,7 +609,10 @@ class Program:
         out = {fast[4]: y}
         for name, off, shape, dt, is_float in fast[10]:
             z = np.empty(shape, dtype=dt)
-            _get(self.mem, off, z, is_float)
+            get = self._gets.get(name)
+            if get is None:  # the compiled reader for this output's array type, without type dispatch
+                get = self._gets[name] = _entry_point(_get, (self.mem, off, z, is_float))
+            get(self.mem, off, z, is_float)
             out[name] = z
         return out
 
