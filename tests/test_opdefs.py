@@ -135,3 +135,37 @@ def test_engine_checks_attribute_kinds_from_the_definitions():
     n.attrs["alpha"] = make_attribute("0.1")
     with pytest.raises(UnsupportedError, match="attribute 'alpha' is of kind string, expected float"):
         _check_node(n)
+
+
+# The modules ESP-DL's runtime registers: ModuleCreator::register_dl_modules() in
+# esp-dl/dl/module/include/dl_module_creator.hpp (espressif/esp-dl, commit of Thu Jul 30 15:31:18 2026 +0800).
+# A model holding any other op cannot be loaded on a chip, even where a dl_module_*.hpp header exists (And,
+# Max, Min, Not, Or, Xor).
+ESPDL_REGISTERED = {
+    "Conv", "Add", "Sub", "Mul", "Div", "Pow", "Mod", "Resize", "GlobalAveragePool", "AveragePool", "Concat",
+    "Sigmoid", "Tanh", "Relu", "LeakyRelu", "HardSigmoid", "HardSwish", "Gelu", "LUT", "Gemm",
+    "QuantizeLinear", "DequantizeLinear", "RequantizeLinear", "PRelu", "Clip", "Flatten", "Reshape",
+    "Transpose", "Exp", "Log", "Sqrt", "Squeeze", "Unsqueeze", "Softmax", "LogSoftmax", "MaxPool", "Slice",
+    "Pad", "MatMul", "Neg", "SpaceToDepth", "Split", "Gather", "Elu", "Greater", "GreaterOrEqual", "Equal",
+    "Less", "LessOrEqual", "ReverseSequence", "ScatterND", "Identity", "Swish", "ReduceL1", "ReduceL2",
+    "ReduceMin", "ReduceMax", "ReduceSum", "ReduceProd", "ReduceMean", "ReduceSumSquare", "ReduceLogSum",
+    "ReduceLogSumExp", "GRU", "LSTM", "DepthToSpace", "StreamingCache", "InsertZeros", "LayerNormalization",
+    "LpNormalization", "RMSNormalization",
+}
+
+
+def test_espdl_trait_is_exactly_the_registered_modules():
+    assert len(ESPDL_REGISTERED) == 71
+    defs = {d.name: d for d in ops.all_defs()}
+    claimed = {n for n, d in defs.items() if d.espdl}
+    assert claimed - ESPDL_REGISTERED == set(), "espdl=True but ESP-DL does not register the module"
+    assert {n for n in ESPDL_REGISTERED if n in defs} - claimed == set(), "registered but espdl=False"
+    for n in ("And", "Max", "Min", "Not", "Or", "Xor"):  # headers exist, the creator does not register them
+        assert not defs[n].espdl and "dl_module_creator.hpp" in defs[n].doc, n
+
+
+def test_quantizer_exports_only_registered_modules():
+    """Every op the quantizer's exporter has a rule for is one the chip can load."""
+    from chunkwise.quant.export import EXPORTED
+
+    assert EXPORTED - {n for n in ESPDL_REGISTERED if ops.find(n) is not None and ops.find(n).espdl} == set()

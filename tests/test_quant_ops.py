@@ -61,8 +61,9 @@ CASES = {
                                          extra_inputs=["s", "b"], opset=17), "n", 22),
     "Gelu": (lambda: model("Gelu", (1, 8, 16), opset=20), "n", 22),
     "Max_const": (lambda: model("Max", (1, 8, 16), consts={"c": np.array(0.3, F)}, extra_inputs=["c"]), "n", 22),
-    "Min_const": (lambda: model("Min", (1, 8, 16), consts={"c": RNG.normal(0, 1, 16).astype(F)},
-                                extra_inputs=["c"]), "n", 22),
+    "Min_const": (lambda: model("Min", (1, 8, 16), consts={"c": np.array([0.7], F)}, extra_inputs=["c"],
+                                const_first=True), "n", 22),  # Max/Min with a scalar: Clip (no Max/Min module)
+    "Max_zero": (lambda: model("Max", (1, 8, 16), consts={"c": np.array(0.0, F)}, extra_inputs=["c"]), "n", 22),
     "Pow_square": (lambda: model("Pow", (1, 8, 16), consts={"c": np.array(2.0, F)}, extra_inputs=["c"]), "n", 18),
     "Mod_const": (lambda: model("Mod", (1, 8, 16), {"fmod": 1}, consts={"c": np.array(0.75, F)},
                                 extra_inputs=["c"]), "n", 12),  # discontinuous: an input step flips a remainder

@@ -324,8 +324,12 @@ def test_prelu_after_conv1d_runs_on_a_4d_view(slope_shape, target, bits, tmp_pat
     assert ops == ["Conv", "Reshape", "PRelu", "Reshape", "Conv"], ops
     pr = g.nodes[2]
     assert g.info(pr.inputs[0]).shape == (1, 1, 16, 6)  # [N, 1, T, C]: channels at shape[3]
-    # one exponent from the Conv to the last Reshape: ESP-DL's PRelu copies positives unchanged (c, int16)
-    assert len({g.info(n.outputs[0]).exponents for n in g.nodes[:4]}) == 1
+    # ESP-DL's PRelu copies positives unchanged (int16; int8 per-channel on c, no table): one exponent from the
+    # Conv to the last Reshape there; the Reshapes pass their input's exponent through everywhere
+    exps = [g.info(n.outputs[0]).exponents for n in g.nodes[:4]]
+    assert exps[0] == exps[1] and exps[2] == exps[3], exps
+    if bits == 16 or (target == "c" and len(slope_shape) > 1):
+        assert len(set(exps)) == 1, exps
     assert q.quant_report["output_sqnr_db"] > (25 if bits == 8 else 50), q.quant_report["output_sqnr_db"]
 
 

@@ -113,7 +113,7 @@ def quantize(onnx_path_or_model, calib, *, target: str = "esp32p4", bits: int = 
             memo[key] = stats.exponent(v, b, method)
         return memo[key]
 
-    qi = assign_exponents(fq, bits_of, calib_exp)
+    qi = assign_exponents(fq, bits_of, calib_exp, target)
     namer = Namer()
     perm = apply_layout(fq, qi, namer)
     insert_requantize(fq, qi, perm, namer, calib_exp)

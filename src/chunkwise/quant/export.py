@@ -47,7 +47,7 @@ EXPORTED = frozenset({
     "Conv", "Gemm", "AveragePool", "MaxPool", "GlobalAveragePool",
     "Relu", "Sigmoid", "Tanh", "Swish", "LeakyRelu", "HardSigmoid", "HardSwish", "Elu", "Exp", "Log", "Sqrt",
     "Neg", "Clip", "PRelu", "Gelu",
-    "Add", "Sub", "Mul", "Div", "Max", "Min", "Pow", "Mod",
+    "Add", "Sub", "Mul", "Div", "Pow", "Mod",
     "Concat", "Slice", "Split", "Flatten", "Reshape", "Transpose", "Pad", "Squeeze", "Unsqueeze", "Identity",
     "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceL1", "ReduceL2", "ReduceSumSquare",
     "ReduceLogSum", "ReduceLogSumExp", "ReduceProd",
@@ -172,8 +172,23 @@ def downstream_ops(fg: FGraph, node: FNode) -> list[FNode]:
     return out
 
 
-def assign_exponents(fg: FGraph, bits_of: dict[str, int], calib_exp) -> QInfo:
-    """``calib_exp(value, bits) -> int`` gives the calibrated exponent of a float value."""
+def prelu_keeps_exponent(fg: FGraph, node: FNode, bits: int, target: str | None) -> bool:
+    """Whether ESP-DL runs this PRelu with its input exponent as output exponent. ``prelu_11c`` (int16 on every
+    target: esp32p4 has no int16 kernel, esp32s3's ``EE.VPRELU.S16`` does the same; int8 on the c target)
+    copies positive values unchanged whatever the exponents (``dl_base_prelu.cpp``); only the int8 SIMD kernels
+    (esp32p4, esp32s31, esp32s3) rescale them to the output exponent. An int8 PRelu with one slope is exported
+    as a table (any exponents). ``target=None``: every target (tying is exact everywhere)."""
+    if node.op != "PRelu":
+        return False
+    slope = fg.consts.get(node.inputs[1]) if len(node.inputs) > 1 else None
+    if bits == 8 and slope is not None and np.asarray(slope).size == 1:
+        return False
+    return bits == 16 or target is None or target not in ("esp32p4", "esp32s31", "esp32s3")
+
+
+def assign_exponents(fg: FGraph, bits_of: dict[str, int], calib_exp, target: str | None = None) -> QInfo:
+    """``calib_exp(value, bits) -> int`` gives the calibrated exponent of a float value. A PRelu that ESP-DL
+    runs without rescaling positives (:func:`prelu_keeps_exponent` on ``target``) keeps its input's exponent."""
     bits_of = {**bits_of, **{n.name: 32 for n in fg.nodes if n.op in FLOAT_COMPUTE_OPS}}
     qi = QInfo(bits=dict(bits_of))
     prods = fg.producers()
@@ -227,6 +242,22 @@ def assign_exponents(fg: FGraph, bits_of: dict[str, int], calib_exp) -> QInfo:
         rule = OP_RULES.get(n.op)
         if rule is not None and hasattr(rule, "ties"):
             rule.ties(fg, qi, n, tie, fixed, calib_exp)
+    kept = set()  # PRelu outputs at their input's exponent: a hard constraint, merged last
+    for n in fg.nodes:
+        if not prelu_keeps_exponent(fg, n, bits_of[n.name], target):
+            continue
+        x, y = n.inputs[0], n.outputs[0]
+        kept.add(y)
+        if qi.vbits.get(x) != bits_of[n.name]:
+            # the input arrives through a RequantizeLinear at calib_exp(x, bits) (expected_input): so does Y
+            fixed[resolve(y)] = calib_exp(x, bits_of[n.name])
+        else:
+            rx, ry = resolve(x), resolve(y)
+            if rx != ry:
+                # the merged values take the coarser of the two exponents (neither side saturates)
+                es = [fixed[r] if r in fixed else calib_exp(r, qi.vbits[r]) for r in (rx, ry)]
+                tie[ry] = rx
+                fixed[rx] = max(es)
     values = [nm for nm, _ in fg.inputs] + [o for n in fg.nodes for o in n.outputs if o]
     for v in values:
         r = resolve(v)
@@ -239,7 +270,7 @@ def assign_exponents(fg: FGraph, bits_of: dict[str, int], calib_exp) -> QInfo:
         e = compare_exponent(fg, qi, n)
         for u in n.inputs:
             if (u and u not in fg.consts and not fg.is_output(u) and qi.vbits[u] == bits_of[n.name]
-                    and downstream_readers(fg, u) == [n]):
+                    and downstream_readers(fg, u) == [n] and u not in kept):
                 qi.exp[u] = e
     return qi
 
@@ -360,6 +391,10 @@ def apply_layout(fg: FGraph, qi: QInfo, namer: Namer) -> dict[str, list[int]]:
                 perm[o] = _nhwc_perm(rank(o))
         elif op in ELEMENTWISE_UNARY or op == "Swish":
             u = node.inputs[0]
+            if op == "PRelu" and rank(u) == 4 and node.inputs[1] in fg.consts \
+                    and np.asarray(fg.consts[node.inputs[1]]).size > 1:
+                require(node, 0, _nhwc_perm(4))  # ESP-DL's PRelu reads a per-channel slope along shape[3]
+                u = node.inputs[0]
             if u not in perm:
                 perm[u] = _identity(rank(u))
             p = perm[u]
@@ -704,6 +739,17 @@ def _quant_per_channel(w: np.ndarray, exps: np.ndarray, axis: int, dtype: str, m
     return np.clip(round_array(scaled, mode), lo, hi).astype(dtype)
 
 
+def check_registered(nodes) -> None:
+    """Every exported node is a module ESP-DL's runtime registers (``dl_module_creator.hpp``; ``espdl=True`` on
+    its definition): a chip cannot load a model holding any other, even one with a ``dl_module_*.hpp`` header."""
+    for node in nodes:
+        d = opdefs.find(node.op_type)
+        if d is None or not d.espdl:
+            raise UnsupportedError("the quantizer would export an operator ESP-DL does not register "
+                                   "(dl_module_creator.hpp): a chip could not load the model",
+                                   node=node.name, op=node.op_type)
+
+
 class Exporter:
     def __init__(self, fg: FGraph, qi: QInfo, perm: dict[str, list[int]], target: str, namer: Namer):
         self.fg, self.qi, self.perm, self.target, self.namer = fg, qi, perm, target, namer
@@ -741,6 +787,7 @@ class Exporter:
     # ---- nodes ------------------------------------------------------------------------------
     def build(self, graph_name: str, origin_inputs, outputs) -> Graph:
         nodes = [self.node(n) for n in self.fg.nodes]
+        check_registered(nodes)
         g = Graph(name=graph_name)
         g.nodes = nodes
         g.initializers = {t.name: t for t in self.luts}
@@ -891,6 +938,14 @@ class Exporter:
             lo_hi = []
             for k in (1, 2):
                 nm = n.inputs[k] if len(n.inputs) > k else ""
+                if not nm and k == 1 and len(n.inputs) > 2 and n.inputs[2]:
+                    # ESP-DL's Clip reads input 1 as min (dl_module_clip.hpp): a max-only Clip gets the type's
+                    # minimum as min
+                    nm = f"{n.name}_min"
+                    self.param(nm, np.array(qrange(self.dtype(bits))[0]), self.dtype(bits), [e_in])
+                    lo_hi.append(None)
+                    inputs.append(nm)
+                    continue
                 if not nm:
                     lo_hi.append(None)
                     continue

@@ -18,6 +18,8 @@ statistics collected on the original graph hold for every value of the rewritten
   spatial axes.
 * ``spacetodepth_to_reshapes``: ``SpaceToDepth`` (ESP-DL's module orders channels unlike ONNX) ->
   Reshape / Transpose / Reshape.
+* ``minmax_const_to_clip``: ``Max(x, c)`` -> ``Clip(x, c)`` (``Relu`` for ``c == 0``), ``Min(x, c)`` ->
+  ``Clip(x, -inf, c)`` for a constant scalar ``c`` (ESP-DL does not register its Max/Min modules).
 
 :func:`float_onnx` builds an ONNX model of a rewritten graph for onnxruntime (raising the opset to the
 one that defines the fused operators, with Reduce* ``axes`` moved to inputs from opset 18 on).
@@ -449,6 +451,47 @@ def spacetodepth_to_reshapes(fg: FGraph) -> PassResult:
     return PassResult(fg, True, f"{len(done)} SpaceToDepth -> Reshape/Transpose/Reshape")
 
 
+# ---- Max / Min with a constant ------------------------------------------------------------------------
+
+def minmax_const_to_clip(fg: FGraph) -> PassResult:
+    """``Max(x, c)`` -> ``Clip(x, c)`` (``Relu(x)`` when ``c == 0``), ``Min(x, c)`` -> ``Clip(x, -inf, c)`` for a
+    constant scalar ``c`` (either operand order): ESP-DL has Max/Min headers but does not register the modules
+    (``dl_module_creator.hpp``). Float-exact; the node keeps its name and output."""
+    done = []
+    for n in [n for n in fg.nodes if n.op in ("Max", "Min")]:
+        if len(n.inputs) != 2 or len(n.outputs) != 1:
+            continue
+        cs = [i for i in n.inputs if i in fg.consts]
+        xs = [i for i in n.inputs if i not in fg.consts]
+        if len(cs) != 1 or len(xs) != 1:
+            continue
+        c = np.asarray(fg.consts[cs[0]])
+        x = xs[0]
+        if c.size != 1 or c.ndim > len(fg.shapes.get(x, ())) or not np.issubdtype(c.dtype, np.floating):
+            continue  # a broadcast constant could change the shape; integer data is not quantized
+        v = np.float32(c.reshape(()))
+        if n.op == "Max" and v == 0:
+            new = FNode("Relu", n.name, [x], list(n.outputs))
+        else:
+            # ESP-DL's Clip reads input 1 as min and input 2 as max (dl_module_clip.hpp): a max-only Clip
+            # takes -inf as min (quantized to the type's minimum)
+            bounds = [v] if n.op == "Max" else [np.float32(-np.inf), v]
+            ins = [x]
+            for k, b in zip(("min", "max"), bounds):
+                nm = f"{n.name}_{k}"
+                while nm in fg.consts:
+                    nm += "_"
+                fg.consts[nm] = np.array(b, np.float32)
+                ins.append(nm)
+            new = FNode("Clip", n.name, ins, list(n.outputs))
+        _replace(fg, [n], new)
+        done.append(f"{n.name} -> {new.op}")
+    _drop_unused_consts(fg)
+    if not done:
+        return PassResult(fg, False, "no Max/Min with a constant scalar operand")
+    return PassResult(fg, True, f"{len(done)} Max/Min: {', '.join(done)}")
+
+
 # ---- the sequence -----------------------------------------------------------------------------------
 
 PATTERN_PASSES = [
@@ -458,6 +501,7 @@ PATTERN_PASSES = [
     FunctionPass("fuse_swish", fuse_swish),
     FunctionPass("globalmaxpool_to_reducemax", globalmaxpool_to_reducemax),
     FunctionPass("spacetodepth_to_reshapes", spacetodepth_to_reshapes),
+    FunctionPass("minmax_const_to_clip", minmax_const_to_clip),
 ]
 
 

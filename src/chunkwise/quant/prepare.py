@@ -24,7 +24,7 @@ FLOAT_OPS_SUPPORTED = (
     "MaxPool", "Mul", "Neg", "Pad", "PRelu", "Relu", "Reshape", "Sigmoid", "Slice", "Sqrt",
     "Squeeze", "Sub", "Tanh", "Transpose", "Unsqueeze",
     "ConvTranspose", "Gather", "GRU", "LSTM", "MatMul",  # rules in .products and .rnn
-    "Gelu", "Swish", "Max", "Min", "Pow", "Split", "DepthToSpace", "Resize",
+    "Gelu", "Swish", "Pow", "Split", "DepthToSpace", "Resize",
     "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceL1", "ReduceL2", "ReduceSumSquare",
     "ReduceLogSum", "ReduceLogSumExp", "ReduceProd",
     "LayerNormalization", "RMSNormalization", "LpNormalization", "Softmax", "LogSoftmax", "ReverseSequence",
@@ -32,7 +32,7 @@ FLOAT_OPS_SUPPORTED = (
     "GlobalMaxPool", "SpaceToDepth",  # rewritten to ReduceMax / Reshape-Transpose-Reshape (.patterns)
 )
 # operators taken only inside a pattern that .patterns fuses (checked again after the rewrites)
-PATTERN_ONLY_OPS = ("Erf", "Reciprocal")
+PATTERN_ONLY_OPS = ("Erf", "Reciprocal", "Max", "Min")  # Max/Min: minmax_const_to_clip
 # float-exact passes of other modules (.products, .rnn), run after the ones here: f(fg) -> None
 PREPARE_PASSES: list = []
 # ESP-DL operators that only a rewrite makes (InsertZeros from ConvTranspose): allowed after the rewrites

@@ -385,13 +385,13 @@ class StorageReshapeRule:
     @staticmethod
     def ties(fg, qi, node, tie, fixed, calib_exp):
         x, y = node.inputs[0], node.outputs[0]
-        tie[y] = x  # data movement
         prelu = fg.producers().get(x)
-        if len(fg.shapes[x]) == 4 and prelu is not None and prelu.op == "PRelu" \
-                and qi.vbits.get(prelu.inputs[0]) == qi.vbits.get(x):
-            # ESP-DL's PRelu copies positive values unchanged on the c target and in int16 (prelu_11c; only
-            # the int8 SIMD kernels rescale them): its output keeps its input's exponent
-            tie[x] = prelu.inputs[0]
+        if prelu is not None and prelu.op == "PRelu" and len(fg.shapes[x]) == 4 and qi.vbits.get(x) == qi.vbits.get(y):
+            # data movement; the 4-D PRelu's output is no value of the float graph: it is calibrated as the 3-D
+            # value it is reshaped to (when ESP-DL needs it at its input's exponent: export.prelu_keeps_exponent)
+            tie[x] = y
+        else:
+            tie[y] = x  # data movement
 
     @staticmethod
     def export(ex, n, attrs):

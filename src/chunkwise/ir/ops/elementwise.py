@@ -51,10 +51,21 @@ define("Mul", "elementwise", time=TimeRule.BINARY, layout=Layout.BROADCAST,
 define("Div", "elementwise", time=TimeRule.BINARY, layout=Layout.BROADCAST,
        zero_to_zero=_binary_zero(lambda c: bool(np.all(c != 0))), nonneg=_all,
        doc="0 / c == 0 for a non-zero constant divisor; 0 / 0 is not 0")
-define("Max", "elementwise", time=TimeRule.BINARY, layout=Layout.BROADCAST, exponent=ExpPolicy.ALIGN,
-       zero_to_zero=_binary_zero(lambda c: bool(np.all(c <= 0))), nonneg=_any)
-define("Min", "elementwise", time=TimeRule.BINARY, layout=Layout.BROADCAST, exponent=ExpPolicy.ALIGN,
-       zero_to_zero=_binary_zero(lambda c: bool(np.all(c >= 0))), nonneg=_all)
+# ESP-DL has dl_module_max.hpp / dl_module_min.hpp but dl_module_creator.hpp does not register them: a chip
+# cannot load a model holding them. The emulator keeps their kernels (the headers' arithmetic); the quantizer
+# rewrites Max/Min with a constant scalar operand to Clip / Relu (.quant.patterns.minmax_const_to_clip).
+_UNREGISTERED = ("ESP-DL has dl_module_{0}.hpp but dl_module_creator.hpp does not register it: a chip cannot "
+                 "load a model holding it")
+for _name, _zero, _nn, _clip in (("Max", lambda c: bool(np.all(c <= 0)), _any, "Clip(x, c, inf); Max(x, 0) = Relu"),
+                                 ("Min", lambda c: bool(np.all(c >= 0)), _all, "Clip(x, -inf, c)")):
+    _why = _UNREGISTERED.format(_name.lower())
+    define(_name, "elementwise", espdl=False, time=TimeRule.BINARY,
+           layout=Layout.BROADCAST,
+           exponent=ExpPolicy.ALIGN, zero_to_zero=_binary_zero(_zero), nonneg=_nn,
+           refuse={"quantize": f"{_name} of two activations (or of a non-scalar constant): {_why}; with a "
+                               f"constant scalar operand c it is rewritten to {_clip}",
+                   "stream": _why},
+           doc=f"{_why}. The emulator kernel emulates the header's arithmetic.")
 define("Mod", "elementwise", time=TimeRule.BINARY, layout=Layout.BROADCAST, attrs={"fmod": Attr("int", 0)},
        zero_to_zero=_binary_zero(lambda c: bool(np.all(c != 0))),
        doc="ESP-DL computes fmodf of the dequantized operands: float ONNX Mod (fmod=1, the only float form)")
