@@ -13,11 +13,13 @@ import warnings
 import numpy as np
 
 from ..emu.rounding import TARGETS, quantize as q_quantize
-from ..errors import ShapeError, UnsupportedError
+from ..errors import UnsupportedError
 from ..ir.graph import Tensor
+from ..ir.passes import Sequential
 from .calibrate import METHODS, FloatRunner, collect, load_calib
-from .export import INSERTED_OPS, Exporter, Namer, apply_layout, assign_exponents, insert_requantize, rewrite, topo_sort
-from .prepare import FGraph, check_supported, prepare
+from .export import INSERTED_OPS, Exporter, Namer, rewrite
+from .pipeline import export_passes, width_passes
+from .prepare import FGraph, check_fgraph, prepare, supported_float_ops as _supported_float_ops
 from . import products, rnn  # noqa: F401,E402  (register their operators' rules)
 from .report import ErrorAccumulator, plot_report, sqnr_problem
 
@@ -29,27 +31,13 @@ __all__ = ["quantize", "plot_report", "supported_float_ops", "METHODS", "REPORT_
 
 
 def supported_float_ops() -> set[str]:
-    """Float ONNX operators the quantizer takes (the coverage table's "quantize" column)."""
-    from .prepare import FLOAT_OPS_SUPPORTED
+    """Float ONNX operators the quantizer takes (the coverage table's "quantize" column), from the operator
+    definitions (:func:`.prepare.supported_float_ops`)."""
+    return _supported_float_ops()
 
-    return set(FLOAT_OPS_SUPPORTED)
 
 REPORT_SAMPLES = 4
-OUTPUT_METHOD = "mse"
-INT8_ONLY_OPS = ("Resize",)  # ESP-DL has no int16 kernel for these  # calibration of graph outputs unless clip_outputs=True
-
-
-def _node_bits(fg: FGraph, origin: dict[str, list[str]], bits: int, int16_nodes) -> dict[str, int]:
-    names = {n for v in origin.values() for n in v}
-    wanted = [str(n) for n in int16_nodes]
-    unknown = [n for n in wanted if n not in names]
-    if unknown:
-        raise ShapeError(f"int16_nodes names unknown node(s) {unknown}; the model's nodes are "
-                         f"{sorted(names)[:20]}{' ...' if len(names) > 20 else ''}")
-    out = {}
-    for n in fg.nodes:
-        out[n.name] = 16 if bits == 16 or any(o in wanted for o in origin.get(n.name, [n.name])) else 8
-    return out
+OUTPUT_METHOD = "mse"  # calibration of graph outputs unless clip_outputs=True
 
 
 def quantize(onnx_path_or_model, calib, *, target: str = "esp32p4", bits: int = 8, calib_method: str = "kl",
@@ -86,15 +74,8 @@ def quantize(onnx_path_or_model, calib, *, target: str = "esp32p4", bits: int = 
 
     fq = copy.deepcopy(fg)
     origin = rewrite(fq, passes_log)
-    check_supported(fq, after_rewrites=True)
-    bits_of = _node_bits(fq, origin, bits, int16_nodes)
-    # ESP-DL's int16 Resize does nothing (resize<int16_t> is empty): Resize runs in int8, with
-    # RequantizeLinear at its boundaries, in an int16 or mixed model
-    narrowed = [n.name for n in fq.nodes if n.op in INT8_ONLY_OPS and bits_of[n.name] == 16]
-    for name in narrowed:
-        bits_of[name] = 8
-    passes_log.append(f"int8_only_ops: modified ({len(narrowed)} Resize kept in int8)" if narrowed
-                      else "int8_only_ops: no change (no int16 Resize)")
+    fq = Sequential(width_passes(bits, int16_nodes, origin), check=check_fgraph)(fq, passes_log)
+    bits_of = {n.name: n.bits for n in fq.nodes}
     needed = tuple(sorted(set(bits_of.values()) | {bits}))
     outputs = set(fg.outputs)
     stats = collect(runner, data, needed, calib_method, progress=progress,
@@ -113,12 +94,10 @@ def quantize(onnx_path_or_model, calib, *, target: str = "esp32p4", bits: int = 
             memo[key] = stats.exponent(v, b, method)
         return memo[key]
 
-    qi = assign_exponents(fq, bits_of, calib_exp, target)
     namer = Namer()
-    perm = apply_layout(fq, qi, namer)
-    insert_requantize(fq, qi, perm, namer, calib_exp)
-    topo_sort(fq)
-    graph = Exporter(fq, qi, perm, target, namer).build(fg.name or "main_graph", fg.inputs, fq.outputs)
+    fq = Sequential(export_passes(calib_exp, target, namer), check=check_fgraph)(fq, passes_log)
+    graph = Exporter(fq, target, namer).build(fg.name or "main_graph", fg.inputs, fq.outputs)
+    perm = fq.perm
     model = Model(graph, target=target)
 
     # ---- test values ------------------------------------------------------------------------

@@ -23,7 +23,6 @@ Pipeline on the prepared float graph (:mod:`.prepare`):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -33,7 +32,7 @@ from ..ir.graph import Graph, Node, Tensor, ValueInfo, make_attribute
 from ..ir import ops as opdefs
 from ..ir.layout import layout_doc, weight_layout
 from ..ir.ops import ExpPolicy, Layout
-from .prepare import FGraph, FNode
+from .prepare import FGraph, FNode, QInfo, supported_float_ops
 
 INT16_LUT_STEP = 32
 PER_CHANNEL_TARGETS = ("esp32p4", "esp32s31")
@@ -41,29 +40,21 @@ BIAS_BITS = {("esp32p4", 8): 32, ("esp32s31", 8): 32, ("esp32s3", 8): 20, ("c", 
              ("esp32p4", 16): 40, ("esp32s31", 16): 40, ("esp32s3", 16): 40, ("c", 16): 64}
 
 # What the exporter does with an op comes from its definition (chunkwise.ir.ops): layout class, exponent
-# policy, table activation (``lut`` + ``float_fn``). EXPORTED lists the ops the exporter has a rule for;
-# the sets below are views of the traits restricted to them.
-EXPORTED = frozenset({
-    "Conv", "Gemm", "AveragePool", "MaxPool", "GlobalAveragePool",
-    "Relu", "Sigmoid", "Tanh", "Swish", "LeakyRelu", "HardSigmoid", "HardSwish", "Elu", "Exp", "Log", "Sqrt",
-    "Neg", "Clip", "PRelu", "Gelu",
-    "Add", "Sub", "Mul", "Div", "Pow", "Mod",
-    "Concat", "Slice", "Split", "Flatten", "Reshape", "Transpose", "Pad", "Squeeze", "Unsqueeze", "Identity",
-    "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceL1", "ReduceL2", "ReduceSumSquare",
-    "ReduceLogSum", "ReduceLogSumExp", "ReduceProd",
-    "LayerNormalization", "RMSNormalization", "LpNormalization", "Softmax", "LogSoftmax",
-    "DepthToSpace", "Resize", "ReverseSequence", "ScatterND",
-    "Equal", "Greater", "GreaterOrEqual", "Less", "LessOrEqual",
-    "RequantizeLinear",
-})
+# policy, table activation (``lut`` + ``float_fn``). EXPORTED: the ops exported by the generic rules below,
+# i.e. every op with an ESP-DL module that the quantizer takes (no ``refuse["quantize"]``) and that no named
+# rewrite removes (``rewritten_by``), plus the RequantizeLinear that insert_requantize makes; an op whose
+# rules live in their own module (.products, .rnn) leaves these sets when it registers (:func:`register_rule`).
+# The sets below are views of the traits restricted to them (mutable: registration removes ops in place).
+EXPORTED = {d.name for d in opdefs.all_defs()
+            if d.espdl and "quantize" not in d.refuse and not d.rewritten_by} | {"RequantizeLinear"}
 
 
-def _trait_ops(**traits) -> frozenset:
-    return frozenset(opdefs.names(**traits)) & EXPORTED
+def _trait_ops(**traits) -> set:
+    return set(opdefs.names(**traits)) & EXPORTED
 
 
 CONV_LAYOUT_OPS = _trait_ops(layout=Layout.SPATIAL)
-LUT_OPS = frozenset(d.name for d in opdefs.all_defs() if d.lut) & EXPORTED
+LUT_OPS = {d.name for d in opdefs.all_defs() if d.lut} & EXPORTED
 ELEMENTWISE_UNARY = _trait_ops(layout=Layout.ELEMENTWISE)
 ADD_LIKE_OPS = _trait_ops(layout=Layout.BROADCAST)
 ALIGN_TO_OUTPUT_OPS = _trait_ops(exponent=ExpPolicy.ALIGN)
@@ -71,19 +62,20 @@ PASSIVE_OPS = _trait_ops(exponent=ExpPolicy.PASSIVE)
 FOLLOW_OPS = _trait_ops(exponent=ExpPolicy.FOLLOW)
 ORIGIN_LAYOUT_OPS = _trait_ops(layout=Layout.ORIGIN)
 AXIS_OPS = _trait_ops(layout=Layout.AXIS)
-INT16_NATIVE_LUT = {"Relu", "Clip", "PRelu", "Neg"}  # int16: keep the op, full 65536-entry table (goldens)
-FLOAT_OUTPUT_OPS = {"Softmax", "LogSoftmax"}  # ESP-DL writes float32 whatever the quant_type
+INT16_NATIVE_LUT = _trait_ops(int16_native=True)  # int16: keep the op, full 65536-entry table (goldens)
+FLOAT_OUTPUT_OPS = _trait_ops(quant_out="float32")  # ESP-DL writes float32 whatever the quant_type (Softmax)
 # ESP-PPQ leaves these unquantized (not among its quantized op types): they run with quant_type F32, a
-# DequantizeLinear / QuantizeLinear in front of / behind them where their neighbours are integer
-FLOAT_COMPUTE_OPS = {"Log", "Sqrt", "Pow"}
+# DequantizeLinear / QuantizeLinear in front of / behind them where their neighbours are integer (Log, Sqrt, Pow)
+FLOAT_COMPUTE_OPS = _trait_ops(float_compute=True)
 # comparisons: raw integers compared (ESP-DL ignores exponents), so both inputs share the coarser of their
 # exponents (ESP-PPQ aligns them jointly); the output is bool (one byte)
-COMPARE_OPS = frozenset({"Equal", "Greater", "GreaterOrEqual", "Less", "LessOrEqual"})
+COMPARE_OPS = _trait_ops(quant_out="bool")
 # nodes the exporter inserts between a float value and its reader (same float value, another form)
 INSERTED_OPS = ("Transpose", "RequantizeLinear", "QuantizeLinear", "DequantizeLinear")
-REDUCE_OPS = frozenset(n for n in EXPORTED if n.startswith("Reduce"))
-
-SUPPORTED = sorted(EXPORTED - {"RequantizeLinear"})
+REDUCE_OPS = _trait_ops(family="reduce")
+_OP_CLASSES = (EXPORTED, CONV_LAYOUT_OPS, LUT_OPS, ELEMENTWISE_UNARY, ADD_LIKE_OPS, ALIGN_TO_OUTPUT_OPS, PASSIVE_OPS,
+               FOLLOW_OPS, ORIGIN_LAYOUT_OPS, AXIS_OPS, REDUCE_OPS, INT16_NATIVE_LUT, FLOAT_OUTPUT_OPS,
+               FLOAT_COMPUTE_OPS, COMPARE_OPS)
 
 # Operators whose quantization rules live in their own modules (.products, .rnn) register an object here;
 # each stage asks it first: ``layout(fg, node, perm, require, rank)``, ``ties(fg, qi, node, tie, fixed,
@@ -91,6 +83,13 @@ SUPPORTED = sorted(EXPORTED - {"RequantizeLinear"})
 # ``export(exporter, node, attrs) -> (op, attrs, inputs)``. ``REWRITES`` run first in :func:`rewrite`.
 OP_RULES: dict[str, object] = {}
 REWRITES: list = []
+
+
+def register_rule(op: str, rule) -> None:
+    """Register the quantization rules of ``op`` (kept out of the generic trait classes above)."""
+    OP_RULES[op] = rule
+    for s in _OP_CLASSES:
+        s.discard(op)
 
 
 # ---- float functions for LUTs (float32, as ESP-PPQ evaluates them in torch) ----------------------
@@ -117,15 +116,6 @@ def export_lut(fn, op: str, e_in: int, e_out: int, bits: int, mode: int) -> np.n
         f = fn((xs * np.float32(2.0 ** e_in)).astype(np.float32))
     f = np.nan_to_num(np.asarray(f, np.float64), nan=0.0, posinf=1e30, neginf=-1e30)
     return q_quantize(f, e_out, "int8" if bits == 8 else "int16", mode)
-
-
-@dataclass
-class QInfo:
-    """Quantization decisions on the (rewritten) float graph."""
-
-    bits: dict[str, int] = field(default_factory=dict)      # node name -> 8 / 16
-    vbits: dict[str, int] = field(default_factory=dict)     # value -> 8 / 16
-    exp: dict[str, int] = field(default_factory=dict)       # value -> exponent
 
 
 # ---- 1. ESP-DL rewrites -------------------------------------------------------------------------
@@ -186,11 +176,15 @@ def prelu_keeps_exponent(fg: FGraph, node: FNode, bits: int, target: str | None)
     return bits == 16 or target is None or target not in ("esp32p4", "esp32s31", "esp32s3")
 
 
-def assign_exponents(fg: FGraph, bits_of: dict[str, int], calib_exp, target: str | None = None) -> QInfo:
-    """``calib_exp(value, bits) -> int`` gives the calibrated exponent of a float value. A PRelu that ESP-DL
+def assign_exponents(fg: FGraph, calib_exp, target: str | None = None) -> None:
+    """Annotate every value with its width and exponent (``fg.ann``), given each node's width (``FNode.bits``).
+    ``calib_exp(value, bits) -> int`` gives the calibrated exponent of a float value. A PRelu that ESP-DL
     runs without rescaling positives (:func:`prelu_keeps_exponent` on ``target``) keeps its input's exponent."""
-    bits_of = {**bits_of, **{n.name: 32 for n in fg.nodes if n.op in FLOAT_COMPUTE_OPS}}
-    qi = QInfo(bits=dict(bits_of))
+    for n in fg.nodes:
+        if n.op in FLOAT_COMPUTE_OPS:
+            n.bits = 32
+    bits_of = {n.name: n.bits for n in fg.nodes}
+    qi = fg.qi
     prods = fg.producers()
     for name, _ in fg.inputs:
         readers = fg.consumers(name)
@@ -272,7 +266,6 @@ def assign_exponents(fg: FGraph, bits_of: dict[str, int], calib_exp, target: str
             if (u and u not in fg.consts and not fg.is_output(u) and qi.vbits[u] == bits_of[n.name]
                     and downstream_readers(fg, u) == [n] and u not in kept):
                 qi.exp[u] = e
-    return qi
 
 
 def downstream_readers(fg: FGraph, v: str) -> list[FNode]:
@@ -345,9 +338,10 @@ class Namer:
         return s
 
 
-def apply_layout(fg: FGraph, qi: QInfo, namer: Namer) -> dict[str, list[int]]:
-    """Choose NHWC/NWC perms, insert Transposes where needed. Returns value -> perm (of the ONNX shape)."""
-    perm: dict[str, list[int]] = {}
+def apply_layout(fg: FGraph, namer: Namer) -> None:
+    """Choose NHWC/NWC perms (annotated on the values: ``fg.perm``, the perm of the ONNX shape), insert
+    Transposes where needed."""
+    qi, perm = fg.qi, fg.perm
     shapes = fg.shapes
 
     def rank(v):
@@ -470,12 +464,11 @@ def apply_layout(fg: FGraph, qi: QInfo, namer: Namer) -> dict[str, list[int]]:
             for o in node.outputs:
                 perm[o] = _identity(rank(o))
         else:
-            raise UnsupportedError("no layout rule", node=node.name, op=op, supported=SUPPORTED)
+            raise UnsupportedError("no layout rule", node=node.name, op=op, supported=sorted(supported_float_ops()))
     for name, _ in fg.inputs:
         perm.setdefault(name, _identity(rank(name)))
     sink_transposes(fg, qi, perm, namer)
     fuse_transposes(fg, perm)
-    return perm
 
 
 def _choose_perm(ps: list[list[int]], r: int) -> list[int]:
@@ -667,7 +660,10 @@ def topo_sort(fg: FGraph) -> None:
 
 # ---- 4. requantize nodes ------------------------------------------------------------------------
 
-def insert_requantize(fg: FGraph, qi: QInfo, perm: dict[str, list[int]], namer: Namer, calib_exp) -> None:
+def insert_requantize(fg: FGraph, namer: Namer, calib_exp) -> None:
+    """A Requantize/Quantize/DequantizeLinear in front of every reader whose input's exponent or width is not
+    the one it expects (:func:`expected_input`)."""
+    qi, perm = fg.qi, fg.perm
     for node in list(fg.nodes):
         if node.op in INSERTED_OPS and node.name.startswith("PPQ_Operation_"):
             continue  # layout Transposes inserted here carry their input's width and exponent
@@ -751,8 +747,9 @@ def check_registered(nodes) -> None:
 
 
 class Exporter:
-    def __init__(self, fg: FGraph, qi: QInfo, perm: dict[str, list[int]], target: str, namer: Namer):
-        self.fg, self.qi, self.perm, self.target, self.namer = fg, qi, perm, target, namer
+    def __init__(self, fg: FGraph, target: str, namer: Namer):
+        self.fg, self.target, self.namer = fg, target, namer
+        self.qi, self.perm = fg.qi, fg.perm  # the graph's annotations (widths, exponents, storage orders)
         self.mode = TARGETS[target]
         self.luts: list[Tensor] = []
         self.params: dict[str, Tensor] = {}
@@ -922,7 +919,7 @@ class Exporter:
             inputs = [inputs[0], self.int64_param(inputs[1])]
         else:
             raise UnsupportedError("operator is not supported by the exporter", node=n.name, op=op,
-                                   supported=SUPPORTED)
+                                   supported=sorted(supported_float_ops()))
         node = Node(op, n.name, inputs, list(n.outputs))
         for k in sorted(attrs):
             v = attrs[k]

@@ -9,6 +9,7 @@ attributes moved to inputs. ESP-DL specific rewrites (Swish, fused Relu, layout)
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,25 +19,26 @@ from onnx import helper, numpy_helper, shape_inference
 
 from ..errors import FormatError, UnsupportedError
 
-FLOAT_OPS_SUPPORTED = (
-    "Add", "AveragePool", "BatchNormalization", "Clip", "Concat", "Conv", "Div", "Dropout", "Elu", "Exp", "Flatten",
-    "Gemm", "GlobalAveragePool", "HardSigmoid", "HardSwish", "Identity", "LeakyRelu", "Log",
-    "MaxPool", "Mul", "Neg", "Pad", "PRelu", "Relu", "Reshape", "Sigmoid", "Slice", "Sqrt",
-    "Squeeze", "Sub", "Tanh", "Transpose", "Unsqueeze",
-    "ConvTranspose", "Gather", "GRU", "LSTM", "MatMul",  # rules in .products and .rnn
-    "Gelu", "Swish", "Pow", "Split", "DepthToSpace", "Resize",
-    "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceL1", "ReduceL2", "ReduceSumSquare",
-    "ReduceLogSum", "ReduceLogSumExp", "ReduceProd",
-    "LayerNormalization", "RMSNormalization", "LpNormalization", "Softmax", "LogSoftmax", "ReverseSequence",
-    "Equal", "Greater", "GreaterOrEqual", "Less", "LessOrEqual", "Mod", "ScatterND",
-    "GlobalMaxPool", "SpaceToDepth",  # rewritten to ReduceMax / Reshape-Transpose-Reshape (.patterns)
-)
-# operators taken only inside a pattern that .patterns fuses (checked again after the rewrites)
-PATTERN_ONLY_OPS = ("Erf", "Reciprocal", "Max", "Min")  # Max/Min: minmax_const_to_clip
+
+def supported_float_ops() -> set[str]:
+    """Float ONNX operators the quantizer takes, from their definitions (:mod:`chunkwise.ir.ops`): an op with
+    an ESP-DL module, or one a named quantizer pass rewrites away (``rewritten_by``), unless the definition
+    refuses it (``refuse["quantize"]``)."""
+    from ..ir.ops import all_defs
+
+    return {d.name for d in all_defs() if (d.espdl or d.rewritten_by) and "quantize" not in d.refuse}
+
+
+def pattern_ops() -> set[str]:
+    """Operators a named rewrite removes (``rewritten_by``): taken before the rewrites even when refused on
+    their own (Erf inside GELU, Reciprocal inside RMSNorm), checked again after them."""
+    from ..ir.ops import all_defs
+
+    return {d.name for d in all_defs() if d.rewritten_by}
+
+
 # float-exact passes of other modules (.products, .rnn), run after the ones here: f(fg) -> None
 PREPARE_PASSES: list = []
-# ESP-DL operators that only a rewrite makes (InsertZeros from ConvTranspose): allowed after the rewrites
-REWRITE_ONLY_OPS: set = set()
 
 
 @dataclass
@@ -46,6 +48,88 @@ class FNode:
     inputs: list[str]
     outputs: list[str]
     attrs: dict = field(default_factory=dict)
+    bits: int | None = None  # the width it computes in (8, 16; 32: float32), set by the quantizer's bit pass
+
+
+@dataclass
+class ValueAnn:
+    """What the quantizer decided for one value: its width (1: bool, 8, 16, 32: float32), its power-of-two
+    exponent and its storage order (the perm of its ONNX shape: ``[0, 2, 3, 1]`` is NHWC)."""
+
+    bits: int | None = None
+    exp: int | None = None
+    perm: list[int] | None = None
+
+
+class AnnField(MutableMapping):
+    """One field of the value annotations as a mapping ``value -> field`` (only values where it is set)."""
+
+    def __init__(self, ann: dict[str, ValueAnn], key: str):
+        self.ann, self.key = ann, key
+
+    def __getitem__(self, v):
+        a = self.ann.get(v)
+        x = None if a is None else getattr(a, self.key)
+        if x is None:
+            raise KeyError(v)
+        return x
+
+    def __setitem__(self, v, x):
+        a = self.ann.get(v)
+        if a is None:
+            a = self.ann[v] = ValueAnn()
+        setattr(a, self.key, x)
+
+    def __delitem__(self, v):
+        self[v]  # noqa: B018  (KeyError when unset)
+        setattr(self.ann[v], self.key, None)
+
+    def __iter__(self):
+        return (v for v, a in self.ann.items() if getattr(a, self.key) is not None)
+
+    def __len__(self):
+        return sum(1 for _ in self)
+
+
+class NodeBits(MutableMapping):
+    """The nodes' widths (``FNode.bits``) as a mapping ``node name -> bits``."""
+
+    def __init__(self, fg: "FGraph"):
+        self.fg = fg
+
+    def _node(self, name):
+        for n in self.fg.nodes:
+            if n.name == name:
+                return n
+        raise KeyError(name)
+
+    def __getitem__(self, name):
+        b = self._node(name).bits
+        if b is None:
+            raise KeyError(name)
+        return b
+
+    def __setitem__(self, name, b):
+        self._node(name).bits = b
+
+    def __delitem__(self, name):
+        self._node(name).bits = None
+
+    def __iter__(self):
+        return (n.name for n in self.fg.nodes if n.bits is not None)
+
+    def __len__(self):
+        return sum(1 for n in self.fg.nodes if n.bits is not None)
+
+
+class QInfo:
+    """The quantization annotations of a graph seen as mappings: ``bits`` (node name -> width), ``vbits``
+    (value -> width), ``exp`` (value -> exponent). They live on the graph (``FNode.bits``, ``FGraph.ann``)."""
+
+    def __init__(self, fg: "FGraph"):
+        self.bits = NodeBits(fg)
+        self.vbits = AnnField(fg.ann, "bits")
+        self.exp = AnnField(fg.ann, "exp")
 
 
 @dataclass
@@ -61,6 +145,17 @@ class FGraph:
     dtypes: dict[str, int] = field(default_factory=dict)  # ONNX elem types of activations
     opset: int = 17
     origin: dict[str, list[str]] = field(default_factory=dict)  # fused node -> the ONNX nodes it replaces
+    ann: dict[str, ValueAnn] = field(default_factory=dict)  # value -> what the quantizer decided for it
+
+    @property
+    def qi(self) -> QInfo:
+        """Widths and exponents (the annotations) as mappings."""
+        return QInfo(self)
+
+    @property
+    def perm(self) -> AnnField:
+        """value -> storage order (the annotations' ``perm``)."""
+        return AnnField(self.ann, "perm")
 
     def producers(self) -> dict[str, FNode]:
         return {o: n for n in self.nodes for o in n.outputs if o}
@@ -144,7 +239,7 @@ def from_onnx(model: onnx.ModelProto) -> FGraph:
             name = f"{name}_{i}"
         used.add(name)
         if n.domain not in ("", "ai.onnx"):
-            raise UnsupportedError("custom-domain operator", supported=list(FLOAT_OPS_SUPPORTED))
+            raise UnsupportedError("custom-domain operator", supported=sorted(supported_float_ops()))
         nodes.append(FNode(n.op_type, name, list(n.input), list(n.output), {a.name: _attr_value(a) for a in n.attribute}))
     fg = FGraph(g.name or "main_graph", nodes, consts, inputs, [o.name for o in g.output], opset=opset)
     for o in g.output:  # declared output types (bool outputs of comparisons), until inference says more
@@ -397,17 +492,20 @@ def normalize_clip(fg: FGraph) -> None:
 
 def check_supported(fg: FGraph, *, after_rewrites: bool = False) -> None:
     """Every node is an operator the quantizer takes (before the pattern rewrites, also the operators
-    only taken inside a fused pattern); the error names the node, the op, why (from the operator's
-    definition) and what is supported."""
+    only taken inside a fused pattern; after them, the operators a quantizer rule module registered, such as
+    InsertZeros); the error names the node, the op, why (from the operator's definition) and what is
+    supported."""
     from ..ir.ops import find
+    from .export import OP_RULES
 
-    allowed = set(FLOAT_OPS_SUPPORTED) | (REWRITE_ONLY_OPS if after_rewrites else set(PATTERN_ONLY_OPS))
+    supported = supported_float_ops()
+    allowed = supported | (set(OP_RULES) if after_rewrites else pattern_ops())
     for n in fg.nodes:
         if n.op not in allowed:
             d = find(n.op)
             why = d.refuse.get("quantize") if d is not None else None
             raise UnsupportedError(f"operator is not supported by the quantizer{f' ({why})' if why else ''}",
-                                   node=n.name, op=n.op, supported=sorted(FLOAT_OPS_SUPPORTED))
+                                   node=n.name, op=n.op, supported=sorted(supported))
 
 
 def check_fgraph(fg: FGraph) -> None:

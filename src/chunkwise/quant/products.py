@@ -28,8 +28,8 @@ import numpy as np
 from ..emu.rounding import quantize as q_quantize
 from ..errors import UnsupportedError
 from ..ir.layout import weight_layout
-from .export import OP_RULES, REWRITES
-from .prepare import PREPARE_PASSES, REWRITE_ONLY_OPS, FGraph, FNode, infer_shapes
+from .export import REWRITES, register_rule
+from .prepare import PREPARE_PASSES, FGraph, FNode, infer_shapes
 
 PERCENTILE = 0.9999  # ESP-PPQ's OBSERVER_PERCENTILE
 
@@ -505,9 +505,9 @@ class InsertZerosRule:
 
 
 def register() -> None:
-    OP_RULES.update({"MatMul": MatMulRule, "Gather": GatherRule, "InsertZeros": InsertZerosRule,
-                     "StorageReshape": StorageReshapeRule})
-    REWRITE_ONLY_OPS.update({"InsertZeros", "StorageReshape"})
+    for op, rule in {"MatMul": MatMulRule, "Gather": GatherRule, "InsertZeros": InsertZerosRule,
+                     "StorageReshape": StorageReshapeRule}.items():
+        register_rule(op, rule)
     for fn in (restore_origin, decompose_conv_transpose, prelu_to_4d, collapse_gemm_reshapes):
         if fn not in REWRITES:
             REWRITES.append(fn)

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..emu.rounding import quantize as q_quantize
 from ..errors import UnsupportedError
-from .export import OP_RULES, PASSIVE_OPS, downstream_ops
+from .export import PASSIVE_OPS, downstream_ops, register_rule
 from .prepare import PREPARE_PASSES, FGraph, FNode, infer_shapes
 from .products import quantize_param
 
@@ -217,7 +217,8 @@ class RNNRule:
 
 
 def register() -> None:
-    OP_RULES.update({"GRU": RNNRule, "LSTM": RNNRule})
+    register_rule("GRU", RNNRule)
+    register_rule("LSTM", RNNRule)
     if prepare_rnn not in PREPARE_PASSES:
         PREPARE_PASSES.append(prepare_rnn)
 

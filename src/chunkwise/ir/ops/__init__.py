@@ -100,6 +100,13 @@ class OpDef:
     axes: Callable | None = None           # (node, rank, consts) -> axes it acts along (TimeRule.AXES)
     float_fn: Callable | None = None       # (attrs dict) -> float32 function, for activations run as tables
     refuse: dict[str, str] = field(default_factory=dict)  # stage -> why that stage cannot do it
+    # the named quantizer pass that removes it before export (an ONNX-only op the quantizer still takes, or,
+    # with refuse["quantize"], takes only inside the pattern that pass fuses)
+    rewritten_by: str = ""
+    int8_only: bool = False                # ESP-DL has no (working) int16 kernel: the quantizer keeps it int8
+    int16_native: bool = False             # int16: ESP-DL runs the op itself with a full 65536-entry table
+    float_compute: bool = False            # ESP-PPQ leaves it unquantized: it runs in float32 (quant_type F32)
+    quant_out: str = ""                    # its output's type when not the node's integer width: float32, bool
     doc: str = ""
 
     # ---- attributes ---------------------------------------------------------------------------

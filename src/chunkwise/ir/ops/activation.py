@@ -88,15 +88,21 @@ _unary("Gelu", lambda a: (lambda x, ap=a.get("approximate", "none"): gelu(x, ap)
        doc="the quantizer fuses the exported Div/Erf/Add/Mul/Mul pattern into it")
 _unary("Exp", lambda a: (lambda x: np.exp(np.asarray(x, F32)).astype(F32)), zero=False, nonneg=True)
 _unary("Log", lambda a: (lambda x: np.log(np.where(np.asarray(x, F32) > 0, x, F32(np.nan))).astype(F32)),
-       zero=False, doc="undefined for x <= 0: calibration ignores such values")
+       zero=False, float_compute=True, doc="undefined for x <= 0: calibration ignores such values")
 _unary("Sqrt", lambda a: (lambda x: np.sqrt(np.where(np.asarray(x, F32) >= 0, x, F32(np.nan))).astype(F32)),
-       zero=True, nonneg=True, doc="undefined for x < 0: calibration ignores such values")
+       zero=True, nonneg=True, float_compute=True, doc="undefined for x < 0: calibration ignores such values")
 define("LUT", "activation", time=TimeRule.FRAME, layout=Layout.ELEMENTWISE, zero_to_zero=_lut_zero,
        nonneg=_lut_nonneg,
        refuse={"quantize": "ESP-DL-only op: the quantizer emits it for int16 activations"},
        doc="a table activation (int16: every int16_lut_step-th code, interpolated); original_op_type names it")
-define("Erf", "activation", espdl=False, time=TimeRule.FRAME, layout=Layout.ELEMENTWISE,
+define("Erf", "activation", espdl=False, rewritten_by="fuse_gelu", time=TimeRule.FRAME, layout=Layout.ELEMENTWISE,
        zero_to_zero=_z, float_fn=lambda a: (lambda x: _erf(np.asarray(x, np.float64)).astype(F32)),
        refuse={"emulate": "ESP-DL has no Erf module; the quantizer fuses x*0.5*(1+erf(x/sqrt2)) into Gelu",
                "compiled": "ESP-DL has no Erf module", "stream": "ESP-DL has no Erf module",
                "quantize": "ESP-DL has no Erf module; only the GELU pattern around it is supported"})
+define("Reciprocal", "activation", espdl=False, rewritten_by="fuse_rmsnorm", time=TimeRule.FRAME,
+       layout=Layout.ELEMENTWISE,
+       refuse={"emulate": "ESP-DL has no Reciprocal module; the quantizer fuses 1/sqrt(mean(x^2)+eps) into RMSNorm",
+               "compiled": "ESP-DL has no Reciprocal module", "stream": "ESP-DL has no Reciprocal module",
+               "float_twin": "not an ESP-DL op",
+               "quantize": "ESP-DL has no Reciprocal module; only the RMSNorm pattern around it is supported"})

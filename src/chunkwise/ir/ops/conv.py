@@ -17,7 +17,8 @@ WINDOW_ATTRS = {
 define("Conv", "conv", time=TimeRule.WINDOW, layout=Layout.SPATIAL, nonneg=_relu_nonneg,
        attrs={**WINDOW_ATTRS, "group": Attr("int", 1), "activation": Attr("string", "Linear")},
        doc="ESP-DL Conv: int8/int16, per-channel weight exponents, fused Linear/Relu activation")
-define("ConvTranspose", "conv", espdl=False, time=TimeRule.UPSAMPLE, layout=Layout.SPATIAL,
+define("ConvTranspose", "conv", espdl=False, rewritten_by="decompose_conv_transpose", time=TimeRule.UPSAMPLE,
+       layout=Layout.SPATIAL,
        attrs={**WINDOW_ATTRS, "group": Attr("int", 1), "output_padding": Attr("ints"),
               "output_shape": Attr("ints")},
        refuse={"emulate": "ESP-DL has no ConvTranspose module: the quantizer exports InsertZeros + Conv",

@@ -59,7 +59,7 @@ _UNREGISTERED = ("ESP-DL has dl_module_{0}.hpp but dl_module_creator.hpp does no
 for _name, _zero, _nn, _clip in (("Max", lambda c: bool(np.all(c <= 0)), _any, "Clip(x, c, inf); Max(x, 0) = Relu"),
                                  ("Min", lambda c: bool(np.all(c >= 0)), _all, "Clip(x, -inf, c)")):
     _why = _UNREGISTERED.format(_name.lower())
-    define(_name, "elementwise", espdl=False, time=TimeRule.BINARY,
+    define(_name, "elementwise", espdl=False, rewritten_by="minmax_const_to_clip", time=TimeRule.BINARY,
            layout=Layout.BROADCAST,
            exponent=ExpPolicy.ALIGN, zero_to_zero=_binary_zero(_zero), nonneg=_nn,
            refuse={"quantize": f"{_name} of two activations (or of a non-scalar constant): {_why}; with a "
@@ -69,7 +69,7 @@ for _name, _zero, _nn, _clip in (("Max", lambda c: bool(np.all(c <= 0)), _any, "
 define("Mod", "elementwise", time=TimeRule.BINARY, layout=Layout.BROADCAST, attrs={"fmod": Attr("int", 0)},
        zero_to_zero=_binary_zero(lambda c: bool(np.all(c != 0))),
        doc="ESP-DL computes fmodf of the dequantized operands: float ONNX Mod (fmod=1, the only float form)")
-define("Pow", "elementwise", time=TimeRule.BINARY, layout=Layout.BROADCAST,
+define("Pow", "elementwise", time=TimeRule.BINARY, layout=Layout.BROADCAST, float_compute=True,
        zero_to_zero=_binary_zero(lambda c: bool(np.all(c > 0))),
        doc="appears in exported LayerNorm (x ** 2): the quantizer fuses that pattern")
 
@@ -108,15 +108,16 @@ def _unary(name, fn, **kw):
 
 
 _unary("Relu", lambda a: (lambda x: np.maximum(np.asarray(x, F32), F32(0))), exponent=ExpPolicy.FOLLOW,
-       zero_to_zero=_z, nonneg=lambda n, c, ins: True)
+       int16_native=True, zero_to_zero=_z, nonneg=lambda n, c, ins: True)
 _unary("LeakyRelu",
        lambda a: (lambda x, al=F32(a.get("alpha", 0.01)): np.where(np.asarray(x, F32) >= 0, x,
                                                                      np.asarray(x, F32) * al).astype(F32)),
        zero_to_zero=_z, attrs={"alpha": Attr("float", 0.01)})
-_unary("PRelu", None, zero_to_zero=_z,
+_unary("PRelu", None, zero_to_zero=_z, int16_native=True,
        doc="slope input 1: one value or one per channel ([C, 1, ...] in ONNX); ESP-DL reads NHWC channels")
 _unary("Neg", lambda a: (lambda x: (-np.asarray(x, F32)).astype(F32)), exponent=ExpPolicy.PASSIVE, zero_to_zero=_z,
+       int16_native=True,
        doc="ESP-DL negates the integers and ignores exponents and tables: the output keeps the input exponent")
-_unary("Clip", None, exponent=ExpPolicy.FOLLOW, zero_to_zero=_clip_zero, nonneg=_clip_nonneg,
+_unary("Clip", None, exponent=ExpPolicy.FOLLOW, int16_native=True, zero_to_zero=_clip_zero, nonneg=_clip_nonneg,
        attrs={"min": Attr("float"), "max": Attr("float")},
        doc="bounds as inputs 1, 2 (opset >= 11) or attributes (older opsets)")

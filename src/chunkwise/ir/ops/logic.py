@@ -13,7 +13,7 @@ _UNREGISTERED = ("ESP-DL has dl_module_{0}.hpp but dl_module_creator.hpp does no
 
 # comparisons: int8/int16 inputs at one shared exponent (the quantizer aligns them), bool output
 for _name in ("Equal", "Greater", "GreaterOrEqual", "Less", "LessOrEqual"):
-    define(_name, "logic", time=TimeRule.BINARY, layout=Layout.BROADCAST, exponent=ExpPolicy.NONE,
+    define(_name, "logic", time=TimeRule.BINARY, layout=Layout.BROADCAST, exponent=ExpPolicy.NONE, quant_out="bool",
            refuse={"compiled": "bool outputs stay on the per-node path"})
 for _name in ("And", "Or", "Xor"):
     define(_name, "logic", espdl=False, time=TimeRule.BINARY, layout=Layout.BROADCAST, exponent=ExpPolicy.NONE,

@@ -74,7 +74,8 @@ def _resize_axes(node, rank, consts):
     return tuple(range(1, rank))  # unknown: assume every non-batch axis
 
 
-define("Resize", "movement", time=TimeRule.AXES, layout=Layout.SPATIAL, exponent=ExpPolicy.PASSIVE,
+# int8_only: ESP-DL's resize<int16_t> is empty (an int16 Resize does nothing)
+define("Resize", "movement", int8_only=True, time=TimeRule.AXES, layout=Layout.SPATIAL, exponent=ExpPolicy.PASSIVE,
        attrs={"mode": Attr("string", "nearest"), "coordinate_transformation_mode": Attr("string", "half_pixel"),
               "nearest_mode": Attr("string", "round_prefer_floor"), "cubic_coeff_a": Attr("float", -0.75),
               "exclude_outside": Attr("int", 0), "extrapolation_value": Attr("float", 0.0),
@@ -90,7 +91,8 @@ def _spatial_and_channels(node, rank, consts):
 define("DepthToSpace", "movement", time=TimeRule.AXES, layout=Layout.SPATIAL, exponent=ExpPolicy.PASSIVE,
        attrs={"blocksize": Attr("int"), "mode": Attr("string", "DCR")}, axes=_spatial_and_channels,
        zero_to_zero=_z, nonneg=nonneg_input)
-define("SpaceToDepth", "movement", time=TimeRule.AXES, layout=Layout.SPATIAL, exponent=ExpPolicy.PASSIVE,
+define("SpaceToDepth", "movement", rewritten_by="spacetodepth_to_reshapes", time=TimeRule.AXES,
+       layout=Layout.SPATIAL, exponent=ExpPolicy.PASSIVE,
        attrs={"blocksize": Attr("int")}, axes=_spatial_and_channels, zero_to_zero=_z, nonneg=nonneg_input,
        refuse={"float_twin": "ESP-DL orders SpaceToDepth's channels c*bs*bs + ..., not as ONNX does"},
        doc="the quantizer rewrites a float SpaceToDepth to Reshape / Transpose / Reshape (ONNX's order)")

@@ -27,15 +27,16 @@ define("RMSNormalization", "norm", time=TimeRule.AXES, layout=Layout.ORIGIN, axe
        attrs={"axis": Attr("int", -1), "epsilon": Attr("float", 1e-5), "stash_type": Attr("int", 1)})
 define("LpNormalization", "norm", time=TimeRule.AXES, layout=Layout.AXIS, axes=_one_axis(-1), zero_to_zero=_z,
        attrs={"axis": Attr("int", -1), "p": Attr("int", 2)})
-define("Softmax", "norm", time=TimeRule.AXES, layout=Layout.AXIS, axes=_one_axis(-1),
+define("Softmax", "norm", time=TimeRule.AXES, layout=Layout.AXIS, axes=_one_axis(-1), quant_out="float32",
        nonneg=lambda node, consts, ins: True, attrs={"axis": Attr("int", -1)})
-define("LogSoftmax", "norm", time=TimeRule.AXES, layout=Layout.AXIS, axes=_one_axis(-1),
+define("LogSoftmax", "norm", time=TimeRule.AXES, layout=Layout.AXIS, axes=_one_axis(-1), quant_out="float32",
        attrs={"axis": Attr("int", -1)})
 _FOLDED = "folded by the quantizer into the neighbouring Conv/Gemm (or a depthwise 1x1 Conv)"
 define("BatchNormalization", "norm", espdl=False, time=TimeRule.FRAME, layout=Layout.SPATIAL,
        attrs={"epsilon": Attr("float", 1e-5), "momentum": Attr("float", 0.9), "training_mode": Attr("int", 0)},
-       refuse={"emulate": _FOLDED, "compiled": _FOLDED, "stream": _FOLDED})
+       rewritten_by="fold_batchnorm", refuse={"emulate": _FOLDED, "compiled": _FOLDED, "stream": _FOLDED})
 define("Dropout", "norm", espdl=False, time=TimeRule.FRAME, layout=Layout.ELEMENTWISE, exponent=ExpPolicy.PASSIVE,
-       attrs={"seed": Attr("int")}, refuse={"emulate": "removed by the quantizer (inference)",
-                                             "compiled": "removed by the quantizer (inference)",
-                                             "stream": "removed by the quantizer (inference)"})
+       attrs={"seed": Attr("int")}, rewritten_by="remove_identities",
+       refuse={"emulate": "removed by the quantizer (inference)",
+               "compiled": "removed by the quantizer (inference)",
+               "stream": "removed by the quantizer (inference)"})

@@ -17,7 +17,8 @@ define("MaxPool", "pool", time=TimeRule.WINDOW, layout=Layout.SPATIAL, exponent=
        doc="pads with -inf: a zero StreamingCache equals its padding only for non-negative inputs")
 define("GlobalAveragePool", "pool", time=TimeRule.REFUSE, layout=Layout.SPATIAL, nonneg=nonneg_input,
        refuse={"stream": GLOBAL})
-define("GlobalMaxPool", "pool", espdl=False, time=TimeRule.REFUSE, layout=Layout.SPATIAL,
+define("GlobalMaxPool", "pool", espdl=False, rewritten_by="globalmaxpool_to_reducemax", time=TimeRule.REFUSE,
+       layout=Layout.SPATIAL,
        exponent=ExpPolicy.PASSIVE, nonneg=nonneg_input,
        refuse={"stream": GLOBAL, "emulate": "ESP-DL has no GlobalMaxPool module",
                "compiled": "ESP-DL has no GlobalMaxPool module"},
