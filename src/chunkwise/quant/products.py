@@ -27,9 +27,11 @@ import numpy as np
 
 from ..emu.rounding import quantize as q_quantize
 from ..errors import UnsupportedError
+from ..ir import ops as opdefs
 from ..ir.layout import weight_layout
+from ..ir.ops import Layout
 from .export import REWRITES, register_rule
-from .prepare import PREPARE_PASSES, FGraph, FNode, infer_shapes
+from .prepare import PREPARE_PASSES, FGraph, FNode, infer_shapes, supported_float_ops
 
 PERCENTILE = 0.9999  # ESP-PPQ's OBSERVER_PERCENTILE
 
@@ -209,9 +211,11 @@ def matmul_to_gemm(fg: FGraph) -> int:
     return count
 
 
-# unary element-wise ops a Gemm's rows can pass through in 2-D (PRelu needs 4-D, table ops any rank)
-ROW_WISE = ("Clip", "Elu", "Exp", "Gelu", "HardSigmoid", "HardSwish", "LeakyRelu", "Log", "Neg", "Relu", "Sigmoid",
-            "Sqrt", "Swish", "Tanh")
+def row_wise(op: str) -> bool:
+    """A unary element-wise op the quantizer takes whose ESP-DL kernel runs at any rank (PRelu needs 4-D): a
+    Gemm's rows can pass through it in 2-D."""
+    d = opdefs.find(op)
+    return d is not None and d.layout is Layout.ELEMENTWISE and not d.ranks and op in supported_float_ops()
 
 
 def collapse_gemm_reshapes(fg: FGraph) -> int:
@@ -224,7 +228,7 @@ def collapse_gemm_reshapes(fg: FGraph) -> int:
         if r_in not in fg.nodes:
             continue
         chain, v = [], r_in.inputs[0]
-        while v in prods and prods[v].op in ROW_WISE and len(fg.consumers(v)) == 1 and not fg.is_output(v):
+        while v in prods and row_wise(prods[v].op) and len(fg.consumers(v)) == 1 and not fg.is_output(v):
             chain.append(prods[v])
             v = prods[v].inputs[0]
         r_out = prods.get(v)

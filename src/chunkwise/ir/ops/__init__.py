@@ -107,6 +107,7 @@ class OpDef:
     int16_native: bool = False             # int16: ESP-DL runs the op itself with a full 65536-entry table
     float_compute: bool = False            # ESP-PPQ leaves it unquantized: it runs in float32 (quant_type F32)
     quant_out: str = ""                    # its output's type when not the node's integer width: float32, bool
+    ranks: tuple = ()                      # the input ranks ESP-DL's kernel takes (empty: any)
     doc: str = ""
 
     # ---- attributes ---------------------------------------------------------------------------

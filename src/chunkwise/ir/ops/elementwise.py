@@ -113,7 +113,7 @@ _unary("LeakyRelu",
        lambda a: (lambda x, al=F32(a.get("alpha", 0.01)): np.where(np.asarray(x, F32) >= 0, x,
                                                                      np.asarray(x, F32) * al).astype(F32)),
        zero_to_zero=_z, attrs={"alpha": Attr("float", 0.01)})
-_unary("PRelu", None, zero_to_zero=_z, int16_native=True,
+_unary("PRelu", None, zero_to_zero=_z, int16_native=True, ranks=(4,),
        doc="slope input 1: one value or one per channel ([C, 1, ...] in ONNX); ESP-DL reads NHWC channels")
 _unary("Neg", lambda a: (lambda x: (-np.asarray(x, F32)).astype(F32)), exponent=ExpPolicy.PASSIVE, zero_to_zero=_z,
        int16_native=True,
