@@ -882,7 +882,7 @@ class Exporter:
             self.param(vz, np.array(0), self.dtype(self.qi.bits[n.name]), [0])
             inputs = [inputs[0], vs, vz]
         elif op in ("GlobalAveragePool", "GlobalMaxPool"):
-            pass
+            inputs = inputs[:1]  # the activation alone: ESP-DL's global pools take no parameters or attributes
         elif op in REDUCE_OPS:
             nm = f"{n.name}_axes"
             self.fg.consts[nm] = np.array(a["_axes"], np.int64)
