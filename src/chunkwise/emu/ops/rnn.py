@@ -30,6 +30,7 @@ from numba import njit
 from ..registry import Prepared, arm, kernel, lowering, row_layout
 from ..rounding import qrange, round_f32, round_f32_sat, shift_round
 from ._fmath import float_kernel, fma32, sigmoid, tanh
+from .conv import dot_bound
 
 PIE_TARGETS = ("esp32p4", "esp32s31", "esp32s3")
 
@@ -76,16 +77,24 @@ def _wrap16(v):
 
 
 @float_kernel
-def _matvec(m, v, out, shift, isa, wide, mode):
-    """out[j] = dotprod(m[j, :], v) as int16 (kept in int64)."""
-    rows, cols = m.shape
+def _matvec(mt, v, acc, out, shift, isa, wide, mode):
+    """out[j] = dotprod(m[j, :], v) as int16 (kept in int64), ``mt`` = m transposed ([cols, rows]).
+
+    ``acc`` ([rows], int32 when :func:`acc_dtype` proves no partial sum leaves int32, else int64) holds
+    the exact sums: the loop runs over ``k`` outside and contiguous rows inside, so it vectorizes."""
+    cols, rows = mt.shape
     scale = np.float32(2.0 ** (-shift))
     for j in range(rows):
-        acc = np.int64(0)
-        for k in range(cols):
-            acc += np.int64(m[j, k]) * np.int64(v[k])
+        acc[j] = 0
+    for k in range(cols):
+        xv = v[k]
+        if xv != 0:
+            for j in range(rows):
+                acc[j] += mt[k, j] * xv
+    for j in range(rows):
+        a = np.int64(acc[j])
         if isa:
-            r = shift_round(acc, shift, mode)
+            r = shift_round(a, shift, mode)
             if r > 32767:
                 r = 32767
             elif r < -32768:
@@ -93,37 +102,50 @@ def _matvec(m, v, out, shift, isa, wide, mode):
             out[j] = r
         else:
             if not wide:
-                acc = np.int64(np.int32(acc))  # int32_t result for int8 operands
-            out[j] = round_f32_sat(np.float32(np.float32(acc) * scale), mode, -32768, 32767)
+                a = np.int64(np.int32(a))  # int32_t result for int8 operands
+            out[j] = round_f32_sat(np.float32(np.float32(a) * scale), mode, -32768, 32767)
     return out
+
+
+def acc_dtype(w: np.ndarray, r: np.ndarray, x_dtype: str) -> np.dtype:
+    """int32 mat-vec accumulators when no partial sum of ``W x`` or ``R h`` can leave int32 (the bound of
+    ``conv.dot_bound``: max |x| times the largest row sum of |weights|), else int64."""
+    bound = max(dot_bound(w.reshape(-1, w.shape[-1]), x_dtype, axis=1),
+                dot_bound(r.reshape(-1, r.shape[-1]), x_dtype, axis=1))
+    return np.dtype(np.int32) if bound < 2**31 - 1 else np.dtype(np.int64)
+
+
+def work_size(gates: int, hidden: int) -> int:
+    """int64 words of the work buffer of :func:`_gru` / :func:`_lstm`: xin, hin ([gates * hidden]), h, c."""
+    return 2 * gates * hidden + 2 * hidden
 
 
 # ---- GRU ------------------------------------------------------------------------------------------
 @float_kernel
-def _gru(x, w, r, b, h0, y, yh, hidden, w_shift, r_shift, isa_w, isa_r, wide, rescale,
+def _gru(x, wt, rt, b, h0, y, yh, work, acc, hidden, w_shift, r_shift, isa_w, isa_r, wide, rescale,
          sig_t, sig_min, sig_max, tanh_t, tanh_min, tanh_max, lo, hi, mode):
+    """One GRU over ``x`` [seq, in]; ``wt`` / ``rt`` [ndir, in|hidden, 3 * hidden] (transposed);
+    ``work`` (int64, :func:`work_size`) and ``acc`` ([3 * hidden]) are the caller's: no allocation."""
     seq = x.shape[0]
-    ndir = w.shape[0]
-    xin = np.zeros(3 * hidden, dtype=np.int64)
-    hin = np.zeros(3 * hidden, dtype=np.int64)
-    gates = np.zeros(2 * hidden, dtype=np.float32)
-    h = np.zeros(hidden, dtype=np.int64)
+    ndir = wt.shape[0]
+    g3 = 3 * hidden
+    xin = work[:g3]
+    hin = work[g3:2 * g3]
+    h = work[2 * g3:2 * g3 + hidden]
     for d in range(ndir):
         for i in range(hidden):
             h[i] = h0[d, i]
         for s in range(seq):
             t = s if d == 0 else seq - 1 - s
-            _matvec(w[d], x[t], xin, w_shift, isa_w, wide, mode)
-            _matvec(r[d], h, hin, r_shift, isa_r, wide, mode)
+            _matvec(wt[d], x[t], acc, xin, w_shift, isa_w, wide, mode)
+            _matvec(rt[d], h, acc, hin, r_shift, isa_r, wide, mode)
             if b.shape[0] > 0:
-                for j in range(3 * hidden):
+                for j in range(g3):
                     xin[j] = _wrap16(xin[j] + b[d, j])
-                    hin[j] = _wrap16(hin[j] + b[d, 3 * hidden + j])
-            for j in range(2 * hidden):
-                gates[j] = _lut(sig_t, sig_min, sig_max, xin[j] + hin[j], False)
+                    hin[j] = _wrap16(hin[j] + b[d, g3 + j])
             for i in range(hidden):
-                z = gates[i]
-                rg = gates[hidden + i]
+                z = _lut(sig_t, sig_min, sig_max, xin[i] + hin[i], False)
+                rg = _lut(sig_t, sig_min, sig_max, xin[hidden + i] + hin[hidden + i], False)
                 idx = round_f32(fma32(rg, np.float32(hin[2 * hidden + i]), np.float32(xin[2 * hidden + i])), mode)
                 n = _lut(tanh_t, tanh_min, tanh_max, np.int64(idx), True)
                 tmp = np.float32(np.float32(np.float32(np.float32(1.0) - z) * n) * rescale)
@@ -137,26 +159,29 @@ def _gru(x, w, r, b, h0, y, yh, hidden, w_shift, r_shift, isa_w, isa_r, wide, re
 
 # ---- LSTM -----------------------------------------------------------------------------------------
 @float_kernel
-def _lstm(x, w, r, b, h0, c0, y, yh, yc, hidden, w_shift, r_shift, isa_w, isa_r, wide, rescale_y,
+def _lstm(x, wt, rt, b, h0, c0, y, yh, yc, work, acc, hidden, w_shift, r_shift, isa_w, isa_r, wide, rescale_y,
           rescale_c, sig_t, sig_min, sig_max, tanh_t, tanh_min, tanh_max, lo, hi, mode):
+    """One LSTM, as :func:`_gru` (weights transposed, ``work`` / ``acc`` [4 * hidden] from the caller)."""
     seq = x.shape[0]
-    ndir = w.shape[0]
-    xin = np.zeros(4 * hidden, dtype=np.int64)
-    hin = np.zeros(4 * hidden, dtype=np.int64)
-    h = np.zeros(hidden, dtype=np.int64)
-    c = np.zeros(hidden, dtype=np.int64)
+    ndir = wt.shape[0]
+    g4 = 4 * hidden
+    xin = work[:g4]
+    hin = work[g4:2 * g4]
+    h = work[2 * g4:2 * g4 + hidden]
+    c = work[2 * g4 + hidden:2 * g4 + 2 * hidden]
     for d in range(ndir):
         for i in range(hidden):
             h[i] = h0[d, i]
             c[i] = c0[d, i]
         for s in range(seq):
             t = s if d == 0 else seq - 1 - s
-            _matvec(w[d], x[t], xin, w_shift, isa_w, wide, mode)
-            _matvec(r[d], h, hin, r_shift, isa_r, wide, mode)
-            for j in range(4 * hidden):
-                if b.shape[0] > 0:
-                    xin[j] = _wrap16(xin[j] + b[d, j] + hin[j] + b[d, 4 * hidden + j])
-                else:
+            _matvec(wt[d], x[t], acc, xin, w_shift, isa_w, wide, mode)
+            _matvec(rt[d], h, acc, hin, r_shift, isa_r, wide, mode)
+            if b.shape[0] > 0:
+                for j in range(g4):
+                    xin[j] = _wrap16(xin[j] + b[d, j] + hin[j] + b[d, g4 + j])
+            else:
+                for j in range(g4):
                     xin[j] = _wrap16(xin[j] + hin[j])
             for i in range(hidden):
                 ig = _lut(sig_t, sig_min, sig_max, xin[i], False)
@@ -251,21 +276,35 @@ def _rnn_common(node, ctx, ins, outs, gates: int):
     unit = 16 if x.dtype == "int8" else 8
     isa_w = isa_ok and in_size % unit == 0 and w_shift >= 0
     isa_r = isa_ok and hidden % unit == 0 and r_shift >= 0
-    wt = np.ascontiguousarray(w.const.reshape(ndir, gates * hidden, in_size))
-    rt = np.ascontiguousarray(r.const.reshape(ndir, gates * hidden, hidden))
+    w3 = w.const.reshape(ndir, gates * hidden, in_size)
+    r3 = r.const.reshape(ndir, gates * hidden, hidden)
+    adt = acc_dtype(w3, r3, x.dtype)
+    wt = np.ascontiguousarray(w3.transpose(0, 2, 1))  # [ndir, in, gates * hidden]: see _matvec
+    rt = np.ascontiguousarray(r3.transpose(0, 2, 1))
     bt = (np.ascontiguousarray(b.const.astype(np.int64).reshape(ndir, 2 * gates * hidden)) if b is not None
           else np.zeros((0, 0), dtype=np.int64))
     sig = gate_lut(gate_exp, 6.3, False)
     tnh = gate_lut(gate_exp, 3.5, True)
     return dict(x=x, hidden=hidden, ndir=ndir, seq=seq, in_size=in_size, wt=wt, rt=rt, bt=bt, h0=h0,
                 gate_exp=gate_exp, e_y=e_y, w_shift=w_shift, r_shift=r_shift, isa_w=isa_w, isa_r=isa_r,
-                sig=sig, tnh=tnh)
+                sig=sig, tnh=tnh, acc_dtype=adt, gates=gates)
 
 
-def _initial(arr, ndir, hidden):
+def _initial(arr, zeros):
+    """An initial state as [ndir, hidden] (any integer dtype; ``zeros`` when absent)."""
     if arr is None:
-        return np.zeros((ndir, hidden), dtype=np.int64)
-    return np.asarray(arr).astype(np.int64).reshape(ndir, hidden)
+        return zeros
+    return np.ascontiguousarray(arr).reshape(zeros.shape)
+
+
+def _buffers(ctx, p, gates, dtype, lstm):
+    """Outputs, work and accumulators of one GRU / LSTM, allocated once in prepare."""
+    seq, ndir, hidden = p["seq"], p["ndir"], p["hidden"]
+    return (ctx.zeros((ndir, hidden), np.int64, "absent initial state"),
+            ctx.output_buffer((seq, ndir, 1, hidden), dtype), ctx.output_buffer((ndir, 1, hidden), dtype),
+            ctx.output_buffer((ndir, 1, hidden), np.int16) if lstm else None,
+            ctx.zeros((work_size(gates, hidden),), np.int64, "work buffer"),
+            ctx.zeros((gates * hidden,), p["acc_dtype"], "accumulators"))
 
 
 @kernel("GRU")
@@ -284,13 +323,14 @@ def prepare_gru(node, ctx, ins, outs):
     (sig_t, sig_min, sig_max), (tanh_t, tanh_min, tanh_max) = p["sig"], p["tnh"]
     y_shape, yh_shape = (seq, ndir, 1, hidden), (ndir, 1, hidden)
 
+    zeros, y, yh, _, work, acc = _buffers(ctx, p, 3, dtype, False)
+    y3, yh2 = y.reshape(seq, ndir, hidden), yh.reshape(ndir, hidden)
+
     def run(xa, wa, ra, ba=None, sl=None, h0a=None):
-        y = np.empty((seq, ndir, hidden), dtype=np.int64)
-        yh = np.empty((ndir, hidden), dtype=np.int64)
-        _gru(np.ascontiguousarray(xa).reshape(seq, in_size), p["wt"], p["rt"], p["bt"],
-             _initial(h0a, ndir, hidden), y, yh, hidden, p["w_shift"], p["r_shift"], p["isa_w"], p["isa_r"],
+        _gru(np.ascontiguousarray(xa).reshape(seq, in_size), p["wt"], p["rt"], p["bt"], _initial(h0a, zeros),
+             y3, yh2, work, acc, hidden, p["w_shift"], p["r_shift"], p["isa_w"], p["isa_r"],
              wide, rescale, sig_t, sig_min, sig_max, tanh_t, tanh_min, tanh_max, lo, hi, mode)
-        return (y.astype(dtype).reshape(y_shape), yh.astype(dtype).reshape(yh_shape))
+        return y, yh
 
     macs = ndir * seq * 3 * hidden * (in_size + hidden)
     return Prepared([y_shape, yh_shape], run, macs=macs, info={"rnn": {**p, "rescale": (rescale,), "range": (lo, hi),
@@ -320,16 +360,15 @@ def prepare_lstm(node, ctx, ins, outs):
     (sig_t, sig_min, sig_max), (tanh_t, tanh_min, tanh_max) = p["sig"], p["tnh"]
     y_shape, yh_shape = (seq, ndir, 1, hidden), (ndir, 1, hidden)
 
+    zeros, y, yh, yc, work, acc = _buffers(ctx, p, 4, dtype, True)
+    y3, yh2, yc2 = y.reshape(seq, ndir, hidden), yh.reshape(ndir, hidden), yc.reshape(ndir, hidden)
+
     def run(xa, wa, ra, ba=None, sl=None, h0a=None, c0a=None, *_):
-        y = np.empty((seq, ndir, hidden), dtype=np.int64)
-        yh = np.empty((ndir, hidden), dtype=np.int64)
-        yc = np.empty((ndir, hidden), dtype=np.int64)
-        _lstm(np.ascontiguousarray(xa).reshape(seq, in_size), p["wt"], p["rt"], p["bt"],
-              _initial(h0a, ndir, hidden), _initial(c0a, ndir, hidden), y, yh, yc, hidden, p["w_shift"],
-              p["r_shift"], p["isa_w"], p["isa_r"], wide, rescale_y, rescale_c, sig_t, sig_min, sig_max,
-              tanh_t, tanh_min, tanh_max, lo, hi, mode)
-        return (y.astype(dtype).reshape(y_shape), yh.astype(dtype).reshape(yh_shape),
-                yc.astype(np.int16).reshape(yh_shape))
+        _lstm(np.ascontiguousarray(xa).reshape(seq, in_size), p["wt"], p["rt"], p["bt"], _initial(h0a, zeros),
+              _initial(c0a, zeros), y3, yh2, yc2, work, acc, hidden, p["w_shift"], p["r_shift"], p["isa_w"],
+              p["isa_r"], wide, rescale_y, rescale_c, sig_t, sig_min, sig_max, tanh_t, tanh_min, tanh_max, lo, hi,
+              mode)
+        return y, yh, yc
 
     macs = ndir * seq * 4 * hidden * (in_size + hidden)
     return Prepared([y_shape, yh_shape, yh_shape], run, macs=macs, dtypes=[x.dtype, x.dtype, "int16"],
@@ -337,8 +376,11 @@ def prepare_lstm(node, ctx, ins, outs):
 
 
 # ---- compiled lowering (emu/program.py) -------------------------------------------------------------
-RNN_FIELDS = ("x y yh yc seq in_size hidden ndir w r b nb h0 c0 w_shift r_shift isa_w isa_r wide rescale sig sig_n "
+# flags: 1 isa_w, 2 isa_r, 4 wide (int16 operands), 8 int32 accumulators (at ``acc`` in the arena; else in c64);
+# work: the int64 work buffer (c64, :func:`work_size`)
+RNN_FIELDS = ("x y yh yc seq in_size hidden ndir w r b nb h0 c0 w_shift r_shift flags work acc rescale sig sig_n "
               "sig_min sig_max tanh tanh_n tanh_min tanh_max lo hi")
+F_ISA_W, F_ISA_R, F_WIDE, F_ACC32 = 1, 2, 4, 8
 GRU = row_layout("GRU", RNN_FIELDS)
 LSTM = row_layout("LSTM", RNN_FIELDS)
 
@@ -347,8 +389,8 @@ LSTM = row_layout("LSTM", RNN_FIELDS)
 def _rnn_views(L, row, act, c32, c64, cf, gates):
     seq, ins, hid, nd = row[L.seq], row[L.in_size], row[L.hidden], row[L.ndir]
     x = act[row[L.x]:row[L.x] + seq * ins].reshape((seq, ins))
-    w = c32[row[L.w]:row[L.w] + nd * gates * hid * ins].reshape((nd, gates * hid, ins))
-    r = c32[row[L.r]:row[L.r] + nd * gates * hid * hid].reshape((nd, gates * hid, hid))
+    w = c32[row[L.w]:row[L.w] + nd * gates * hid * ins].reshape((nd, ins, gates * hid))
+    r = c32[row[L.r]:row[L.r] + nd * gates * hid * hid].reshape((nd, hid, gates * hid))
     nb = row[L.nb]
     b = c64[row[L.b]:row[L.b] + nb * 2 * gates * hid].reshape((nb, 2 * gates * hid))
     h0 = act[row[L.h0]:row[L.h0] + nd * hid].reshape((nd, hid))
@@ -358,27 +400,44 @@ def _rnn_views(L, row, act, c32, c64, cf, gates):
     yc = act[row[L.yc]:row[L.yc] + nd * hid].reshape((nd, hid))
     sig = cf[row[L.sig]:row[L.sig] + row[L.sig_n]]
     tnh = cf[row[L.tanh]:row[L.tanh] + row[L.tanh_n]]
-    return x, w, r, b, h0, c0, y, yh, yc, sig, tnh
+    work = c64[row[L.work]:row[L.work] + 2 * gates * hid + 2 * hid]
+    return x, w, r, b, h0, c0, y, yh, yc, sig, tnh, work
 
 
 @arm(GRU)
 @njit(cache=True, inline="always")
 def gru_arm(row, act, actf, c16, c32, c64, cf, mode):
     L = GRU
-    x, w, r, b, h0, c0, y, yh, yc, sig, tnh = _rnn_views(L, row, act, c32, c64, cf, 3)
-    _gru(x, w, r, b, h0, y, yh, row[L.hidden], row[L.w_shift], row[L.r_shift], row[L.isa_w] != 0, row[L.isa_r] != 0,
-         row[L.wide] != 0, cf[row[L.rescale]], sig, row[L.sig_min], row[L.sig_max], tnh, row[L.tanh_min],
-         row[L.tanh_max], row[L.lo], row[L.hi], mode)
+    x, w, r, b, h0, c0, y, yh, yc, sig, tnh, work = _rnn_views(L, row, act, c32, c64, cf, 3)
+    f = row[L.flags]
+    n = 3 * row[L.hidden]
+    if f & F_ACC32:
+        _gru(x, w, r, b, h0, y, yh, work, act[row[L.acc]:row[L.acc] + n], row[L.hidden], row[L.w_shift],
+             row[L.r_shift], (f & F_ISA_W) != 0, (f & F_ISA_R) != 0, (f & F_WIDE) != 0, cf[row[L.rescale]], sig,
+             row[L.sig_min], row[L.sig_max], tnh, row[L.tanh_min], row[L.tanh_max], row[L.lo], row[L.hi], mode)
+    else:
+        _gru(x, w, r, b, h0, y, yh, work, c64[row[L.acc]:row[L.acc] + n], row[L.hidden], row[L.w_shift],
+             row[L.r_shift], (f & F_ISA_W) != 0, (f & F_ISA_R) != 0, (f & F_WIDE) != 0, cf[row[L.rescale]], sig,
+             row[L.sig_min], row[L.sig_max], tnh, row[L.tanh_min], row[L.tanh_max], row[L.lo], row[L.hi], mode)
 
 
 @arm(LSTM)
 @njit(cache=True, inline="always")
 def lstm_arm(row, act, actf, c16, c32, c64, cf, mode):
     L = LSTM
-    x, w, r, b, h0, c0, y, yh, yc, sig, tnh = _rnn_views(L, row, act, c32, c64, cf, 4)
-    _lstm(x, w, r, b, h0, c0, y, yh, yc, row[L.hidden], row[L.w_shift], row[L.r_shift], row[L.isa_w] != 0,
-          row[L.isa_r] != 0, row[L.wide] != 0, cf[row[L.rescale]], cf[row[L.rescale] + 1], sig, row[L.sig_min],
-          row[L.sig_max], tnh, row[L.tanh_min], row[L.tanh_max], row[L.lo], row[L.hi], mode)
+    x, w, r, b, h0, c0, y, yh, yc, sig, tnh, work = _rnn_views(L, row, act, c32, c64, cf, 4)
+    f = row[L.flags]
+    n = 4 * row[L.hidden]
+    if f & F_ACC32:
+        _lstm(x, w, r, b, h0, c0, y, yh, yc, work, act[row[L.acc]:row[L.acc] + n], row[L.hidden], row[L.w_shift],
+              row[L.r_shift], (f & F_ISA_W) != 0, (f & F_ISA_R) != 0, (f & F_WIDE) != 0, cf[row[L.rescale]],
+              cf[row[L.rescale] + 1], sig, row[L.sig_min], row[L.sig_max], tnh, row[L.tanh_min], row[L.tanh_max],
+              row[L.lo], row[L.hi], mode)
+    else:
+        _lstm(x, w, r, b, h0, c0, y, yh, yc, work, c64[row[L.acc]:row[L.acc] + n], row[L.hidden], row[L.w_shift],
+              row[L.r_shift], (f & F_ISA_W) != 0, (f & F_ISA_R) != 0, (f & F_WIDE) != 0, cf[row[L.rescale]],
+              cf[row[L.rescale] + 1], sig, row[L.sig_min], row[L.sig_max], tnh, row[L.tanh_min], row[L.tanh_max],
+              row[L.lo], row[L.hi], mode)
 
 
 @lowering("GRU", "LSTM")
@@ -393,10 +452,15 @@ def lower_rnn(b, step):
     (sig_t, sig_min, sig_max), (tanh_t, tanh_min, tanh_max) = p["sig"], p["tnh"]
     lo, hi = p["range"]
     outs = step.outputs
+    n = p["gates"] * hidden
+    acc32 = p["acc_dtype"] == np.int32
+    flags = (F_ISA_W * bool(p["isa_w"]) | F_ISA_R * bool(p["isa_r"]) | F_WIDE * bool(p["wide"])
+             | F_ACC32 * acc32)
     b.emit(LSTM if lstm else GRU, x=b.slot(ins[0]), y=b.slot(outs[0]), yh=b.slot(outs[1]),
            yc=b.slot(outs[2]) if lstm else zeros, seq=p["seq"], in_size=p["in_size"], hidden=hidden, ndir=ndir,
            w=b.c32(p["wt"]), r=b.c32(p["rt"]), b=b.c64(p["bt"]), nb=p["bt"].shape[0], h0=h0, c0=c0,
-           w_shift=p["w_shift"], r_shift=p["r_shift"], isa_w=p["isa_w"], isa_r=p["isa_r"], wide=p["wide"],
+           w_shift=p["w_shift"], r_shift=p["r_shift"], flags=flags, work=b.c64_scratch(work_size(p["gates"], hidden)),
+           acc=b.scratch(n) if acc32 else b.c64_scratch(n),
            rescale=b.cf(p["rescale"]), sig=b.cf(sig_t), sig_n=sig_t.size, sig_min=sig_min, sig_max=sig_max,
            tanh=b.cf(tanh_t), tanh_n=tanh_t.size, tanh_min=tanh_min, tanh_max=tanh_max, lo=lo, hi=hi)
 
