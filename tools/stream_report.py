@@ -161,7 +161,9 @@ def try_chunks(rec: dict, offline: Model, chunks: list[int], frame_axis: int, n_
             sess = smodel.session()
             r["compiled"] = sess.program is not None
             r["why_not_compiled"] = None if r["compiled"] else str(sess.why_not_compiled)[:300]
-            feeds = {k: np.ascontiguousarray(v) for k, v in smodel.test_feeds().items()}
+            # the data inputs only: a session carries recurrent state itself (state inputs are for overriding it)
+            carried = {p["input"] for p in sess.state_pairs}
+            feeds = {k: np.ascontiguousarray(v) for k, v in smodel.test_feeds().items() if k not in carried}
             if len(feeds) == 1:
                 arr = next(iter(feeds.values()))
                 r["push_us"] = round(median_us(lambda: sess.push(arr), n_push), 2)
