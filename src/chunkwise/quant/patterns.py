@@ -146,6 +146,21 @@ def _drop_unused_consts(fg: FGraph) -> None:
 
 # ---- LayerNormalization -----------------------------------------------------------------------------
 
+def _affine_step(v: _View, nodes: list, y: str, op: str, norm_shape, shp):
+    """The elementwise affine step after a normalization: ``y``'s only reader ``op`` (Mul for the scale, Add for
+    the bias) with a constant of the normalized shape and an unchanged output shape joins ``nodes``. Returns the
+    new tail value and the constant, or ``(y, None)`` when there is no such step."""
+    node = v.only_reader(y, op)
+    if node is None:
+        return y, None
+    c = v.other(node, y)
+    const = _affine_const(v, c, norm_shape) if c else None
+    if const is None or v.fg.shapes.get(node.outputs[0]) != shp:
+        return y, None
+    nodes.append(node)
+    return node.outputs[0], const
+
+
 def _match_layernorm(v: _View, r1: FNode):
     fg = v.fg
     x = r1.inputs[0]
@@ -179,26 +194,8 @@ def _match_layernorm(v: _View, r1: FNode):
     nodes = [r1, sub, sq, r2, add, sqrt, div]
     shp = fg.shapes[x]
     norm_shape = tuple(shp[axis:])
-    y = div.outputs[0]
-    scale = bias = None
-    mul = v.only_reader(y, "Mul")
-    if mul is not None:
-        c = v.other(mul, y)
-        scale = _affine_const(v, c, norm_shape) if c else None
-        if scale is not None and fg.shapes.get(mul.outputs[0]) == shp:
-            nodes.append(mul)
-            y = mul.outputs[0]
-        else:
-            scale = None
-    addb = v.only_reader(y, "Add")
-    if addb is not None:
-        c = v.other(addb, y)
-        bias = _affine_const(v, c, norm_shape) if c else None
-        if bias is not None and fg.shapes.get(addb.outputs[0]) == shp:
-            nodes.append(addb)
-            y = addb.outputs[0]
-        else:
-            bias = None
+    y, scale = _affine_step(v, nodes, div.outputs[0], "Mul", norm_shape, shp)
+    y, bias = _affine_step(v, nodes, y, "Add", norm_shape, shp)
     return nodes, x, y, axis, eps, scale, bias
 
 
@@ -273,16 +270,7 @@ def _match_rmsnorm(v: _View, sq: FNode):
     if fg.shapes.get(y) != shp:
         return None
     norm_shape = tuple(shp[axis:])
-    scale = None
-    mul = v.only_reader(y, "Mul")
-    if mul is not None:
-        c = v.other(mul, y)
-        scale = _affine_const(v, c, norm_shape) if c else None
-        if scale is not None and fg.shapes.get(mul.outputs[0]) == shp:
-            nodes.append(mul)
-            y = mul.outputs[0]
-        else:
-            scale = None
+    y, scale = _affine_step(v, nodes, y, "Mul", norm_shape, shp)
     return nodes, x, y, axis, eps, scale
 
 
